@@ -1,0 +1,41 @@
+"""The `tierdeck` command line: the console and its headless commands."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Each command lives in its own module with `configure(parser)` and `run(args) -> int`;
+# modules are imported only when their command runs, so `tierdeck --help` stays fast.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "nodes": ("app._cmd_nodes", "browse mDNS for tierdeck nodes and print them"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the full argument parser with every subcommand configured."""
+    parser = argparse.ArgumentParser(
+        prog="tierdeck",
+        description="tierdeck: operations console for cascaded inference at the edge.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        importlib.import_module(module).configure(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the `tierdeck` command line; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 0
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class GetNodeInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "name", "tier", "agent_version", "cpu_cores", "ram_total_bytes", "ram_free_bytes", "execution_providers", "power_source", "power_measured", "hostname", "platform", "onnxruntime_version", "memory_cap_bytes", "power_budget_watts", "config_counter", "started_unix_ms", "boot_id", "insecure")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CPU_CORES_FIELD_NUMBER: _ClassVar[int]
+    RAM_TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RAM_FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    POWER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    POWER_MEASURED_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    PLATFORM_FIELD_NUMBER: _ClassVar[int]
+    ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_CAP_BYTES_FIELD_NUMBER: _ClassVar[int]
+    POWER_BUDGET_WATTS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_COUNTER_FIELD_NUMBER: _ClassVar[int]
+    STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    name: str
+    tier: str
+    agent_version: str
+    cpu_cores: int
+    ram_total_bytes: int
+    ram_free_bytes: int
+    execution_providers: _containers.RepeatedScalarFieldContainer[str]
+    power_source: str
+    power_measured: bool
+    hostname: str
+    platform: str
+    onnxruntime_version: str
+    memory_cap_bytes: int
+    power_budget_watts: float
+    config_counter: int
+    started_unix_ms: int
+    boot_id: str
+    insecure: bool
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_free_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., memory_cap_bytes: _Optional[int] = ..., power_budget_watts: _Optional[float] = ..., config_counter: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., boot_id: _Optional[str] = ..., insecure: _Optional[bool] = ...) -> None: ...
+
+class EscalationRule(_message.Message):
+    __slots__ = ("output", "labels", "confidence_below", "class_in", "score_above", "drop_class")
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_BELOW_FIELD_NUMBER: _ClassVar[int]
+    CLASS_IN_FIELD_NUMBER: _ClassVar[int]
+    SCORE_ABOVE_FIELD_NUMBER: _ClassVar[int]
+    DROP_CLASS_FIELD_NUMBER: _ClassVar[int]
+    output: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    confidence_below: float
+    class_in: _containers.RepeatedScalarFieldContainer[str]
+    score_above: float
+    drop_class: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, output: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., confidence_below: _Optional[float] = ..., class_in: _Optional[_Iterable[str]] = ..., score_above: _Optional[float] = ..., drop_class: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class NextHop(_message.Message):
+    __slots__ = ("address", "model", "model_version", "labels", "timeout_s")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    model: str
+    model_version: str
+    labels: _containers.RepeatedScalarFieldContainer[str]
+    timeout_s: float
+    def __init__(self, address: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class Budget(_message.Message):
+    __slots__ = ("max_escalations_per_s", "priority")
+    MAX_ESCALATIONS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    max_escalations_per_s: float
+    priority: str
+    def __init__(self, max_escalations_per_s: _Optional[float] = ..., priority: _Optional[str] = ...) -> None: ...
+
+class StageManifest(_message.Message):
+    __slots__ = ("stage_id", "version", "sha256", "size_bytes", "input_names", "output_names", "rule", "next_hop", "budget", "max_batch")
+    STAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_HOP_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    stage_id: str
+    version: str
+    sha256: str
+    size_bytes: int
+    input_names: _containers.RepeatedScalarFieldContainer[str]
+    output_names: _containers.RepeatedScalarFieldContainer[str]
+    rule: EscalationRule
+    next_hop: NextHop
+    budget: Budget
+    max_batch: int
+    def __init__(self, stage_id: _Optional[str] = ..., version: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., input_names: _Optional[_Iterable[str]] = ..., output_names: _Optional[_Iterable[str]] = ..., rule: _Optional[_Union[EscalationRule, _Mapping]] = ..., next_hop: _Optional[_Union[NextHop, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., max_batch: _Optional[int] = ...) -> None: ...
+
+class DeployRequest(_message.Message):
+    __slots__ = ("manifest", "chunk")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    manifest: StageManifest
+    chunk: bytes
+    def __init__(self, manifest: _Optional[_Union[StageManifest, _Mapping]] = ..., chunk: _Optional[bytes] = ...) -> None: ...
+
+class DeployResponse(_message.Message):
+    __slots__ = ("ok", "failed_step", "error", "stage")
+    OK_FIELD_NUMBER: _ClassVar[int]
+    FAILED_STEP_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    failed_step: str
+    error: str
+    stage: StageInfo
+    def __init__(self, ok: _Optional[bool] = ..., failed_step: _Optional[str] = ..., error: _Optional[str] = ..., stage: _Optional[_Union[StageInfo, _Mapping]] = ...) -> None: ...
+
+class RollbackRequest(_message.Message):
+    __slots__ = ("stage_id",)
+    STAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    stage_id: str
+    def __init__(self, stage_id: _Optional[str] = ...) -> None: ...
+
+class UndeployRequest(_message.Message):
+    __slots__ = ("stage_id",)
+    STAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    stage_id: str
+    def __init__(self, stage_id: _Optional[str] = ...) -> None: ...
+
+class UndeployResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: bool
+    def __init__(self, removed: _Optional[bool] = ...) -> None: ...
+
+class ListStagesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListStagesResponse(_message.Message):
+    __slots__ = ("stages",)
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    stages: _containers.RepeatedCompositeFieldContainer[StageInfo]
+    def __init__(self, stages: _Optional[_Iterable[_Union[StageInfo, _Mapping]]] = ...) -> None: ...
+
+class TensorSpec(_message.Message):
+    __slots__ = ("name", "datatype", "shape")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATATYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    datatype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class StageInfo(_message.Message):
+    __slots__ = ("manifest", "state", "previous_version", "activated_unix_ms", "inputs", "outputs", "model_bytes")
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    manifest: StageManifest
+    state: str
+    previous_version: str
+    activated_unix_ms: int
+    inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
+    model_bytes: int
+    def __init__(self, manifest: _Optional[_Union[StageManifest, _Mapping]] = ..., state: _Optional[str] = ..., previous_version: _Optional[str] = ..., activated_unix_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., model_bytes: _Optional[int] = ...) -> None: ...
+
+class UpdatePolicyRequest(_message.Message):
+    __slots__ = ("stage_id", "rule", "budget", "next_hop", "clear_next_hop")
+    STAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    NEXT_HOP_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_NEXT_HOP_FIELD_NUMBER: _ClassVar[int]
+    stage_id: str
+    rule: EscalationRule
+    budget: Budget
+    next_hop: NextHop
+    clear_next_hop: bool
+    def __init__(self, stage_id: _Optional[str] = ..., rule: _Optional[_Union[EscalationRule, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., next_hop: _Optional[_Union[NextHop, _Mapping]] = ..., clear_next_hop: _Optional[bool] = ...) -> None: ...
+
+class WatchTelemetryRequest(_message.Message):
+    __slots__ = ("interval_s",)
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    interval_s: float
+    def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
+
+class StageTelemetry(_message.Message):
+    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram")
+    STAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    INFERENCES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    FORWARDED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    OVERFLOW_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PROVISIONAL_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_SECONDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    INFERENCES_PER_S_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_PER_S_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_RATE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P99_MS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    LINK_STATE_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_JOULES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_PER_INFERENCE_J_FIELD_NUMBER: _ClassVar[int]
+    SCORE_KIND_FIELD_NUMBER: _ClassVar[int]
+    SCORE_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    stage_id: str
+    requests_total: int
+    inferences_total: int
+    escalated_total: int
+    forwarded_total: int
+    dropped_total: int
+    shed_total: int
+    queued_total: int
+    delivered_total: int
+    overflow_total: int
+    provisional_total: int
+    errors_total: int
+    compute_seconds_total: float
+    inferences_per_s: float
+    escalated_per_s: float
+    escalation_rate: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    latency_p99_ms: float
+    queue_depth: int
+    link_state: str
+    energy_joules_total: float
+    energy_per_inference_j: float
+    score_kind: str
+    score_histogram: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TelemetrySample(_message.Message):
+    __slots__ = ("node_id", "boot_id", "seq", "timestamp_ms", "interval_s", "cpu_percent", "rss_bytes", "power_watts", "power_source", "power_measured", "energy_joules_total", "stages", "backlog")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    BOOT_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    POWER_WATTS_FIELD_NUMBER: _ClassVar[int]
+    POWER_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    POWER_MEASURED_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_JOULES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
+    BACKLOG_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    boot_id: str
+    seq: int
+    timestamp_ms: int
+    interval_s: float
+    cpu_percent: float
+    rss_bytes: int
+    power_watts: float
+    power_source: str
+    power_measured: bool
+    energy_joules_total: float
+    stages: _containers.RepeatedCompositeFieldContainer[StageTelemetry]
+    backlog: int
+    def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., interval_s: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., power_watts: _Optional[float] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., energy_joules_total: _Optional[float] = ..., stages: _Optional[_Iterable[_Union[StageTelemetry, _Mapping]]] = ..., backlog: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,3 @@
+"""tierdeck Qt widgets: they observe app/ models through signals and send intents back."""
+
+from __future__ import annotations

@@ -1,0 +1,394 @@
+"""Forwarding escalations to the next hop: batching, a circuit breaker, and store-and-forward.
+
+Design: escalations from concurrent requests meet in one pending list and go to the next hop in one
+ModelInfer call (batching costs nothing when the link is idle: the batcher takes what is waiting). When
+a call fails the link is marked down (the breaker opens): the failed rows and every escalation after them
+go to an on-disk SQLite queue and their requests are answered provisional at once. A delivery task probes
+the hop with backoff and drains the queue oldest first; while anything is queued, new escalations queue
+behind it, so the next hop sees escalations in the order they happened. The queue is bounded per stage;
+what the bound refuses is counted (overflow_total), never silently dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from runners._proto import grpc_predict_v2_pb2 as pb
+from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from runners._proto import tierdeck_control_pb2 as ctl
+from runners._rules import Decision
+from runners._telemetry import StageStats
+from runners._tensors import TensorError, decode_inputs, decode_outputs, encode_inputs
+
+log = logging.getLogger("tierdeck.forward")
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 2**31 - 1),
+    ("grpc.max_send_message_length", 2**31 - 1),
+]
+DECISION_OUTPUTS = ("decision_label", "decision_confidence", "decision_stage", "decision_final")
+
+
+class EscalationQueue:
+    """Bounded on-disk FIFO of escalations per stage (SQLite, WAL). Blocking: call from one I/O thread."""
+
+    def __init__(self, path: Path, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS escalations (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, stage_id TEXT NOT NULL, request_id TEXT NOT NULL,
+                created_ms INTEGER NOT NULL, payload BLOB NOT NULL);
+            CREATE INDEX IF NOT EXISTS escalations_stage ON escalations(stage_id, seq);
+            CREATE TABLE IF NOT EXISTS delivered (
+                seq INTEGER PRIMARY KEY, stage_id TEXT NOT NULL, request_id TEXT NOT NULL,
+                label TEXT, confidence REAL, decided_by TEXT, delivered_ms INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS dead_letter (
+                seq INTEGER PRIMARY KEY, stage_id TEXT NOT NULL, request_id TEXT NOT NULL,
+                error TEXT NOT NULL, payload BLOB NOT NULL);
+            """
+        )
+
+    def depth(self, stage_id: str) -> int:
+        """Rows waiting for this stage."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM escalations WHERE stage_id=?", (stage_id,)).fetchone()[0])
+
+    def append(self, stage_id: str, rows: list[tuple[str, bytes]]) -> int:
+        """Append rows (request id, serialized request) up to the bound; returns how many were stored."""
+        with self._lock:
+            depth = int(self._db.execute("SELECT count(*) FROM escalations WHERE stage_id=?", (stage_id,)).fetchone()[0])
+            room = max(0, self.limit - depth)
+            stored = rows[:room]
+            now = int(time.time() * 1000)
+            with self._db:
+                self._db.executemany(
+                    "INSERT INTO escalations(stage_id, request_id, created_ms, payload) VALUES (?,?,?,?)",
+                    [(stage_id, rid, now, payload) for rid, payload in stored],
+                )
+            return len(stored)
+
+    def peek(self, stage_id: str, limit: int) -> list[tuple[int, str, bytes]]:
+        """The oldest rows of this stage, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT seq, request_id, payload FROM escalations WHERE stage_id=? ORDER BY seq LIMIT ?",
+                (stage_id, limit),
+            ).fetchall()
+        return [(int(s), str(r), bytes(p)) for s, r, p in rows]
+
+    def ack(self, stage_id: str, delivered: list[tuple[int, str, Decision]]) -> None:
+        """Remove delivered rows and remember their late (final) answers."""
+        now = int(time.time() * 1000)
+        with self._lock, self._db:
+            self._db.executemany(
+                "INSERT OR REPLACE INTO delivered VALUES (?,?,?,?,?,?,?)",
+                [(seq, stage_id, rid, d.label, d.confidence, d.stage, now) for seq, rid, d in delivered],
+            )
+            self._db.executemany("DELETE FROM escalations WHERE seq=?", [(seq,) for seq, _, _ in delivered])
+            # Keep the late-answer log bounded.
+            self._db.execute("DELETE FROM delivered WHERE seq <= (SELECT max(seq) FROM delivered) - 100000")
+
+    def dead_letter(self, stage_id: str, rows: list[tuple[int, str, bytes]], error: str) -> None:
+        """Move rows the next hop rejects as invalid out of the way, keeping them for inspection."""
+        with self._lock, self._db:
+            self._db.executemany("INSERT OR REPLACE INTO dead_letter VALUES (?,?,?,?,?)",
+                                 [(seq, stage_id, rid, error, payload) for seq, rid, payload in rows])
+            self._db.executemany("DELETE FROM escalations WHERE seq=?", [(seq,) for seq, _, _ in rows])
+
+    def delivered(self, stage_id: str) -> list[tuple[int, str, str]]:
+        """(seq, request id, label) of delivered rows, in order."""
+        with self._lock:
+            rows = self._db.execute("SELECT seq, request_id, label FROM delivered WHERE stage_id=? ORDER BY seq",
+                                    (stage_id,)).fetchall()
+        return [(int(s), str(r), str(lab)) for s, r, lab in rows]
+
+    def drop_stage(self, stage_id: str) -> int:
+        """Forget a stage's waiting rows (stage undeployed); returns how many."""
+        with self._lock, self._db:
+            return self._db.execute("DELETE FROM escalations WHERE stage_id=?", (stage_id,)).rowcount
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+
+@dataclass
+class _Pending:
+    inputs: dict[str, np.ndarray]
+    rows: int
+    request_id: str
+    future: asyncio.Future[list[Decision | None]] = field(repr=False)
+
+
+_PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE}
+
+
+class Forwarder:
+    """Sends one stage's escalations to its next hop; lives on the agent's event loop."""
+
+    def __init__(self, stage_id: str, hop: ctl.NextHop, queue: EscalationQueue, io: Executor,
+                 stats: StageStats, max_batch: int = 64, priority: str = "",
+                 on_depth_change: Callable[[], None] | None = None) -> None:
+        self.stage_id = stage_id
+        self.hop = hop
+        self._queue = queue
+        self._io = io
+        self._stats = stats
+        self._max_batch = max(1, max_batch)
+        self._priority = priority
+        self._pending: list[_Pending] = []
+        self._wake = asyncio.Event()
+        self._backlog_wake = asyncio.Event()
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
+        self._hop_inputs: list[str] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._on_depth_change = on_depth_change
+        self.backlog = 0
+        self.up = True
+        self.last_error = ""
+
+    async def async_start(self) -> None:
+        """Open the channel and start the batcher and the delivery task."""
+        self._channel = grpc.aio.insecure_channel(self.hop.address, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        self.backlog = await asyncio.get_running_loop().run_in_executor(self._io, self._queue.depth, self.stage_id)
+        self._set_backlog(self.backlog)
+        self._tasks = [
+            asyncio.create_task(self._batcher(), name=f"forward-batcher-{self.stage_id}"),
+            asyncio.create_task(self._delivery(), name=f"forward-delivery-{self.stage_id}"),
+        ]
+        if self.backlog:
+            self.up = False
+            self._backlog_wake.set()
+
+    async def async_stop(self) -> None:
+        """Stop the tasks; pending escalations are queued on disk first, so nothing is lost."""
+        pending, self._pending = self._pending, []
+        if pending:
+            await self._store(pending)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._channel is not None:
+            await self._channel.close()
+
+    @property
+    def timeout(self) -> float:
+        """Deadline for one forwarded batch, seconds."""
+        return self.hop.timeout_s or 5.0
+
+    async def async_escalate(self, inputs: dict[str, np.ndarray], request_id: str) -> list[Decision | None]:
+        """Forward the rows; per row the next hop's decision, or None when it was queued or refused."""
+        rows = len(next(iter(inputs.values())))
+        future: asyncio.Future[list[Decision | None]] = asyncio.get_running_loop().create_future()
+        item = _Pending(inputs, rows, request_id, future)
+        if self.backlog or not self.up:
+            await self._store([item])
+        else:
+            self._pending.append(item)
+            self._wake.set()
+        return await future
+
+    def _set_backlog(self, depth: int) -> None:
+        self.backlog = depth
+        self._stats.queue_depth = depth
+        self._stats.link_state = "up" if self.up else "down"
+        if self._on_depth_change:
+            self._on_depth_change()
+
+    async def _store(self, items: list[_Pending]) -> None:
+        """Queue the items on disk (in order) and answer them provisional."""
+        payloads: list[tuple[str, bytes]] = []
+        for item in items:
+            for row in range(item.rows):
+                request = pb.ModelInferRequest(model_name=self.hop.model, model_version=self.hop.model_version,
+                                               id=item.request_id)
+                encode_inputs(request, [(n, a[row:row + 1]) for n, a in item.inputs.items()])
+                payloads.append((item.request_id, request.SerializeToString()))
+        loop = asyncio.get_running_loop()
+        stored = await loop.run_in_executor(self._io, self._queue.append, self.stage_id, payloads)
+        self._stats.add("queued_total", stored)
+        if stored < len(payloads):
+            self._stats.add("overflow_total", len(payloads) - stored)
+            log.warning("stage %s: store-and-forward queue full, %d escalations refused",
+                        self.stage_id, len(payloads) - stored)
+        self._set_backlog(self.backlog + stored)
+        self._backlog_wake.set()
+        for item in items:
+            if not item.future.done():
+                item.future.set_result([None] * item.rows)
+
+    async def _batcher(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch: list[_Pending] = []
+                rows = 0
+                while self._pending and (not batch or rows + self._pending[0].rows <= self._max_batch):
+                    item = self._pending.pop(0)
+                    batch.append(item)
+                    rows += item.rows
+                if not self.up or self.backlog:
+                    await self._store(batch)
+                    continue
+                names = list(batch[0].inputs)
+                merged = {n: np.concatenate([b.inputs[n] for b in batch]) for n in names}
+                try:
+                    decisions = await self._call(merged, ",".join(b.request_id for b in batch if b.request_id))
+                except _HopError as exc:
+                    self._mark_down(exc.message)
+                    await self._store(batch)
+                    continue
+                self._stats.add("forwarded_total", rows)
+                offset = 0
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_result(list(decisions[offset:offset + item.rows]))
+                    offset += item.rows
+
+    def _mark_down(self, message: str) -> None:
+        if self.up:
+            log.warning("stage %s: next hop %s/%s down: %s", self.stage_id, self.hop.address, self.hop.model, message)
+        self.up = False
+        self.last_error = message
+        self._stats.link_state = "down"
+        self._backlog_wake.set()
+
+    async def _hop_input_names(self) -> list[str]:
+        if self._hop_inputs is None:
+            assert self._stub is not None
+            meta = await self._stub.ModelMetadata(
+                pb.ModelMetadataRequest(name=self.hop.model, version=self.hop.model_version), timeout=self.timeout)
+            self._hop_inputs = [t.name for t in meta.inputs]
+        return self._hop_inputs
+
+    async def _call(self, inputs: dict[str, np.ndarray], request_id: str) -> list[Decision]:
+        """One ModelInfer on the next hop; raises _HopError on any failure."""
+        assert self._stub is not None
+        try:
+            hop_names = await self._hop_input_names()
+            if len(hop_names) != len(inputs):
+                raise _HopError(f"next hop model '{self.hop.model}' takes {len(hop_names)} inputs, "
+                                f"this stage forwards {len(inputs)}", permanent=True)
+            request = pb.ModelInferRequest(model_name=self.hop.model, model_version=self.hop.model_version,
+                                           id=request_id[:200])
+            request.parameters["tierdeck.escalated_from"].string_param = self.stage_id
+            if self._priority:
+                request.parameters["tierdeck.priority"].string_param = self._priority
+            encode_inputs(request, list(zip(hop_names, inputs.values(), strict=True)))
+            response = await self._stub.ModelInfer(request, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            self._hop_inputs = None if exc.code() == grpc.StatusCode.NOT_FOUND else self._hop_inputs
+            raise _HopError(f"{exc.code().name}: {exc.details()}", permanent=exc.code() in _PERMANENT) from exc
+        try:
+            return self._decisions(response)
+        except (TensorError, ValueError, IndexError) as exc:
+            raise _HopError(f"unreadable answer from next hop: {exc}", permanent=True) from exc
+
+    def _decisions(self, response: pb.ModelInferResponse) -> list[Decision]:
+        outputs = decode_outputs(response)
+        if all(name in outputs for name in DECISION_OUTPUTS):
+            labels, conf, stages, final = (outputs[n].reshape(-1) for n in DECISION_OUTPUTS)
+            return [Decision(_text(lab), float(c), _text(s), bool(f))
+                    for lab, c, s, f in zip(labels, conf, stages, final, strict=True)]
+        # A plain OIP server (Triton, KServe, MLServer): its first output holds the class scores.
+        first = next(iter(outputs.values()))
+        scores = np.asarray(first, dtype=np.float64).reshape(first.shape[0], -1)
+        top = scores.argmax(axis=1)
+        labels_known = list(self.hop.labels)
+        return [Decision(labels_known[i] if i < len(labels_known) else str(int(i)), float(scores[r, i]),
+                         self.hop.model, True) for r, i in enumerate(top)]
+
+    async def _delivery(self) -> None:
+        loop = asyncio.get_running_loop()
+        backoff = 0.2
+        while True:
+            if not self.backlog and self.up:
+                self._backlog_wake.clear()
+                await self._backlog_wake.wait()
+                continue
+            if not self.backlog:
+                # Breaker open but nothing queued: probe before letting live traffic through.
+                if await self._probe():
+                    self.up = True
+                    self._stats.link_state = "up"
+                    log.info("stage %s: next hop %s back", self.stage_id, self.hop.address)
+                    backoff = 0.2
+                else:
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 5.0)
+                continue
+            rows = await loop.run_in_executor(self._io, self._queue.peek, self.stage_id, self._max_batch)
+            if not rows:
+                self._set_backlog(0)
+                continue
+            try:
+                decoded = [decode_inputs(pb.ModelInferRequest.FromString(payload)) for _, _, payload in rows]
+                names = list(decoded[0])
+                merged = {n: np.concatenate([d[n] for d in decoded]) for n in names}
+                decisions = await self._call(merged, ",".join(r for _, r, _ in rows))
+            except _HopError as exc:
+                if exc.permanent:
+                    log.error("stage %s: next hop rejected %d queued escalations: %s", self.stage_id, len(rows),
+                              exc.message)
+                    await loop.run_in_executor(self._io, self._queue.dead_letter, self.stage_id, rows, exc.message)
+                    self._stats.add("errors_total", len(rows))
+                    self._set_backlog(max(0, self.backlog - len(rows)))
+                    continue
+                self._mark_down(exc.message)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            except (TensorError, ValueError, KeyError) as exc:  # a corrupt row on disk: keep it aside
+                await loop.run_in_executor(self._io, self._queue.dead_letter, self.stage_id, rows, str(exc))
+                self._stats.add("errors_total", len(rows))
+                self._set_backlog(max(0, self.backlog - len(rows)))
+                continue
+            backoff = 0.2
+            acked = [(seq, rid, d) for (seq, rid, _), d in zip(rows, decisions, strict=True)]
+            await loop.run_in_executor(self._io, self._queue.ack, self.stage_id, acked)
+            self._stats.add("delivered_total", len(rows))
+            if not self.up:
+                log.info("stage %s: next hop %s back, delivering %d queued escalations", self.stage_id,
+                         self.hop.address, self.backlog)
+            self.up = True
+            self._set_backlog(max(0, self.backlog - len(rows)))
+
+    async def _probe(self) -> bool:
+        assert self._stub is not None
+        try:
+            reply = await self._stub.ModelReady(pb.ModelReadyRequest(name=self.hop.model,
+                                                                     version=self.hop.model_version), timeout=2.0)
+            return bool(reply.ready)
+        except grpc.aio.AioRpcError:
+            return False
+
+
+class _HopError(Exception):
+    def __init__(self, message: str, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.permanent = permanent
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

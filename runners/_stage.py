@@ -1,0 +1,200 @@
+"""A loaded stage: its onnxruntime session, input checks, rule, budget and next hop."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from runners._forward import DECISION_OUTPUTS, Forwarder
+from runners._proto import tierdeck_control_pb2 as ctl
+from runners._rules import Rule, TokenBucket
+from runners._telemetry import StageStats
+from runners._tensors import TensorError, check_tensor, datatype_from_ort
+
+PLATFORM = "onnx_onnxv1"
+DECISION_SPECS = (
+    ctl.TensorSpec(name="decision_label", datatype="BYTES", shape=[-1]),
+    ctl.TensorSpec(name="decision_confidence", datatype="FP32", shape=[-1]),
+    ctl.TensorSpec(name="decision_stage", datatype="BYTES", shape=[-1]),
+    ctl.TensorSpec(name="decision_final", datatype="BOOL", shape=[-1]),
+)
+assert tuple(s.name for s in DECISION_SPECS) == DECISION_OUTPUTS
+
+
+class ModelRejected(Exception):
+    """A model file that must not be loaded; `step` says where it failed."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(message)
+        self.step = step
+        self.message = message
+
+
+def _specs(args: list[ort.NodeArg]) -> list[ctl.TensorSpec]:
+    specs = []
+    for arg in args:
+        try:
+            datatype = datatype_from_ort(arg.type)
+        except (TensorError, ValueError) as exc:
+            raise ModelRejected("load", f"tensor '{arg.name}' has an unsupported type {arg.type}") from exc
+        dims = [d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])]
+        specs.append(ctl.TensorSpec(name=arg.name, datatype=datatype, shape=dims))
+    return specs
+
+
+def check_model_file(path: Path, memory_cap_bytes: int) -> None:
+    """Refuse, before onnxruntime opens it, a model that is too big or has external data (it could escape)."""
+    import onnx  # imported lazily: only deploys need it
+
+    size = path.stat().st_size
+    if size == 0:
+        raise ModelRejected("validate", "model file is empty")
+    if memory_cap_bytes and size * 2 > memory_cap_bytes:
+        raise ModelRejected("validate", f"model needs about {size * 2 / 2**20:.1f} MiB, over this node's "
+                            f"memory cap of {memory_cap_bytes / 2**20:.1f} MiB")
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends
+        raise ModelRejected("validate", f"not an ONNX model: {exc}") from exc
+    if not model.graph.node and not model.graph.output:
+        raise ModelRejected("validate", "not an ONNX model: the file parses but holds no graph")
+    for tensor in onnx.external_data_helper._get_all_tensors(model):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            raise ModelRejected("validate", f"tensor '{tensor.name}' uses external data; tierdeck accepts "
+                                "self-contained model files only (external paths can escape the stage dir)")
+
+
+def load_session(path: Path, threads: int) -> ort.InferenceSession:
+    """Open an onnxruntime session on the CPU (blocking)."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / NotImplemented types
+        raise ModelRejected("load", f"onnxruntime could not load the model: {exc}") from exc
+
+
+@dataclass
+class Stage:
+    """One deployed stage version with its runtime state."""
+
+    manifest: ctl.StageManifest
+    session: ort.InferenceSession
+    model_path: Path
+    stats: StageStats
+    previous_version: str = ""
+    activated_unix_ms: int = 0
+    inputs: list[ctl.TensorSpec] = field(default_factory=list)
+    outputs: list[ctl.TensorSpec] = field(default_factory=list)
+    rule: Rule | None = None
+    bucket: TokenBucket | None = None
+    forwarder: Forwarder | None = None
+
+    def __post_init__(self) -> None:
+        self.inputs = _specs(self.session.get_inputs())
+        self.outputs = _specs(self.session.get_outputs())
+        self.apply_policy()
+
+    @property
+    def stage_id(self) -> str:
+        """The stage id, which is also its OIP model name."""
+        return self.manifest.stage_id
+
+    @property
+    def version(self) -> str:
+        """The active version."""
+        return self.manifest.version
+
+    def apply_policy(self) -> None:
+        """(Re)build rule and budget from the manifest; raise ModelRejected if they do not fit the model."""
+        self.rule = Rule.from_pb(self.manifest.rule) if self.manifest.HasField("rule") else None
+        self.stats.score_kind = self.rule.score_kind if self.rule else ""
+        budget = self.manifest.budget
+        self.bucket = TokenBucket(budget.max_escalations_per_s) if budget.max_escalations_per_s > 0 else None
+        names = [o.name for o in self.outputs]
+        problems: list[str] = []
+        for declared, actual, kind in ((self.manifest.input_names, [i.name for i in self.inputs], "input"),
+                                       (self.manifest.output_names, names, "output")):
+            missing = [n for n in declared if n not in actual]
+            if missing:
+                problems.append(f"manifest names {kind}s {missing} that the model does not have ({actual})")
+        if self.rule is not None:
+            spec = next((o for o in self.outputs if o.name == self.rule.output), None)
+            classes = spec.shape[-1] if spec is not None and len(spec.shape) > 1 and spec.shape[-1] > 0 else None
+            problems += self.rule.problems(names, classes)
+        if self.manifest.HasField("next_hop") and self.rule is None:
+            problems.append("a next hop needs an escalation rule")
+        if problems:
+            raise ModelRejected("validate", "; ".join(problems))
+
+    def metadata_outputs(self) -> list[ctl.TensorSpec]:
+        """Outputs as ModelMetadata reports them (the decision tensors too when the stage has a rule)."""
+        return self.outputs + (list(DECISION_SPECS) if self.rule else [])
+
+    def check_inputs(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The feeds for onnxruntime; TensorError naming the tensor and the expected shape otherwise."""
+        expected = {i.name: i for i in self.inputs}
+        unknown = [n for n in inputs if n not in expected]
+        if unknown:
+            raise TensorError(f"input {unknown[0]!r}: model '{self.stage_id}' has no such input "
+                              f"(inputs: {list(expected)})")
+        rows: set[int] = set()
+        for name, spec in expected.items():
+            if name not in inputs:
+                raise TensorError(f"input {name!r}: missing; model '{self.stage_id}' expects "
+                                  f"{spec.datatype} {list(spec.shape)}")
+            check_tensor(name, inputs[name], spec.datatype, list(spec.shape))
+            if inputs[name].ndim:
+                rows.add(inputs[name].shape[0])
+        if self.rule is not None and len(rows) > 1:
+            raise TensorError(f"input {next(iter(expected))!r}: inputs disagree on the batch size ({sorted(rows)})")
+        return {name: _to_ort(name, array) for name, array in inputs.items()}
+
+    def run(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
+        """Run the model (blocking: call from the compute executor); returns outputs and seconds spent."""
+        start = time.perf_counter()
+        outputs = self.session.run(None, feeds)
+        return [np.asarray(o) for o in outputs], time.perf_counter() - start
+
+    def warm_up(self) -> None:
+        """One inference on zeros (dynamic dims = 1) so the first real request does not pay for setup."""
+        feeds = {}
+        for spec in self.inputs:
+            shape = [d if d >= 0 else 1 for d in spec.shape]
+            dtype = np.dtype(object) if spec.datatype == "BYTES" else None
+            feeds[spec.name] = (np.full(shape, b"", dtype=object) if dtype is not None
+                                else np.zeros(shape, dtype=_numpy_dtype(spec.datatype)))
+        try:
+            self.session.run(None, feeds)
+        except Exception as exc:
+            raise ModelRejected("warmup", f"warm-up inference failed: {exc}") from exc
+
+    def info(self) -> ctl.StageInfo:
+        """The stage as ListStages reports it."""
+        return ctl.StageInfo(manifest=self.manifest, state="ready", previous_version=self.previous_version,
+                             activated_unix_ms=self.activated_unix_ms, inputs=self.inputs,
+                             outputs=self.metadata_outputs(), model_bytes=os.path.getsize(self.model_path))
+
+
+def _to_ort(name: str, array: np.ndarray) -> np.ndarray:
+    """onnxruntime takes string tensors as Python str: BYTES elements must be UTF-8."""
+    if array.dtype != object:
+        return array
+    try:
+        return np.vectorize(lambda b: b.decode("utf-8"), otypes=[object])(array) if array.size else array
+    except UnicodeDecodeError as exc:
+        raise TensorError(f"input {name!r}: BYTES element is not UTF-8 text, which onnxruntime string "
+                          f"tensors require ({exc.reason} at byte {exc.start})") from exc
+
+
+def _numpy_dtype(datatype: str) -> np.dtype:
+    from runners._tensors import DATATYPES
+
+    return DATATYPES[datatype]

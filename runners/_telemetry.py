@@ -1,0 +1,108 @@
+"""Per-stage counters, latency and score windows, and the TelemetrySample built from them."""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runners._proto import tierdeck_control_pb2 as ctl
+
+HISTOGRAM_BINS = 20
+# Prometheus latency buckets, seconds.
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_WINDOW_S = 15.0  # longest telemetry interval (10 s) plus slack
+_WINDOW_MAX = 200_000
+
+COUNTERS = (
+    "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total",
+    "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total",
+)
+
+
+@dataclass
+class StageStats:
+    """Live counters of one stage; touched only on the agent's event loop."""
+
+    stage_id: str
+    score_kind: str = ""
+    counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
+    compute_seconds_total: float = 0.0
+    energy_joules_total: float = 0.0
+    latency_bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_seconds_sum: float = 0.0
+    queue_depth: int = 0
+    link_state: str = "none"
+    # (monotonic time, value) pairs for the interval figures.
+    latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
+    scores: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
+
+    def add(self, name: str, amount: int = 1) -> None:
+        """Increase one counter."""
+        self.counters[name] += amount
+
+    def record_latency(self, seconds: float, now: float) -> None:
+        """Record one request's end-to-end latency."""
+        self.latencies.append((now, seconds * 1000.0))
+        self.latency_bucket_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        self.latency_seconds_sum += seconds
+
+    def record_scores(self, scores: np.ndarray, now: float) -> None:
+        """Record the rule's per-row scores for the what-if histogram."""
+        self.scores.extend((now, float(s)) for s in scores)
+
+
+@dataclass
+class _Snapshot:
+    time: float
+    counters: dict[str, int]
+    energy: float
+
+
+class TelemetryWindow:
+    """One subscriber's view: turns cumulative stage counters into per-interval samples."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, _Snapshot] = {}
+        self._seq = 0
+
+    def sample(self, node: ctl.TelemetrySample, stages: list[StageStats], now: float | None = None) -> ctl.TelemetrySample:
+        """Fill `node` (node-level fields already set) with per-stage figures since this window's last sample."""
+        now = time.monotonic() if now is None else now
+        self._seq += 1
+        node.seq = self._seq
+        for stats in stages:
+            last = self._last.get(stats.stage_id) or _Snapshot(now - max(node.interval_s, 1e-3),
+                                                               dict.fromkeys(COUNTERS, 0), 0.0)
+            dt = max(now - last.time, 1e-6)
+            out = node.stages.add(stage_id=stats.stage_id, compute_seconds_total=stats.compute_seconds_total,
+                                  queue_depth=stats.queue_depth, link_state=stats.link_state,
+                                  energy_joules_total=stats.energy_joules_total, score_kind=stats.score_kind)
+            for name in COUNTERS:
+                setattr(out, name, stats.counters[name])
+            inferred = stats.counters["inferences_total"] - last.counters["inferences_total"]
+            escalated = stats.counters["escalated_total"] - last.counters["escalated_total"]
+            out.inferences_per_s = inferred / dt
+            out.escalated_per_s = escalated / dt
+            out.escalation_rate = escalated / inferred if inferred else 0.0
+            if inferred:
+                out.energy_per_inference_j = (stats.energy_joules_total - last.energy) / inferred
+            window = [v for t, v in stats.latencies if t > last.time]
+            if window:
+                p50, p95, p99 = np.percentile(np.asarray(window), [50, 95, 99])
+                out.latency_p50_ms, out.latency_p95_ms, out.latency_p99_ms = float(p50), float(p95), float(p99)
+            scores = np.asarray([v for t, v in stats.scores if t > last.time], dtype=np.float64)
+            hist, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
+            out.score_histogram.extend(int(h) for h in hist)
+            self._last[stats.stage_id] = _Snapshot(now, dict(stats.counters), stats.energy_joules_total)
+        return node
+
+
+def prune(stats: StageStats, now: float) -> None:
+    """Forget window entries older than the longest telemetry interval."""
+    for window in (stats.latencies, stats.scores):
+        while window and window[0][0] < now - _WINDOW_S:
+            window.popleft()

@@ -1,0 +1,352 @@
+"""Open Inference Protocol v2 tensor codec: protobuf tensors <-> numpy arrays, with strict checks."""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from runners._proto import grpc_predict_v2_pb2 as pb
+
+__all__ = [
+    "DATATYPES",
+    "TensorError",
+    "check_tensor",
+    "concat_rows",
+    "datatype_from_ort",
+    "datatype_of",
+    "decode_inputs",
+    "decode_outputs",
+    "encode_inputs",
+    "encode_outputs",
+    "format_shape",
+    "nonfinite",
+    "row_slice",
+]
+
+
+class TensorError(ValueError):
+    """Bad tensor in a request; the message names the tensor and what was expected."""
+
+
+DATATYPES: dict[str, np.dtype] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(object),
+}
+
+# Which InferTensorContents field carries each datatype in typed form (FP16 has none: raw only).
+_TYPED_FIELD: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+# The numpy type of each typed field as protobuf stores it (before narrowing to INT8 etc.).
+_FIELD_DTYPE: dict[str, np.dtype] = {
+    "bool_contents": np.dtype(np.bool_),
+    "int_contents": np.dtype(np.int32),
+    "int64_contents": np.dtype(np.int64),
+    "uint_contents": np.dtype(np.uint32),
+    "uint64_contents": np.dtype(np.uint64),
+    "fp32_contents": np.dtype(np.float32),
+    "fp64_contents": np.dtype(np.float64),
+}
+
+_ORT_TYPES: dict[str, str] = {
+    "tensor(bool)": "BOOL",
+    "tensor(uint8)": "UINT8",
+    "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32",
+    "tensor(uint64)": "UINT64",
+    "tensor(int8)": "INT8",
+    "tensor(int16)": "INT16",
+    "tensor(int32)": "INT32",
+    "tensor(int64)": "INT64",
+    "tensor(float16)": "FP16",
+    "tensor(float)": "FP32",
+    "tensor(double)": "FP64",
+    "tensor(string)": "BYTES",
+}
+
+_MAX_NDIM = 32  # numpy's floor across versions; deeper shapes are refused, not crashed on
+_LEN = struct.Struct("<I")
+
+
+def format_shape(shape: Iterable[int]) -> str:
+    """Shape as the operator reads it in messages: `[1,3,64,64]`."""
+    return "[" + ",".join(str(int(d)) for d in shape) + "]"
+
+
+def _label(kind: str, name: str, index: int) -> str:
+    return f"{kind} {name!r}" if name else f"{kind} #{index}"
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """OIP datatype of a numpy array (object, bytes_ and str_ arrays are BYTES); TensorError if none fits."""
+    return _datatype_of(np.asarray(array).dtype, "array")
+
+
+def _datatype_of(dtype: np.dtype, label: str) -> str:
+    kind, size = dtype.kind, dtype.itemsize
+    if kind == "b":
+        return "BOOL"
+    if kind in "OSU":
+        return "BYTES"
+    if kind == "u" and size in (1, 2, 4, 8):
+        return f"UINT{size * 8}"
+    if kind == "i" and size in (1, 2, 4, 8):
+        return f"INT{size * 8}"
+    if kind == "f" and size in (2, 4, 8):
+        return f"FP{size * 8}"
+    raise TensorError(f"{label}: numpy dtype {dtype} has no Open Inference Protocol datatype")
+
+
+def datatype_from_ort(ort_type: str) -> str:
+    """OIP datatype of an onnxruntime type string ("tensor(float)" -> "FP32"); TensorError if unsupported."""
+    try:
+        return _ORT_TYPES[ort_type]
+    except KeyError:
+        raise TensorError(f"onnxruntime type {ort_type!r} has no Open Inference Protocol datatype") from None
+
+
+def _checked_shape(label: str, shape: Sequence[int], max_elements: int) -> tuple[tuple[int, ...], int]:
+    dims = tuple(int(d) for d in shape)
+    if len(dims) > _MAX_NDIM:
+        raise TensorError(f"{label}: shape has {len(dims)} dimensions, at most {_MAX_NDIM} are allowed")
+    if any(d < 0 for d in dims):
+        raise TensorError(f"{label}: shape {format_shape(dims)} has a negative dimension")
+    # Zero dims are ignored in the bound too, so that numpy never sees a shape it cannot allocate.
+    nominal = 1
+    for d in dims:
+        nominal *= max(d, 1)
+        if nominal > max_elements:
+            raise TensorError(
+                f"{label}: shape {format_shape(dims)} is too large (more than {max_elements} elements)"
+            )
+    return dims, math.prod(dims)
+
+
+def _decode_bytes_raw(label: str, raw: bytes, count: int) -> np.ndarray:
+    if count * _LEN.size > len(raw):
+        raise TensorError(
+            f"{label}: BYTES raw contents of {len(raw)} bytes cannot hold {count} elements "
+            f"(4-byte length prefix each)"
+        )
+    out = np.empty(count, dtype=object)
+    view = memoryview(raw)
+    pos = 0
+    for i in range(count):
+        if pos + _LEN.size > len(raw):
+            raise TensorError(f"{label}: BYTES element {i} length prefix runs past the end of the contents")
+        (length,) = _LEN.unpack_from(view, pos)
+        pos += _LEN.size
+        if pos + length > len(raw):
+            raise TensorError(
+                f"{label}: BYTES element {i} claims {length} bytes but only {len(raw) - pos} remain"
+            )
+        out[i] = bytes(view[pos : pos + length])
+        pos += length
+    if pos != len(raw):
+        raise TensorError(
+            f"{label}: BYTES raw contents has {len(raw) - pos} trailing bytes after {count} elements"
+        )
+    return out
+
+
+def _decode_raw(label: str, datatype: str, dims: tuple[int, ...], count: int, raw: bytes) -> np.ndarray:
+    if datatype == "BYTES":
+        return _decode_bytes_raw(label, raw, count).reshape(dims)
+    dtype = DATATYPES[datatype]
+    expected = count * dtype.itemsize
+    if len(raw) != expected:
+        raise TensorError(
+            f"{label}: expected {expected} bytes for {datatype} {format_shape(dims)}, got {len(raw)}"
+        )
+    if datatype == "BOOL":
+        # Any non-zero byte is true; copying through != 0 also keeps numpy from holding odd bool bytes.
+        return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(dims)
+    wire = dtype.newbyteorder("<")
+    return np.frombuffer(raw, dtype=wire).astype(dtype, copy=True).reshape(dims)
+
+
+def _typed_fields(contents: pb.InferTensorContents) -> list[str]:
+    return [field.name for field, _ in contents.ListFields()]
+
+
+def _decode_typed(
+    label: str, datatype: str, dims: tuple[int, ...], count: int, contents: pb.InferTensorContents
+) -> np.ndarray:
+    if datatype == "FP16":
+        raise TensorError(f"{label}: FP16 travels only in raw contents, typed contents cannot carry it")
+    field = _TYPED_FIELD[datatype]
+    others = [f for f in _typed_fields(contents) if f != field]
+    if others:
+        raise TensorError(f"{label}: {datatype} is carried in {field}, got {', '.join(others)}")
+    values = getattr(contents, field)
+    if len(values) != count:
+        raise TensorError(
+            f"{label}: expected {count} elements in {field} for {datatype} {format_shape(dims)}, "
+            f"got {len(values)}"
+        )
+    if datatype == "BYTES":
+        out = np.empty(count, dtype=object)
+        for i, item in enumerate(values):
+            out[i] = bytes(item)
+        return out.reshape(dims)
+    wide = np.array(values, dtype=_FIELD_DTYPE[field]).reshape(count)
+    dtype = DATATYPES[datatype]
+    if wide.dtype != dtype:
+        info = np.iinfo(dtype)
+        if count and (int(wide.min()) < info.min or int(wide.max()) > info.max):
+            raise TensorError(
+                f"{label}: {field} holds values outside the {datatype} range [{info.min},{info.max}]"
+            )
+        wide = wide.astype(dtype)
+    return np.ascontiguousarray(wide).reshape(dims)
+
+
+def _decode_tensors(
+    kind: str,
+    tensors: Sequence[Any],
+    raw_contents: Sequence[bytes],
+    max_elements: int,
+) -> dict[str, np.ndarray]:
+    if raw_contents and len(raw_contents) != len(tensors):
+        raise TensorError(
+            f"{kind}s: expected {len(tensors)} raw contents entries (one per {kind}, in order), "
+            f"got {len(raw_contents)}"
+        )
+    result: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(tensors):
+        name = tensor.name
+        label = _label(kind, name, index)
+        if not name:
+            raise TensorError(f"{label}: tensor has no name")
+        if name in result:
+            raise TensorError(f"{label}: name appears more than once")
+        datatype = tensor.datatype
+        if datatype not in DATATYPES:
+            known = ", ".join(DATATYPES)
+            raise TensorError(f"{label}: unknown datatype {datatype!r} (expected one of {known})")
+        dims, count = _checked_shape(label, tensor.shape, max_elements)
+        if raw_contents:
+            typed = _typed_fields(tensor.contents)
+            if typed:
+                fields = ", ".join(typed)
+                raise TensorError(f"{label}: both raw contents and typed contents ({fields}) are set")
+            array = _decode_raw(label, datatype, dims, count, raw_contents[index])
+        else:
+            array = _decode_typed(label, datatype, dims, count, tensor.contents)
+        result[name] = array
+    return result
+
+
+def decode_inputs(request: pb.ModelInferRequest, max_elements: int = 1 << 28) -> dict[str, np.ndarray]:
+    """Input tensors of a request as writable C-contiguous arrays by name; TensorError if malformed."""
+    return _decode_tensors("input", request.inputs, request.raw_input_contents, max_elements)
+
+
+def decode_outputs(response: pb.ModelInferResponse, max_elements: int = 1 << 28) -> dict[str, np.ndarray]:
+    """Output tensors of a ModelInferResponse (raw or typed) by name; TensorError if malformed."""
+    return _decode_tensors("output", response.outputs, response.raw_output_contents, max_elements)
+
+
+def _bytes_element(label: str, item: object) -> bytes:
+    if isinstance(item, bytes | bytearray | memoryview):
+        return bytes(item)
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    raise TensorError(f"{label}: BYTES element of type {type(item).__name__} is neither bytes nor str")
+
+
+def _encode_raw(label: str, array: np.ndarray) -> tuple[str, bytes]:
+    datatype = _datatype_of(array.dtype, label)
+    if datatype == "BYTES":
+        parts: list[bytes] = []
+        for item in array.reshape(-1):
+            data = _bytes_element(label, item)
+            parts.append(_LEN.pack(len(data)))
+            parts.append(data)
+        return datatype, b"".join(parts)
+    wire = DATATYPES[datatype].newbyteorder("<")
+    return datatype, np.ascontiguousarray(array, dtype=wire).tobytes()
+
+
+def encode_outputs(response: pb.ModelInferResponse, outputs: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Append each (name, array) to the response as an output tensor with raw contents."""
+    for index, (name, value) in enumerate(outputs):
+        array = np.asarray(value)
+        datatype, raw = _encode_raw(_label("output", name, index), array)
+        response.outputs.add(name=name, datatype=datatype, shape=array.shape)
+        response.raw_output_contents.append(raw)
+
+
+def encode_inputs(request: pb.ModelInferRequest, inputs: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Append each (name, array) to the request as an input tensor with raw contents (client side)."""
+    for index, (name, value) in enumerate(inputs):
+        array = np.asarray(value)
+        datatype, raw = _encode_raw(_label("input", name, index), array)
+        request.inputs.add(name=name, datatype=datatype, shape=array.shape)
+        request.raw_input_contents.append(raw)
+
+
+def check_tensor(
+    name: str, array: np.ndarray, datatype: str, shape: Sequence[int | str | None], kind: str = "input"
+) -> None:
+    """Raise TensorError unless array has the datatype and shape a model declares (-1/None/str = any)."""
+    label = f"{kind} {name!r}"
+    expected = [d if isinstance(d, int) and d >= 0 else -1 for d in shape]
+    got_type = _datatype_of(array.dtype, label)
+    fits = got_type == datatype and len(array.shape) == len(expected)
+    fits = fits and all(e == -1 or e == g for e, g in zip(expected, array.shape, strict=False))
+    if not fits:
+        raise TensorError(
+            f"{label}: expected {datatype} {format_shape(expected)}, "
+            f"got {got_type} {format_shape(array.shape)}"
+        )
+
+
+def nonfinite(array: np.ndarray) -> bool:
+    """True when a floating-point array holds NaN or infinity (such inputs are answered but flagged)."""
+    return array.dtype.kind == "f" and not bool(np.isfinite(array).all())
+
+
+def row_slice(
+    tensors: Mapping[str, np.ndarray], rows: slice | Sequence[int] | np.ndarray
+) -> dict[str, np.ndarray]:
+    """The given rows (first axis) of every tensor in a batch, as new C-contiguous arrays."""
+    return {name: np.ascontiguousarray(array[rows]) for name, array in tensors.items()}
+
+
+def concat_rows(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Stack batches with the same tensor names along the first axis (the inverse of row_slice)."""
+    if not batches:
+        return {}
+    names = list(batches[0])
+    for batch in batches[1:]:
+        if set(batch) != set(names):
+            raise TensorError(f"batch tensors {sorted(batch)} differ from {sorted(names)}")
+    return {name: np.concatenate([batch[name] for batch in batches], axis=0) for name in names}

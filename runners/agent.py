@@ -1,0 +1,712 @@
+"""`tierdeck-node`: the node agent. Serves OIP v2 (data plane), tierdeck.v1.NodeControl and grpc.health.v1.
+
+Event-loop story: one asyncio loop runs the grpc.aio server, the forwarders and the samplers. onnxruntime
+runs in a thread pool (`compute`), every file and SQLite operation in a single I/O thread (`io`); nothing
+blocking ever runs on the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import ipaddress
+import json
+import logging
+import os
+import platform
+import signal
+import socket
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import psutil
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from runners import __version__
+from runners._forward import EscalationQueue, Forwarder
+from runners._proto import grpc_predict_v2_pb2 as pb
+from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from runners._proto import tierdeck_control_pb2 as ctl
+from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
+from runners._rules import DROPPED, ESCALATE, Decision, evaluate
+from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
+from runners._store import StageStore, check_name
+from runners._telemetry import StageStats, TelemetryWindow, prune
+from runners._tensors import TensorError, decode_inputs, encode_outputs, nonfinite
+from runners.power import PowerMeter
+
+log = logging.getLogger("tierdeck.agent")
+T = TypeVar("T")
+
+TIERS = ("device", "edge", "cloud")
+PROTO = "oip-v2-grpc"
+CHUNK_MAX = 4 << 20
+
+
+@dataclass
+class AgentConfig:
+    """Everything the agent is started with (the command line maps onto this)."""
+
+    name: str
+    tier: str
+    data_dir: Path
+    listen: str = "127.0.0.1:0"
+    preload: list[tuple[str, Path]] = field(default_factory=list)
+    insecure: bool = True
+    allow_insecure_network: bool = False
+    mdns: bool = True
+    mdns_interfaces: list[str] = field(default_factory=list)
+    metrics_port: int | None = None
+    idle_watts: float = 5.0
+    max_watts: float = 25.0
+    memory_cap_mb: float = 0.0
+    power_budget_watts: float = 0.0
+    queue_limit: int = 100_000
+    ort_threads: int = 1
+    max_message_mb: int = 256
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """Split HOST:PORT (IPv6 as [::1]:PORT)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"not a HOST:PORT address: {address!r}")
+    return host.strip("[]"), int(port)
+
+
+class Agent:
+    """The node agent: stages, servers, samplers. Create and use inside one running event loop."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.store = StageStore(config.data_dir)
+        self.node_id = self.store.node_id()
+        self.boot_id = uuid.uuid4().hex
+        self.started_unix_ms = int(time.time() * 1000)
+        self.stages: dict[str, Stage] = {}
+        self.stats: dict[str, StageStats] = {}
+        self.compute = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="compute")
+        self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
+        self.queue = EscalationQueue(config.data_dir / "queue.sqlite", config.queue_limit)
+        self.power = PowerMeter(idle_watts=config.idle_watts, max_watts=config.max_watts)
+        self.health = health.aio.HealthServicer()
+        self.cfg = self.store.config_counter()
+        self.address = ""
+        self.metrics_port: int | None = None
+        self.node_sample = ctl.TelemetrySample()
+        self._process = psutil.Process()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._server: grpc.aio.Server | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._advertiser: Any = None
+        self._stopping = asyncio.Event()
+
+    # -- life cycle -------------------------------------------------------------------------------
+    async def async_start(self) -> str:
+        """Load stages, start serving; returns the address actually listened on."""
+        host, port = split_address(self.config.listen)
+        limit = self.config.max_message_mb << 20
+        self._server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ])
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(self), self._server)
+        ctl_grpc.add_NodeControlServicer_to_server(ControlService(self), self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        bound = self._server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"cannot listen on {self.config.listen}")
+        self.address = f"{host}:{bound}"
+        for stage_id in await self._in_io(self.store.stage_ids):
+            try:
+                await self._activate_stored(stage_id)
+            except (ModelRejected, OSError, ValueError) as exc:
+                log.error("stage %s could not be reloaded: %s", stage_id, exc)
+        for stage_id, path in self.config.preload:
+            await self._preload(stage_id, path)
+        await self._server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        self._tasks.append(asyncio.create_task(self._node_sampler(), name="node-sampler"))
+        if self.config.metrics_port is not None:
+            from runners._metrics import serve_metrics
+
+            self.metrics_port = serve_metrics(self, host, self.config.metrics_port)
+        if self.config.mdns:
+            await self._advertise(host, bound)
+        return self.address
+
+    async def _advertise(self, host: str, port: int) -> None:
+        from discovery import Advertiser
+
+        interfaces = self.config.mdns_interfaces or ([host] if host not in ("0.0.0.0", "::") else None)
+        addresses = interfaces or [socket.gethostbyname(socket.gethostname())]
+        self._advertiser = Advertiser(node_id=self.node_id, name=self.config.name, tier=self.config.tier,
+                                      port=port, addresses=addresses, version=__version__, proto=PROTO,
+                                      interfaces=interfaces, extra_txt={"cfg": str(self.cfg)})
+        await self._advertiser.async_start()
+
+    async def async_stop(self, grace: float = 5.0) -> None:
+        """Finish in-flight requests, flush forwarders to disk, say goodbye on mDNS."""
+        self._stopping.set()
+        await self.health.enter_graceful_shutdown()
+        if self._advertiser is not None:
+            await self._advertiser.async_stop()
+        if self._server is not None:
+            await self._server.stop(grace)
+        for stage in list(self.stages.values()):
+            if stage.forwarder is not None:
+                await stage.forwarder.async_stop()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._in_io(self.queue.close)
+        self.io.shutdown(wait=True)
+        self.compute.shutdown(wait=True)
+
+    async def wait_stopped(self) -> None:
+        """Return when async_stop has begun."""
+        await self._stopping.wait()
+
+    async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    # -- stages -----------------------------------------------------------------------------------
+    def _stats_for(self, stage_id: str) -> StageStats:
+        return self.stats.setdefault(stage_id, StageStats(stage_id))
+
+    def lock_for(self, stage_id: str) -> asyncio.Lock:
+        """Deploys, rollbacks and policy changes of one stage happen one at a time."""
+        return self._locks.setdefault(stage_id, asyncio.Lock())
+
+    async def build_stage(self, manifest: ctl.StageManifest, path: Path, previous: str = "",
+                          activated_ms: int = 0) -> Stage:
+        """Load a model file into a ready Stage (session opened and warmed up, policy checked)."""
+        session = await asyncio.get_running_loop().run_in_executor(
+            self.compute, load_session, path, self.config.ort_threads)
+        stage = Stage(manifest=manifest, session=session, model_path=path, stats=self._stats_for(manifest.stage_id),
+                      previous_version=previous, activated_unix_ms=activated_ms or int(time.time() * 1000))
+        await asyncio.get_running_loop().run_in_executor(self.compute, stage.warm_up)
+        return stage
+
+    async def swap_in(self, stage: Stage) -> None:
+        """Make `stage` the one that answers its model name; wire its next hop."""
+        old = self.stages.get(stage.stage_id)
+        await self.wire_next_hop(stage, old)
+        self.stages[stage.stage_id] = stage
+        await self.health.set(f"stage/{stage.stage_id}", health_pb2.HealthCheckResponse.SERVING)
+
+    async def wire_next_hop(self, stage: Stage, old: Stage | None) -> None:
+        """Give the stage a forwarder for its next hop, reusing the old one when the hop is unchanged."""
+        hop = stage.manifest.next_hop if stage.manifest.HasField("next_hop") else None
+        reuse = old.forwarder if old is not None else None
+        if reuse is not None and hop is not None and reuse.hop == hop:
+            stage.forwarder = reuse
+            reuse._max_batch = stage.manifest.max_batch or 64
+            reuse._priority = stage.manifest.budget.priority
+            return
+        if reuse is not None:
+            await reuse.async_stop()
+        if hop is not None:
+            stage.forwarder = Forwarder(stage.stage_id, hop, self.queue, self.io, stage.stats,
+                                        max_batch=stage.manifest.max_batch or 64,
+                                        priority=stage.manifest.budget.priority)
+            await stage.forwarder.async_start()
+        else:
+            stage.stats.link_state = "none"
+
+    async def _activate_stored(self, stage_id: str) -> Stage:
+        stored = await self._in_io(self.store.load, stage_id)
+        if stored is None:
+            raise LookupError(f"stage '{stage_id}' is not deployed")
+        stage = await self.build_stage(stored.manifest, stored.model_path, stored.previous_version,
+                                       stored.activated_unix_ms)
+        await self.swap_in(stage)
+        return stage
+
+    async def _preload(self, stage_id: str, path: Path) -> None:
+        check_name("stage id", stage_id)
+        if stage_id in self.stages:
+            raise ValueError(f"--stage {stage_id}: a deployed stage already has that id")
+        data = await self._in_io(path.read_bytes)
+        manifest = ctl.StageManifest(stage_id=stage_id, version="local", sha256=hashlib.sha256(data).hexdigest(),
+                                     size_bytes=len(data))
+        await self._in_io(check_model_file, path, self.memory_cap_bytes)
+        await self.swap_in(await self.build_stage(manifest, path))
+
+    @property
+    def memory_cap_bytes(self) -> int:
+        """Largest memory a model may take on this node (0 = unlimited)."""
+        return int(self.config.memory_cap_mb * 2**20)
+
+    async def config_changed(self) -> None:
+        """Bump the config counter (persisted, advertised) after a deploy, rollback, undeploy or policy change."""
+        self.cfg += 1
+        await self._in_io(self.store.save_config_counter, self.cfg)
+        if self._advertiser is not None:
+            await self._advertiser.async_update(cfg=str(self.cfg))
+
+    # -- telemetry --------------------------------------------------------------------------------
+    async def _node_sampler(self) -> None:
+        """Every 0.5 s: CPU, RSS, power; attribute dynamic energy to stages by their compute time."""
+        cores = psutil.cpu_count() or 1
+        self._process.cpu_percent(None)
+        last_compute = {sid: s.compute_seconds_total for sid, s in self.stats.items()}
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(0.5)
+            now = time.monotonic()
+            cpu = self._process.cpu_percent(None) / cores
+            reading = self.power.sample(now, cpu)
+            dynamic = max(0.0, reading.watts - self.config.idle_watts) * (now - last)
+            deltas = {sid: s.compute_seconds_total - last_compute.get(sid, 0.0) for sid, s in self.stats.items()}
+            busy = sum(deltas.values())
+            for sid, stats in self.stats.items():
+                if busy > 0:
+                    stats.energy_joules_total += dynamic * deltas[sid] / busy
+                last_compute[sid] = stats.compute_seconds_total
+                prune(stats, now)
+            last = now
+            self.node_sample = ctl.TelemetrySample(
+                node_id=self.node_id, boot_id=self.boot_id, cpu_percent=cpu,
+                rss_bytes=self._process.memory_info().rss, power_watts=reading.watts,
+                power_source=reading.source, power_measured=reading.measured,
+                energy_joules_total=reading.energy_joules_total,
+                backlog=sum(s.queue_depth for s in self.stats.values()))
+
+    def node_info(self) -> ctl.NodeInfo:
+        """What GetNodeInfo answers."""
+        memory = psutil.virtual_memory()
+        return ctl.NodeInfo(
+            node_id=self.node_id, name=self.config.name, tier=self.config.tier, agent_version=__version__,
+            cpu_cores=psutil.cpu_count() or 1, ram_total_bytes=memory.total, ram_free_bytes=memory.available,
+            execution_providers=ort.get_available_providers(), power_source=self.power.source,
+            power_measured=self.power.measured, hostname=socket.gethostname(),
+            platform=f"{platform.system()} {platform.machine()}", onnxruntime_version=ort.__version__,
+            memory_cap_bytes=self.memory_cap_bytes, power_budget_watts=self.config.power_budget_watts,
+            config_counter=self.cfg, started_unix_ms=self.started_unix_ms, boot_id=self.boot_id,
+            insecure=self.config.insecure)
+
+
+def _param(value: bool | int | str) -> pb.InferParameter:
+    if isinstance(value, bool):
+        return pb.InferParameter(bool_param=value)
+    if isinstance(value, int):
+        return pb.InferParameter(int64_param=value)
+    return pb.InferParameter(string_param=value)
+
+
+class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
+    """Open Inference Protocol v2: one model per deployed stage, named by the stage id."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=not self.agent._stopping.is_set())
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest,
+                             context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name="tierdeck", version=__version__, extensions=["tierdeck_cascade"])
+
+    def _stage(self, name: str, version: str) -> Stage | None:
+        stage = self.agent.stages.get(name)
+        if stage is None or (version and version != stage.version):
+            return None
+        return stage
+
+    async def ModelReady(self, request: pb.ModelReadyRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        return pb.ModelReadyResponse(ready=self._stage(request.name, request.version) is not None)
+
+    async def _not_found(self, context: grpc.aio.ServicerContext, name: str, version: str) -> None:
+        known = sorted(self.agent.stages)
+        what = f"model '{name}'" + (f" version '{version}'" if version else "")
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"{what} is not deployed on this node (models: {known})")
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+        stage = self._stage(request.name, request.version)
+        if stage is None:
+            await self._not_found(context, request.name, request.version)
+            raise AssertionError("unreachable")
+        meta = pb.ModelMetadataResponse(name=stage.stage_id, versions=[stage.version], platform=PLATFORM)
+        for spec in stage.inputs:
+            meta.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        for spec in stage.metadata_outputs():
+            meta.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        return meta
+
+    async def ModelInfer(self, request: pb.ModelInferRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        started = time.perf_counter()
+        stage = self._stage(request.model_name, request.model_version)
+        if stage is None:
+            await self._not_found(context, request.model_name, request.model_version)
+            raise AssertionError("unreachable")
+        stats = stage.stats
+        stats.add("requests_total")
+        try:
+            feeds = stage.check_inputs(decode_inputs(request))
+            requested = [o.name for o in request.outputs]
+            known = [o.name for o in stage.metadata_outputs()]
+            for name in requested:
+                if name not in known:
+                    raise TensorError(f"output {name!r}: model '{stage.stage_id}' has no such output "
+                                      f"(outputs: {known})")
+        except TensorError as exc:
+            stats.add("errors_total")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise AssertionError("unreachable") from exc
+        loop = asyncio.get_running_loop()
+        try:
+            outputs, compute_s = await loop.run_in_executor(self.agent.compute, stage.run, feeds)
+        except Exception as exc:  # onnxruntime's own exception types
+            stats.add("errors_total")
+            code = grpc.StatusCode.INVALID_ARGUMENT if "InvalidArgument" in type(exc).__name__ \
+                else grpc.StatusCode.INTERNAL
+            await context.abort(code, f"model '{stage.stage_id}' failed: {exc}")
+            raise AssertionError("unreachable") from exc
+        stats.compute_seconds_total += compute_s
+        named = dict(zip([o.name for o in stage.outputs], outputs, strict=True))
+        response = pb.ModelInferResponse(model_name=stage.stage_id, model_version=stage.version, id=request.id)
+        flagged = sum(nonfinite(a) for a in feeds.values())
+        if flagged:
+            response.parameters["tierdeck.nonfinite_inputs"].CopyFrom(_param(int(flagged)))
+        rows = next(iter(named.values())).shape[0] if named and next(iter(named.values())).ndim else 1
+        if stage.rule is not None:
+            decisions = await self._decide(stage, feeds, named[stage.rule.output], request.id)
+            rows = len(decisions)
+            named["decision_label"] = np.array([d.label.encode() for d in decisions], dtype=object)
+            named["decision_confidence"] = np.array([d.confidence for d in decisions], dtype=np.float32)
+            named["decision_stage"] = np.array([d.stage.encode() for d in decisions], dtype=object)
+            named["decision_final"] = np.array([d.final for d in decisions], dtype=bool)
+            deciders = list(dict.fromkeys(d.stage for d in decisions))
+            provisional = sum(not d.final for d in decisions)
+        else:
+            deciders, provisional = [stage.stage_id], 0
+        stats.add("inferences_total", rows)
+        response.parameters["tierdeck.decided_by"].CopyFrom(_param(",".join(deciders)))
+        response.parameters["tierdeck.final"].CopyFrom(_param(provisional == 0))
+        response.parameters["tierdeck.provisional_rows"].CopyFrom(_param(provisional))
+        selected = requested or list(named)
+        encode_outputs(response, [(n, named[n]) for n in selected])
+        stats.record_latency(time.perf_counter() - started, time.monotonic())
+        return response
+
+    async def _decide(self, stage: Stage, feeds: dict[str, np.ndarray], output: np.ndarray,
+                      request_id: str) -> list[Decision]:
+        """Apply the rule, forward what escalates (within the budget), and answer per row."""
+        assert stage.rule is not None
+        rule, stats = stage.rule, stage.stats
+        outcome = evaluate(rule, output)
+        stats.record_scores(outcome.score, time.monotonic())
+        decisions = [Decision(outcome.label(rule, r), float(outcome.top_prob[r]), stage.stage_id,
+                              outcome.action[r] != ESCALATE) for r in range(len(outcome.action))]
+        stats.add("dropped_total", int((outcome.action == DROPPED).sum()))
+        escalate = np.flatnonzero(outcome.action == ESCALATE)
+        stats.add("escalated_total", len(escalate))
+        if len(escalate) and stage.forwarder is not None:
+            granted = stage.bucket.take(len(escalate)) if stage.bucket else len(escalate)
+            stats.add("shed_total", len(escalate) - granted)
+            send = escalate[:granted]
+            if len(send):
+                rows = {n: np.ascontiguousarray(a[send]) for n, a in feeds.items()}
+                answers = await stage.forwarder.async_escalate(rows, request_id)
+                for row, answer in zip(send, answers, strict=True):
+                    if answer is not None:
+                        decisions[row] = answer
+        stats.add("provisional_total", sum(not d.final for d in decisions))
+        return decisions
+
+
+class ControlService(ctl_grpc.NodeControlServicer):
+    """tierdeck.v1.NodeControl: deploy, roll back, change policy, watch telemetry."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    async def GetNodeInfo(self, request: ctl.GetNodeInfoRequest, context: grpc.aio.ServicerContext) -> ctl.NodeInfo:
+        return self.agent.node_info()
+
+    async def Deploy(self, request_iterator: AsyncIterator[ctl.DeployRequest],
+                     context: grpc.aio.ServicerContext) -> ctl.DeployResponse:
+        agent = self.agent
+        upload: Path | None = None
+        step = "receive"
+        try:
+            first = await anext(request_iterator, None)
+            if first is None or first.WhichOneof("part") != "manifest":
+                raise ModelRejected("receive", "the first message of a deploy must be the manifest")
+            manifest = first.manifest
+            check_name("stage id", manifest.stage_id)
+            check_name("version", manifest.version)
+            if not 0 < manifest.size_bytes < 2**31:
+                raise ModelRejected("receive", f"declared size {manifest.size_bytes} bytes is out of range")
+            if agent.memory_cap_bytes and manifest.size_bytes * 2 > agent.memory_cap_bytes:
+                raise ModelRejected("receive", f"model of {manifest.size_bytes / 2**20:.1f} MiB is too large for "
+                                    f"this node's memory cap of {agent.memory_cap_bytes / 2**20:.1f} MiB")
+            async with agent.lock_for(manifest.stage_id):
+                existing = await agent._in_io(agent.store.has_version, manifest.stage_id, manifest.version)
+                upload = agent.store.new_upload()
+                digest, received = await self._receive(request_iterator, upload, manifest.size_bytes)
+                step = "verify"
+                if received != manifest.size_bytes:
+                    raise ModelRejected("verify", f"received {received} bytes, the manifest declares "
+                                        f"{manifest.size_bytes} (upload truncated?)")
+                if digest != manifest.sha256.lower():
+                    raise ModelRejected("verify", f"sha256 mismatch: received {digest}, manifest says "
+                                        f"{manifest.sha256}")
+                if existing is not None:
+                    if existing.sha256 != manifest.sha256.lower():
+                        raise ModelRejected("verify", f"version '{manifest.version}' of '{manifest.stage_id}' is "
+                                            "already deployed with different content; use a new version")
+                step = "validate"
+                await agent._in_io(check_model_file, upload, agent.memory_cap_bytes)
+                stage = await agent.build_stage(manifest, upload)
+                step = "activate"
+                stored = await agent._in_io(agent.store.install, upload, manifest)
+                upload = None
+                stage.model_path = stored.model_path
+                stage.previous_version = stored.previous_version
+                await agent.swap_in(stage)
+                await agent.config_changed()
+                log.info("deployed %s version %s", manifest.stage_id, manifest.version)
+                return ctl.DeployResponse(ok=True, stage=stage.info())
+        except ModelRejected as exc:
+            log.warning("deploy refused at %s: %s", exc.step, exc.message)
+            return ctl.DeployResponse(ok=False, failed_step=exc.step, error=exc.message)
+        except ValueError as exc:
+            return ctl.DeployResponse(ok=False, failed_step=step, error=str(exc))
+        finally:
+            if upload is not None:
+                await agent._in_io(lambda p: p.unlink(missing_ok=True), upload)
+
+    async def _receive(self, request_iterator: AsyncIterator[ctl.DeployRequest], upload: Path,
+                       declared: int) -> tuple[str, int]:
+        digest = hashlib.sha256()
+        received = 0
+        handle = await self.agent._in_io(open, upload, "wb")
+        try:
+            async for message in request_iterator:
+                if message.WhichOneof("part") != "chunk":
+                    raise ModelRejected("receive", "only model chunks may follow the manifest")
+                chunk = message.chunk
+                received += len(chunk)
+                if received > declared:
+                    raise ModelRejected("receive", f"upload exceeds the declared size of {declared} bytes")
+                digest.update(chunk)
+                await self.agent._in_io(handle.write, chunk)
+        finally:
+            await self.agent._in_io(handle.close)
+        return digest.hexdigest(), received
+
+    async def Rollback(self, request: ctl.RollbackRequest, context: grpc.aio.ServicerContext) -> ctl.StageInfo:
+        agent = self.agent
+        async with agent.lock_for(request.stage_id):
+            if request.stage_id not in agent.stages:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"stage '{request.stage_id}' is not deployed")
+            try:
+                stored = await agent._in_io(agent.store.rollback, request.stage_id)
+            except LookupError as exc:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+                raise
+            try:
+                stage = await agent.build_stage(stored.manifest, stored.model_path, stored.previous_version)
+            except ModelRejected as exc:
+                await agent._in_io(agent.store.rollback, request.stage_id)  # swap back: keep what serves
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                    f"previous version could not be loaded ({exc.step}): {exc.message}")
+                raise
+            await agent.swap_in(stage)
+            await agent.config_changed()
+            return stage.info()
+
+    async def Undeploy(self, request: ctl.UndeployRequest,
+                       context: grpc.aio.ServicerContext) -> ctl.UndeployResponse:
+        agent = self.agent
+        async with agent.lock_for(request.stage_id):
+            stage = agent.stages.pop(request.stage_id, None)
+            if stage is not None and stage.forwarder is not None:
+                await stage.forwarder.async_stop()
+            removed = await agent._in_io(agent.store.remove, request.stage_id)
+            await agent._in_io(agent.queue.drop_stage, request.stage_id)
+            await agent.health.set(f"stage/{request.stage_id}", health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+            if stage is not None or removed:
+                await agent.config_changed()
+            return ctl.UndeployResponse(removed=stage is not None or removed)
+
+    async def ListStages(self, request: ctl.ListStagesRequest,
+                         context: grpc.aio.ServicerContext) -> ctl.ListStagesResponse:
+        return ctl.ListStagesResponse(stages=[s.info() for s in self.agent.stages.values()])
+
+    async def UpdatePolicy(self, request: ctl.UpdatePolicyRequest,
+                           context: grpc.aio.ServicerContext) -> ctl.StageInfo:
+        agent = self.agent
+        async with agent.lock_for(request.stage_id):
+            stage = agent.stages.get(request.stage_id)
+            if stage is None:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"stage '{request.stage_id}' is not deployed")
+                raise AssertionError("unreachable")
+            manifest = ctl.StageManifest()
+            manifest.CopyFrom(stage.manifest)
+            if request.HasField("rule"):
+                manifest.rule.CopyFrom(request.rule)
+            if request.HasField("budget"):
+                manifest.budget.CopyFrom(request.budget)
+            if request.clear_next_hop:
+                manifest.ClearField("next_hop")
+            elif request.HasField("next_hop"):
+                manifest.next_hop.CopyFrom(request.next_hop)
+            updated = Stage(manifest=stage.manifest, session=stage.session, model_path=stage.model_path,
+                            stats=stage.stats, previous_version=stage.previous_version,
+                            activated_unix_ms=stage.activated_unix_ms)
+            updated.manifest = manifest
+            try:
+                updated.apply_policy()
+            except ModelRejected as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+                raise
+            if stage.manifest.version != "local":
+                await agent._in_io(agent.store.save_manifest, manifest)
+            await agent.swap_in(updated)
+            await agent.config_changed()
+            return updated.info()
+
+    async def WatchTelemetry(self, request: ctl.WatchTelemetryRequest,
+                             context: grpc.aio.ServicerContext) -> AsyncIterator[ctl.TelemetrySample]:
+        interval = request.interval_s or 1.0
+        if not 0.1 <= interval <= 10.0:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"interval_s must be between 0.1 and 10 seconds, got {interval}")
+        window = TelemetryWindow()
+        agent = self.agent
+        window.sample(ctl.TelemetrySample(interval_s=interval), list(agent.stats.values()))  # baseline
+        while not agent._stopping.is_set():
+            await asyncio.sleep(interval)
+            sample = ctl.TelemetrySample()
+            sample.CopyFrom(agent.node_sample)
+            sample.node_id, sample.boot_id = agent.node_id, agent.boot_id
+            sample.timestamp_ms = int(time.time() * 1000)
+            sample.interval_s = interval
+            yield window.sample(sample, list(agent.stats.values()))
+
+
+# -- command line ---------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The `tierdeck-node` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="tierdeck-node",
+        description="tierdeck node agent: serves ONNX stages over the Open Inference Protocol (gRPC), escalates "
+                    "what a stage cannot settle to its next hop, streams telemetry. Prints one JSON line "
+                    '{"event": "listening", "address": ..., "node_id": ...} on stdout once serving; logs go to '
+                    "stderr. SIGTERM/SIGINT shut down gracefully.",
+    )
+    parser.add_argument("--name", default=socket.gethostname(), help="node name shown to operators")
+    parser.add_argument("--tier", choices=TIERS, default="edge", help="the tier this node serves")
+    parser.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT",
+                        help="address to serve on; port 0 picks a free one (default 127.0.0.1:50051)")
+    parser.add_argument("--data-dir", type=Path, required=True, metavar="DIR",
+                        help="node id, deployed stages and the store-and-forward queue live here")
+    parser.add_argument("--stage", action="append", default=[], metavar="[ID=]MODEL.onnx",
+                        help="serve a local model as a plain OIP model (repeatable)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="serve without TLS (local development; loopback only)")
+    parser.add_argument("--allow-insecure-network", action="store_true",
+                        help="with --insecure, also allow a non-loopback listen address")
+    parser.add_argument("--no-mdns", action="store_true", help="do not advertise over mDNS")
+    parser.add_argument("--mdns-interface", action="append", default=[], metavar="IP",
+                        help="advertise on this interface address (repeatable; default: the listen address)")
+    parser.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on this port")
+    parser.add_argument("--idle-watts", type=float, default=5.0, help="power model: watts at idle (estimate)")
+    parser.add_argument("--max-watts", type=float, default=25.0, help="power model: watts at full CPU (estimate)")
+    parser.add_argument("--power-budget-watts", type=float, default=0.0, help="advertised power budget (0 = none)")
+    parser.add_argument("--memory-cap-mb", type=float, default=0.0,
+                        help="refuse models that would need more memory than this (0 = no cap)")
+    parser.add_argument("--queue-limit", type=int, default=100_000,
+                        help="store-and-forward bound, escalations per stage (default 100000)")
+    parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads per session")
+    parser.add_argument("--max-message-mb", type=int, default=256, help="largest gRPC message accepted, MiB")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    """Validate the command line into an AgentConfig; SystemExit with a clear message on misuse."""
+    host, _ = split_address(args.listen)
+    if not args.insecure:
+        raise SystemExit("tierdeck-node: TLS is not available in this version; pass --insecure (loopback only)")
+    if not _is_loopback(host) and not args.allow_insecure_network:
+        raise SystemExit(f"tierdeck-node: refusing to serve without TLS on non-loopback address {host}; "
+                         "pass --allow-insecure-network if you really mean it")
+    preload = []
+    for item in args.stage:
+        stage_id, _, path = item.rpartition("=")
+        model = Path(path)
+        if not model.is_file():
+            raise SystemExit(f"tierdeck-node: --stage {item}: no such model file")
+        preload.append((stage_id or model.stem, model))
+    return AgentConfig(
+        name=args.name, tier=args.tier, data_dir=args.data_dir, listen=args.listen, preload=preload,
+        insecure=args.insecure, allow_insecure_network=args.allow_insecure_network, mdns=not args.no_mdns,
+        mdns_interfaces=args.mdns_interface, metrics_port=args.metrics_port, idle_watts=args.idle_watts,
+        max_watts=args.max_watts, memory_cap_mb=args.memory_cap_mb, power_budget_watts=args.power_budget_watts,
+        queue_limit=args.queue_limit, ort_threads=args.ort_threads, max_message_mb=args.max_message_mb,
+    )
+
+
+async def async_run(config: AgentConfig) -> None:
+    """Run an agent until SIGTERM/SIGINT."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    agent = Agent(config)
+    address = await agent.async_start()
+    line: dict[str, object] = {"event": "listening", "address": address, "node_id": agent.node_id}
+    if agent.metrics_port is not None:
+        line["metrics_port"] = agent.metrics_port
+    print(json.dumps(line), flush=True)
+    log.info("node %s (%s, %s tier) serving on %s", agent.node_id, config.name, config.tier, address)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await agent.async_stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `tierdeck-node`."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = config_from_args(args)
+    try:
+        asyncio.run(async_run(config))
+    except (OSError, ValueError, ModelRejected) as exc:
+        print(f"tierdeck-node: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

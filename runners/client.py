@@ -1,0 +1,155 @@
+"""Client helpers for the node agent's two services, used by the console, the CLI, tests and benchmarks."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from runners._forward import CHANNEL_OPTIONS
+from runners._proto import grpc_predict_v2_pb2 as pb
+from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from runners._proto import tierdeck_control_pb2 as ctl
+from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
+from runners._tensors import decode_outputs, encode_inputs
+
+CHUNK_BYTES = 1 << 20
+
+
+class DeployError(RuntimeError):
+    """A node refused a deploy; `step` says where (receive, verify, validate, load, warmup, activate)."""
+
+    def __init__(self, step: str, message: str) -> None:
+        super().__init__(f"{step}: {message}")
+        self.step = step
+        self.message = message
+
+
+@dataclass(frozen=True)
+class InferResult:
+    """Outputs of one ModelInfer call and its response parameters."""
+
+    outputs: dict[str, np.ndarray]
+    parameters: dict[str, bool | int | str | float]
+
+
+def manifest_for(stage_id: str, model: bytes, version: str = "1", **fields: object) -> ctl.StageManifest:
+    """A StageManifest for these model bytes (sha256 and size filled in); extra fields as keyword arguments."""
+    manifest = ctl.StageManifest(stage_id=stage_id, version=version, sha256=hashlib.sha256(model).hexdigest(),
+                                 size_bytes=len(model))
+    for name, value in fields.items():
+        field = getattr(manifest, name)
+        if hasattr(field, "CopyFrom"):
+            field.CopyFrom(value)
+        elif isinstance(value, list | tuple):
+            field.extend(value)
+        else:
+            setattr(manifest, name, value)
+    return manifest
+
+
+def deploy_requests(manifest: ctl.StageManifest, model: bytes, chunk: int = CHUNK_BYTES) -> Iterator[ctl.DeployRequest]:
+    """The Deploy stream: the manifest, then the model in chunks."""
+    yield ctl.DeployRequest(manifest=manifest)
+    for offset in range(0, len(model), chunk):
+        yield ctl.DeployRequest(chunk=model[offset:offset + chunk])
+
+
+def infer_request(model: str, inputs: Mapping[str, np.ndarray] | Sequence[tuple[str, np.ndarray]],
+                  outputs: Sequence[str] = (), request_id: str = "") -> pb.ModelInferRequest:
+    """A ModelInferRequest with raw input contents."""
+    request = pb.ModelInferRequest(model_name=model, id=request_id)
+    encode_inputs(request, list(inputs.items()) if isinstance(inputs, Mapping) else list(inputs))
+    for name in outputs:
+        request.outputs.add(name=name)
+    return request
+
+
+def infer_result(response: pb.ModelInferResponse) -> InferResult:
+    """Decode a ModelInferResponse."""
+    params: dict[str, bool | int | str | float] = {}
+    for key, value in response.parameters.items():
+        which = value.WhichOneof("parameter_choice")
+        if which:
+            params[key] = getattr(value, which)
+    return InferResult(decode_outputs(response), params)
+
+
+class NodeClient:
+    """Async client of one node (control plane, data plane, health). Create inside the running loop."""
+
+    def __init__(self, address: str, options: Sequence[tuple[str, object]] = ()) -> None:
+        self.address = address
+        self.channel = grpc.aio.insecure_channel(address, options=[*CHANNEL_OPTIONS, *options])
+        self.control = ctl_grpc.NodeControlStub(self.channel)
+        self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.health = health_pb2_grpc.HealthStub(self.channel)
+
+    async def close(self) -> None:
+        """Close the channel."""
+        await self.channel.close()
+
+    async def __aenter__(self) -> NodeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def info(self, timeout: float = 5.0) -> ctl.NodeInfo:
+        """GetNodeInfo."""
+        return await self.control.GetNodeInfo(ctl.GetNodeInfoRequest(), timeout=timeout)
+
+    async def deploy(self, manifest: ctl.StageManifest, model: bytes, timeout: float = 120.0) -> ctl.StageInfo:
+        """Upload and activate a stage; DeployError if the node refuses it."""
+        reply = await self.control.Deploy(deploy_requests(manifest, model), timeout=timeout)
+        if not reply.ok:
+            raise DeployError(reply.failed_step, reply.error)
+        return reply.stage
+
+    async def rollback(self, stage_id: str, timeout: float = 60.0) -> ctl.StageInfo:
+        """Roll a stage back to its previous version."""
+        return await self.control.Rollback(ctl.RollbackRequest(stage_id=stage_id), timeout=timeout)
+
+    async def undeploy(self, stage_id: str, timeout: float = 30.0) -> bool:
+        """Remove a stage; True if it existed."""
+        reply = await self.control.Undeploy(ctl.UndeployRequest(stage_id=stage_id), timeout=timeout)
+        return reply.removed
+
+    async def stages(self, timeout: float = 5.0) -> list[ctl.StageInfo]:
+        """ListStages."""
+        return list((await self.control.ListStages(ctl.ListStagesRequest(), timeout=timeout)).stages)
+
+    async def update_policy(self, request: ctl.UpdatePolicyRequest, timeout: float = 30.0) -> ctl.StageInfo:
+        """UpdatePolicy."""
+        return await self.control.UpdatePolicy(request, timeout=timeout)
+
+    async def telemetry(self, interval_s: float = 1.0) -> AsyncIterator[ctl.TelemetrySample]:
+        """WatchTelemetry as an async iterator (cancel the iteration to stop the stream)."""
+        call = self.control.WatchTelemetry(ctl.WatchTelemetryRequest(interval_s=interval_s))
+        try:
+            async for sample in call:
+                yield sample
+        finally:
+            call.cancel()
+
+    async def healthy(self, service: str = "", timeout: float = 2.0) -> bool:
+        """grpc.health.v1 Check: True when SERVING."""
+        try:
+            reply = await self.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    async def infer(self, model: str, inputs: Mapping[str, np.ndarray] | Sequence[tuple[str, np.ndarray]],
+                    outputs: Sequence[str] = (), request_id: str = "", timeout: float = 30.0) -> InferResult:
+        """ModelInfer with raw inputs; returns decoded outputs and parameters."""
+        response = await self.inference.ModelInfer(infer_request(model, inputs, outputs, request_id), timeout=timeout)
+        return infer_result(response)
+
+    async def metadata(self, model: str, timeout: float = 5.0) -> pb.ModelMetadataResponse:
+        """ModelMetadata."""
+        return await self.inference.ModelMetadata(pb.ModelMetadataRequest(name=model), timeout=timeout)

@@ -67,13 +67,15 @@ class EscalationQueue:
     def depth(self, stage_id: str) -> int:
         """Rows waiting for this stage."""
         with self._lock:
-            return int(self._db.execute("SELECT count(*) FROM escalations WHERE stage_id=?", (stage_id,)).fetchone()[0])
+            return self._count(stage_id)
+
+    def _count(self, stage_id: str) -> int:
+        return int(self._db.execute("SELECT count(*) FROM escalations WHERE stage_id=?", (stage_id,)).fetchone()[0])
 
     def append(self, stage_id: str, rows: list[tuple[str, bytes]]) -> int:
         """Append rows (request id, serialized request) up to the bound; returns how many were stored."""
         with self._lock:
-            depth = int(self._db.execute("SELECT count(*) FROM escalations WHERE stage_id=?", (stage_id,)).fetchone()[0])
-            room = max(0, self.limit - depth)
+            room = max(0, self.limit - self._count(stage_id))
             stored = rows[:room]
             now = int(time.time() * 1000)
             with self._db:

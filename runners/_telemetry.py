@@ -69,7 +69,8 @@ class TelemetryWindow:
         self._last: dict[str, _Snapshot] = {}
         self._seq = 0
 
-    def sample(self, node: ctl.TelemetrySample, stages: list[StageStats], now: float | None = None) -> ctl.TelemetrySample:
+    def sample(self, node: ctl.TelemetrySample, stages: list[StageStats],
+               now: float | None = None) -> ctl.TelemetrySample:
         """Fill `node` (node-level fields already set) with per-stage figures since this window's last sample."""
         now = time.monotonic() if now is None else now
         self._seq += 1

@@ -318,7 +318,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
 
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+    async def ServerLive(self, request: pb.ServerLiveRequest,
+                         context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest,

@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
 from agents import AgentProcess, running_agent, start_agent
 from models import classifier, softmax
+
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
 from agents import AgentProcess, running_agent, start_agent
 from models import classifier, softmax
+
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners.client import DeployError, NodeClient, deploy_requests, manifest_for
 
@@ -250,6 +250,6 @@ def test_telemetry_interval_out_of_range_is_refused(tmp_path: Path) -> None:
     with running_agent(tmp_path / "node") as agent:
         async def go() -> None:
             async with NodeClient(agent.address) as client:
-                with pytest.raises(Exception, match="between 0.1 and 10"):
+                with pytest.raises(Exception, match=r"between 0\.1 and 10"):
                     await anext(client.telemetry(30))
         asyncio.run(go())

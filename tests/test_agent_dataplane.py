@@ -8,9 +8,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
 from agents import running_agent
 from models import ALL_TYPES, classifier, identity_all_types, softmax
+
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._tensors import DATATYPES
 from runners.client import NodeClient, infer_request

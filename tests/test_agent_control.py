@@ -253,3 +253,38 @@ def test_telemetry_interval_out_of_range_is_refused(tmp_path: Path) -> None:
                 with pytest.raises(Exception, match=r"between 0\.1 and 10"):
                     await anext(client.telemetry(30))
         asyncio.run(go())
+
+
+def test_node_info_and_health(tmp_path: Path) -> None:
+    with running_agent(tmp_path / "node", "--memory-cap-mb", "64", "--power-budget-watts", "12", tier="device",
+                       name="gate-cam") as agent:
+        async def go() -> ctl.NodeInfo:
+            async with NodeClient(agent.address) as client:
+                assert await client.healthy("")
+                return await client.info()
+        info = asyncio.run(go())
+    assert info.node_id == agent.node_id and info.name == "gate-cam" and info.tier == "device"
+    assert info.cpu_cores >= 1 and info.ram_total_bytes >= info.ram_free_bytes > 0
+    assert "CPUExecutionProvider" in info.execution_providers
+    assert info.power_source == "estimate" and not info.power_measured
+    assert info.memory_cap_bytes == 64 << 20 and info.power_budget_watts == 12
+    assert info.insecure and info.agent_version and info.onnxruntime_version
+
+
+def test_energy_per_inference_is_attributed_under_load(tmp_path: Path, models: dict[str, bytes]) -> None:
+    with running_agent(tmp_path / "node", "--idle-watts", "2", "--max-watts", "40") as agent:
+        async def go() -> ctl.StageTelemetry:
+            async with NodeClient(agent.address) as client:
+                await client.deploy(manifest_for("det", models["v1"], "1"), models["v1"])
+                x = np.random.default_rng(0).normal(size=(4096, 4)).astype(np.float32)
+                stream = client.telemetry(0.5)
+                await anext(stream)
+                while True:
+                    for _ in range(20):
+                        await client.infer("det", {"x": x})
+                    det = next(s for s in (await anext(stream)).stages if s.stage_id == "det")
+                    if det.energy_joules_total > 0 and det.energy_per_inference_j > 0:
+                        await stream.aclose()
+                        return det
+        det = asyncio.run(go())
+    assert det.energy_per_inference_j < 1.0  # a 4x2 matmul per row: far below a joule

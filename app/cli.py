@@ -10,6 +10,7 @@ import sys
 # modules are imported only when their command runs, so `tierdeck --help` stays fast.
 COMMANDS: dict[str, tuple[str, str]] = {
     "nodes": ("app._cmd_nodes", "browse mDNS for tierdeck nodes and print them"),
+    "fleet": ("app._cmd_fleet", "fleet identity: CA, node enrolment, revocation, client certificates"),
 }
 
 

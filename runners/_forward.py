@@ -167,9 +167,13 @@ class Forwarder:
         self.up = True
         self.last_error = ""
 
-    async def async_start(self) -> None:
-        """Open the channel and start the batcher and the delivery task."""
-        self._channel = grpc.aio.insecure_channel(self.hop.address, options=CHANNEL_OPTIONS)
+    async def async_start(self, credentials: grpc.ChannelCredentials | None = None, target_name: str = "") -> None:
+        """Open the channel (mutual TLS when credentials are given) and start the batcher and delivery task."""
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(self.hop.address, options=CHANNEL_OPTIONS)
+        else:
+            options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", target_name)]
+            self._channel = grpc.aio.secure_channel(self.hop.address, credentials, options=options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self.backlog = await asyncio.get_running_loop().run_in_executor(self._io, self._queue.depth, self.stage_id)
         self._set_backlog(self.backlog)

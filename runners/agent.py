@@ -34,6 +34,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runners import __version__
 from runners._forward import EscalationQueue, Forwarder
+from runners._identity import AccessDenied, NodeIdentity
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
@@ -105,6 +106,7 @@ class Agent:
         self.compute = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="compute")
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
         self.queue = EscalationQueue(config.data_dir / "queue.sqlite", config.queue_limit)
+        self.identity = NodeIdentity(config.data_dir, self.node_id, config.insecure)
         self.power = PowerMeter(idle_watts=config.idle_watts, max_watts=config.max_watts)
         self.health = health.aio.HealthServicer()
         self.cfg = self.store.config_counter()
@@ -122,17 +124,7 @@ class Agent:
     async def async_start(self) -> str:
         """Load stages, start serving; returns the address actually listened on."""
         host, port = split_address(self.config.listen)
-        limit = self.config.max_message_mb << 20
-        self._server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-        ])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(self), self._server)
-        ctl_grpc.add_NodeControlServicer_to_server(ControlService(self), self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        bound = self._server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        if bound == 0:
-            raise OSError(f"cannot listen on {self.config.listen}")
+        self._server, bound = self._make_server(host, port)
         self.address = f"{host}:{bound}"
         for stage_id in await self._in_io(self.store.stage_ids):
             try:
@@ -152,6 +144,43 @@ class Agent:
             await self._advertise(host, bound)
         return self.address
 
+    def _make_server(self, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+        """A server with all three services, bound with the credentials the node's identity calls for."""
+        limit = self.config.max_message_mb << 20
+        server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+        ])
+        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(self), server)
+        ctl_grpc.add_NodeControlServicer_to_server(ControlService(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        credentials = self.identity.server_credentials()
+        bound = server.add_insecure_port(target) if credentials is None else server.add_secure_port(target, credentials)
+        if bound == 0:
+            raise OSError(f"cannot listen on {host}:{port}")
+        return server, bound
+
+    async def switch_to_fleet_tls(self) -> None:
+        """After enrolment: serve mutual TLS on the same port (bound before the bootstrap server stops)."""
+        await asyncio.sleep(0.2)  # let the CompleteEnrollment answer leave first
+        host, port = split_address(self.address)
+        new, _ = self._make_server(host, port)
+        await new.start()
+        old, self._server = self._server, new
+        if old is not None:
+            await old.stop(1.0)
+        log.info("enrolled: now serving mutual TLS with the fleet certificate")
+        if self._advertiser is not None:
+            await self._advertiser.async_update(fp=self.identity.fingerprint, paired="1")
+
+    async def allow(self, context: grpc.aio.ServicerContext, need: str) -> None:
+        """Abort the RPC unless the verified peer may do this (see NodeIdentity.authorize)."""
+        try:
+            self.identity.authorize(context.auth_context(), need)  # type: ignore[arg-type]
+        except AccessDenied as exc:
+            await context.abort(exc.code, exc.message)
+
     async def _advertise(self, host: str, port: int) -> None:
         from discovery import Advertiser
 
@@ -159,7 +188,10 @@ class Agent:
         addresses = interfaces or [socket.gethostbyname(socket.gethostname())]
         self._advertiser = Advertiser(node_id=self.node_id, name=self.config.name, tier=self.config.tier,
                                       port=port, addresses=addresses, version=__version__, proto=PROTO,
-                                      interfaces=interfaces, extra_txt={"cfg": str(self.cfg)})
+                                      interfaces=interfaces, fingerprint=self.identity.fingerprint,
+                                      extra_txt={"cfg": str(self.cfg),
+                                                 "paired": "1" if self.identity.enrolled or self.config.insecure
+                                                 else "0"})
         await self._advertiser.async_start()
 
     async def async_stop(self, grace: float = 5.0) -> None:
@@ -227,7 +259,8 @@ class Agent:
             stage.forwarder = Forwarder(stage.stage_id, hop, self.queue, self.io, stage.stats,
                                         max_batch=stage.manifest.max_batch or 64,
                                         priority=stage.manifest.budget.priority)
-            await stage.forwarder.async_start()
+            await stage.forwarder.async_start(self.identity.channel_credentials(),
+                                              self.identity.target_name(hop.node_id))
         else:
             stage.stats.link_state = "none"
 
@@ -301,7 +334,7 @@ class Agent:
             platform=f"{platform.system()} {platform.machine()}", onnxruntime_version=ort.__version__,
             memory_cap_bytes=self.memory_cap_bytes, power_budget_watts=self.config.power_budget_watts,
             config_counter=self.cfg, started_unix_ms=self.started_unix_ms, boot_id=self.boot_id,
-            insecure=self.config.insecure)
+            insecure=self.config.insecure, enrolled=self.identity.enrolled, fingerprint=self.identity.fingerprint)
 
 
 def _param(value: bool | int | str) -> pb.InferParameter:
@@ -320,14 +353,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ServerLive(self, request: pb.ServerLiveRequest,
                          context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
+        await self.agent.allow(context, "fleet")
         return pb.ServerLiveResponse(live=True)
 
     async def ServerReady(self, request: pb.ServerReadyRequest,
                           context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:
+        await self.agent.allow(context, "fleet")
         return pb.ServerReadyResponse(ready=not self.agent._stopping.is_set())
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,
                              context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
+        await self.agent.allow(context, "fleet")
         return pb.ServerMetadataResponse(name="tierdeck", version=__version__, extensions=["tierdeck_cascade"])
 
     def _stage(self, name: str, version: str) -> Stage | None:
@@ -338,6 +374,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelReady(self, request: pb.ModelReadyRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
+        await self.agent.allow(context, "fleet")
         return pb.ModelReadyResponse(ready=self._stage(request.name, request.version) is not None)
 
     async def _not_found(self, context: grpc.aio.ServicerContext, name: str, version: str) -> None:
@@ -347,6 +384,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest,
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
+        await self.agent.allow(context, "fleet")
         stage = self._stage(request.name, request.version)
         if stage is None:
             await self._not_found(context, request.name, request.version)
@@ -360,6 +398,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+        await self.agent.allow(context, "fleet")
         started = time.perf_counter()
         stage = self._stage(request.model_name, request.model_version)
         if stage is None:
@@ -448,10 +487,12 @@ class ControlService(ctl_grpc.NodeControlServicer):
         self.agent = agent
 
     async def GetNodeInfo(self, request: ctl.GetNodeInfoRequest, context: grpc.aio.ServicerContext) -> ctl.NodeInfo:
+        await self.agent.allow(context, "info")
         return self.agent.node_info()
 
     async def Deploy(self, request_iterator: AsyncIterator[ctl.DeployRequest],
                      context: grpc.aio.ServicerContext) -> ctl.DeployResponse:
+        await self.agent.allow(context, "console")
         agent = self.agent
         upload: Path | None = None
         step = "receive"
@@ -523,6 +564,7 @@ class ControlService(ctl_grpc.NodeControlServicer):
         return digest.hexdigest(), received
 
     async def Rollback(self, request: ctl.RollbackRequest, context: grpc.aio.ServicerContext) -> ctl.StageInfo:
+        await self.agent.allow(context, "console")
         agent = self.agent
         async with agent.lock_for(request.stage_id):
             if request.stage_id not in agent.stages:
@@ -545,6 +587,7 @@ class ControlService(ctl_grpc.NodeControlServicer):
 
     async def Undeploy(self, request: ctl.UndeployRequest,
                        context: grpc.aio.ServicerContext) -> ctl.UndeployResponse:
+        await self.agent.allow(context, "console")
         agent = self.agent
         async with agent.lock_for(request.stage_id):
             stage = agent.stages.pop(request.stage_id, None)
@@ -559,10 +602,12 @@ class ControlService(ctl_grpc.NodeControlServicer):
 
     async def ListStages(self, request: ctl.ListStagesRequest,
                          context: grpc.aio.ServicerContext) -> ctl.ListStagesResponse:
+        await self.agent.allow(context, "fleet")
         return ctl.ListStagesResponse(stages=[s.info() for s in self.agent.stages.values()])
 
     async def UpdatePolicy(self, request: ctl.UpdatePolicyRequest,
                            context: grpc.aio.ServicerContext) -> ctl.StageInfo:
+        await self.agent.allow(context, "console")
         agent = self.agent
         async with agent.lock_for(request.stage_id):
             stage = agent.stages.get(request.stage_id)
@@ -594,8 +639,51 @@ class ControlService(ctl_grpc.NodeControlServicer):
             await agent.config_changed()
             return updated.info()
 
+    async def BeginEnrollment(self, request: ctl.BeginEnrollmentRequest,
+                              context: grpc.aio.ServicerContext) -> ctl.BeginEnrollmentResponse:
+        await self.agent.allow(context, "enrol")
+        try:
+            public, nonce, node_proof = self.agent.identity.begin(request.console_nonce)
+        except AccessDenied as exc:
+            await context.abort(exc.code, exc.message)
+            raise
+        return ctl.BeginEnrollmentResponse(node_id=self.agent.node_id, name=self.agent.config.name,
+                                           tier=self.agent.config.tier, public_key_pem=public, node_nonce=nonce,
+                                           node_proof=node_proof)
+
+    async def CompleteEnrollment(self, request: ctl.CompleteEnrollmentRequest,
+                                 context: grpc.aio.ServicerContext) -> ctl.CompleteEnrollmentResponse:
+        await self.agent.allow(context, "enrol")
+        agent = self.agent
+        try:
+            revoked = [int(s) for s in request.revoked_serials]
+            fp = await agent._in_io(agent.identity.complete, request.console_nonce, request.node_nonce,
+                                    request.ca_pem, request.certificate_pem, request.console_proof, revoked)
+        except AccessDenied as exc:
+            log.warning("enrolment refused: %s", exc.message)
+            await context.abort(exc.code, exc.message)
+            raise
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad revoked serial: {exc}")
+            raise
+        agent._tasks.append(asyncio.create_task(agent.switch_to_fleet_tls(), name="switch-to-fleet-tls"))
+        return ctl.CompleteEnrollmentResponse(fingerprint=fp)
+
+    async def UpdateRevocations(self, request: ctl.UpdateRevocationsRequest,
+                                context: grpc.aio.ServicerContext) -> ctl.UpdateRevocationsResponse:
+        await self.agent.allow(context, "console")
+        try:
+            serials = [int(s) for s in request.revoked_serials]
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad serial: {exc}")
+            raise
+        await self.agent._in_io(self.agent.identity.set_revoked, serials)
+        log.info("revocation list updated: %d serials", len(serials))
+        return ctl.UpdateRevocationsResponse(revoked=len(serials))
+
     async def WatchTelemetry(self, request: ctl.WatchTelemetryRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[ctl.TelemetrySample]:
+        await self.agent.allow(context, "fleet")
         interval = request.interval_s or 1.0
         if not 0.1 <= interval <= 10.0:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
@@ -632,7 +720,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stage", action="append", default=[], metavar="[ID=]MODEL.onnx",
                         help="serve a local model as a plain OIP model (repeatable)")
     parser.add_argument("--insecure", action="store_true",
-                        help="serve without TLS (local development; loopback only)")
+                        help="serve without TLS or enrolment (local development; loopback only). Without it the "
+                             "node serves TLS: unenrolled it prints a pairing code and accepts only enrolment, "
+                             "enrolled it requires fleet certificates (mutual TLS)")
     parser.add_argument("--allow-insecure-network", action="store_true",
                         help="with --insecure, also allow a non-loopback listen address")
     parser.add_argument("--no-mdns", action="store_true", help="do not advertise over mDNS")
@@ -655,9 +745,7 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
     """Validate the command line into an AgentConfig; SystemExit with a clear message on misuse."""
     host, _ = split_address(args.listen)
-    if not args.insecure:
-        raise SystemExit("tierdeck-node: TLS is not available in this version; pass --insecure (loopback only)")
-    if not _is_loopback(host) and not args.allow_insecure_network:
+    if args.insecure and not _is_loopback(host) and not args.allow_insecure_network:
         raise SystemExit(f"tierdeck-node: refusing to serve without TLS on non-loopback address {host}; "
                          "pass --allow-insecure-network if you really mean it")
     preload = []
@@ -669,7 +757,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         preload.append((stage_id or model.stem, model))
     return AgentConfig(
         name=args.name, tier=args.tier, data_dir=args.data_dir, listen=args.listen, preload=preload,
-        insecure=args.insecure, allow_insecure_network=args.allow_insecure_network, mdns=not args.no_mdns,
+        insecure=bool(args.insecure), allow_insecure_network=args.allow_insecure_network, mdns=not args.no_mdns,
         mdns_interfaces=args.mdns_interface, metrics_port=args.metrics_port, idle_watts=args.idle_watts,
         max_watts=args.max_watts, memory_cap_mb=args.memory_cap_mb, power_budget_watts=args.power_budget_watts,
         queue_limit=args.queue_limit, ort_threads=args.ort_threads, max_message_mb=args.max_message_mb,
@@ -681,7 +769,11 @@ async def async_run(config: AgentConfig) -> None:
     config.data_dir.mkdir(parents=True, exist_ok=True)
     agent = Agent(config)
     address = await agent.async_start()
-    line: dict[str, object] = {"event": "listening", "address": address, "node_id": agent.node_id}
+    line: dict[str, object] = {"event": "listening", "address": address, "node_id": agent.node_id,
+                               "tls": not config.insecure, "enrolled": agent.identity.enrolled}
+    if agent.identity.pairing_code:
+        line["pairing_code"] = agent.identity.pairing_code
+        log.warning("node is not enrolled; pairing code: %s", agent.identity.pairing_code)
     if agent.metrics_port is not None:
         line["metrics_port"] = agent.metrics_port
     print(json.dumps(line), flush=True)

@@ -20,6 +20,37 @@ from runners._tensors import decode_outputs, encode_inputs
 CHUNK_BYTES = 1 << 20
 
 
+@dataclass(frozen=True)
+class ClientTLS:
+    """A fleet certificate to dial nodes with: the fleet CA, our key and certificate (PEM)."""
+
+    ca_pem: bytes
+    key_pem: bytes
+    cert_pem: bytes
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials for mutual TLS."""
+        return grpc.ssl_channel_credentials(self.ca_pem, self.key_pem, self.cert_pem)
+
+
+def fetch_server_certificate(address: str, timeout: float = 5.0) -> bytes:
+    """The PEM certificate a TLS server presents, unverified (to pin an unenrolled node's bootstrap cert)."""
+    import socket
+    import ssl
+
+    host, _, port = address.rpartition(":")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.set_alpn_protocols(["h2"])
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw, \
+            context.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise ConnectionError(f"{address} presented no certificate")
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
 class DeployError(RuntimeError):
     """A node refused a deploy; `step` says where (receive, verify, validate, load, warmup, activate)."""
 
@@ -82,9 +113,20 @@ def infer_result(response: pb.ModelInferResponse) -> InferResult:
 class NodeClient:
     """Async client of one node (control plane, data plane, health). Create inside the running loop."""
 
-    def __init__(self, address: str, options: Sequence[tuple[str, object]] = ()) -> None:
+    def __init__(self, address: str, tls: ClientTLS | None = None, node_id: str = "",
+                 options: Sequence[tuple[str, object]] = (), root_pem: bytes = b"", target_name: str = "") -> None:
+        """Insecure unless `tls` (fleet mutual TLS; `node_id` pins the node) or `root_pem` (server-only TLS)."""
         self.address = address
-        self.channel = grpc.aio.insecure_channel(address, options=[*CHANNEL_OPTIONS, *options])
+        all_options: list[tuple[str, object]] = [*CHANNEL_OPTIONS, *options]
+        if tls is not None or root_pem:
+            from runners._security import node_host, role_host
+
+            name = target_name or (node_host(node_id) if node_id else role_host("node"))
+            credentials = tls.credentials() if tls is not None else grpc.ssl_channel_credentials(root_pem)
+            self.channel = grpc.aio.secure_channel(address, credentials,
+                                                   options=[*all_options, ("grpc.ssl_target_name_override", name)])
+        else:
+            self.channel = grpc.aio.insecure_channel(address, options=all_options)
         self.control = ctl_grpc.NodeControlStub(self.channel)
         self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)

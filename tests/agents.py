@@ -45,10 +45,10 @@ class AgentProcess:
 
 
 def start_agent(data_dir: Path, *args: str, name: str = "node", tier: str = "edge",
-                listen: str = "127.0.0.1:0", timeout: float = 60.0) -> AgentProcess:
-    """Start an agent process and wait for its `listening` line."""
+                listen: str = "127.0.0.1:0", timeout: float = 60.0, secure: bool = False) -> AgentProcess:
+    """Start an agent process and wait for its `listening` line (insecure unless `secure`)."""
     cmd = [sys.executable, "-m", "runners.agent", "--name", name, "--tier", tier, "--listen", listen,
-           "--data-dir", str(data_dir), "--insecure", *args]
+           "--data-dir", str(data_dir), *([] if secure else ["--insecure"]), *args]
     if "--mdns-interface" not in args:
         cmd.append("--no-mdns")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -75,9 +75,9 @@ def start_agent(data_dir: Path, *args: str, name: str = "node", tier: str = "edg
 
 
 @contextmanager
-def running_agent(data_dir: Path, *args: str, **kwargs: str) -> Iterator[AgentProcess]:
+def running_agent(data_dir: Path, *args: str, **kwargs: str | bool) -> Iterator[AgentProcess]:
     """An agent for the duration of the with-block."""
-    agent = start_agent(data_dir, *args, **kwargs)
+    agent = start_agent(data_dir, *args, **kwargs)  # type: ignore[arg-type]
     try:
         yield agent
     finally:

@@ -6,12 +6,68 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class BeginEnrollmentRequest(_message.Message):
+    __slots__ = ("console_nonce",)
+    CONSOLE_NONCE_FIELD_NUMBER: _ClassVar[int]
+    console_nonce: bytes
+    def __init__(self, console_nonce: _Optional[bytes] = ...) -> None: ...
+
+class BeginEnrollmentResponse(_message.Message):
+    __slots__ = ("node_id", "name", "tier", "public_key_pem", "node_nonce", "node_proof")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _ClassVar[int]
+    NODE_NONCE_FIELD_NUMBER: _ClassVar[int]
+    NODE_PROOF_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    name: str
+    tier: str
+    public_key_pem: bytes
+    node_nonce: bytes
+    node_proof: bytes
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., public_key_pem: _Optional[bytes] = ..., node_nonce: _Optional[bytes] = ..., node_proof: _Optional[bytes] = ...) -> None: ...
+
+class CompleteEnrollmentRequest(_message.Message):
+    __slots__ = ("console_nonce", "node_nonce", "ca_pem", "certificate_pem", "console_proof", "revoked_serials")
+    CONSOLE_NONCE_FIELD_NUMBER: _ClassVar[int]
+    NODE_NONCE_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    CONSOLE_PROOF_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_SERIALS_FIELD_NUMBER: _ClassVar[int]
+    console_nonce: bytes
+    node_nonce: bytes
+    ca_pem: bytes
+    certificate_pem: bytes
+    console_proof: bytes
+    revoked_serials: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, console_nonce: _Optional[bytes] = ..., node_nonce: _Optional[bytes] = ..., ca_pem: _Optional[bytes] = ..., certificate_pem: _Optional[bytes] = ..., console_proof: _Optional[bytes] = ..., revoked_serials: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CompleteEnrollmentResponse(_message.Message):
+    __slots__ = ("fingerprint",)
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    fingerprint: str
+    def __init__(self, fingerprint: _Optional[str] = ...) -> None: ...
+
+class UpdateRevocationsRequest(_message.Message):
+    __slots__ = ("revoked_serials",)
+    REVOKED_SERIALS_FIELD_NUMBER: _ClassVar[int]
+    revoked_serials: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, revoked_serials: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class UpdateRevocationsResponse(_message.Message):
+    __slots__ = ("revoked",)
+    REVOKED_FIELD_NUMBER: _ClassVar[int]
+    revoked: int
+    def __init__(self, revoked: _Optional[int] = ...) -> None: ...
+
 class GetNodeInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "tier", "agent_version", "cpu_cores", "ram_total_bytes", "ram_free_bytes", "execution_providers", "power_source", "power_measured", "hostname", "platform", "onnxruntime_version", "memory_cap_bytes", "power_budget_watts", "config_counter", "started_unix_ms", "boot_id", "insecure")
+    __slots__ = ("node_id", "name", "tier", "agent_version", "cpu_cores", "ram_total_bytes", "ram_free_bytes", "execution_providers", "power_source", "power_measured", "hostname", "platform", "onnxruntime_version", "memory_cap_bytes", "power_budget_watts", "config_counter", "started_unix_ms", "boot_id", "insecure", "enrolled", "fingerprint")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +87,8 @@ class NodeInfo(_message.Message):
     STARTED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     INSECURE_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     tier: str
@@ -50,7 +108,9 @@ class NodeInfo(_message.Message):
     started_unix_ms: int
     boot_id: str
     insecure: bool
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_free_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., memory_cap_bytes: _Optional[int] = ..., power_budget_watts: _Optional[float] = ..., config_counter: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., boot_id: _Optional[str] = ..., insecure: _Optional[bool] = ...) -> None: ...
+    enrolled: bool
+    fingerprint: str
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_free_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., memory_cap_bytes: _Optional[int] = ..., power_budget_watts: _Optional[float] = ..., config_counter: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., boot_id: _Optional[str] = ..., insecure: _Optional[bool] = ..., enrolled: _Optional[bool] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class EscalationRule(_message.Message):
     __slots__ = ("output", "labels", "confidence_below", "class_in", "score_above", "drop_class")
@@ -69,18 +129,20 @@ class EscalationRule(_message.Message):
     def __init__(self, output: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., confidence_below: _Optional[float] = ..., class_in: _Optional[_Iterable[str]] = ..., score_above: _Optional[float] = ..., drop_class: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NextHop(_message.Message):
-    __slots__ = ("address", "model", "model_version", "labels", "timeout_s")
+    __slots__ = ("address", "model", "model_version", "labels", "timeout_s", "node_id")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     address: str
     model: str
     model_version: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     timeout_s: float
-    def __init__(self, address: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    node_id: str
+    def __init__(self, address: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("max_escalations_per_s", "priority")

@@ -70,6 +70,21 @@ class NodeControlStub:
                 request_serializer=tierdeck__control__pb2.WatchTelemetryRequest.SerializeToString,
                 response_deserializer=tierdeck__control__pb2.TelemetrySample.FromString,
                 _registered_method=True)
+        self.BeginEnrollment = channel.unary_unary(
+                '/tierdeck.v1.NodeControl/BeginEnrollment',
+                request_serializer=tierdeck__control__pb2.BeginEnrollmentRequest.SerializeToString,
+                response_deserializer=tierdeck__control__pb2.BeginEnrollmentResponse.FromString,
+                _registered_method=True)
+        self.CompleteEnrollment = channel.unary_unary(
+                '/tierdeck.v1.NodeControl/CompleteEnrollment',
+                request_serializer=tierdeck__control__pb2.CompleteEnrollmentRequest.SerializeToString,
+                response_deserializer=tierdeck__control__pb2.CompleteEnrollmentResponse.FromString,
+                _registered_method=True)
+        self.UpdateRevocations = channel.unary_unary(
+                '/tierdeck.v1.NodeControl/UpdateRevocations',
+                request_serializer=tierdeck__control__pb2.UpdateRevocationsRequest.SerializeToString,
+                response_deserializer=tierdeck__control__pb2.UpdateRevocationsResponse.FromString,
+                _registered_method=True)
 
 
 class NodeControlServicer:
@@ -119,6 +134,26 @@ class NodeControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BeginEnrollment(self, request, context):
+        """Enrolment of an unenrolled node into the fleet (see runners/_security.py for the design).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteEnrollment(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateRevocations(self, request, context):
+        """The console pushes the fleet's revoked certificate serials to every node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -156,6 +191,21 @@ def add_NodeControlServicer_to_server(servicer, server):
                     servicer.WatchTelemetry,
                     request_deserializer=tierdeck__control__pb2.WatchTelemetryRequest.FromString,
                     response_serializer=tierdeck__control__pb2.TelemetrySample.SerializeToString,
+            ),
+            'BeginEnrollment': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeginEnrollment,
+                    request_deserializer=tierdeck__control__pb2.BeginEnrollmentRequest.FromString,
+                    response_serializer=tierdeck__control__pb2.BeginEnrollmentResponse.SerializeToString,
+            ),
+            'CompleteEnrollment': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteEnrollment,
+                    request_deserializer=tierdeck__control__pb2.CompleteEnrollmentRequest.FromString,
+                    response_serializer=tierdeck__control__pb2.CompleteEnrollmentResponse.SerializeToString,
+            ),
+            'UpdateRevocations': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRevocations,
+                    request_deserializer=tierdeck__control__pb2.UpdateRevocationsRequest.FromString,
+                    response_serializer=tierdeck__control__pb2.UpdateRevocationsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -347,6 +397,87 @@ class NodeControl:
             '/tierdeck.v1.NodeControl/WatchTelemetry',
             tierdeck__control__pb2.WatchTelemetryRequest.SerializeToString,
             tierdeck__control__pb2.TelemetrySample.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeginEnrollment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierdeck.v1.NodeControl/BeginEnrollment',
+            tierdeck__control__pb2.BeginEnrollmentRequest.SerializeToString,
+            tierdeck__control__pb2.BeginEnrollmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteEnrollment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierdeck.v1.NodeControl/CompleteEnrollment',
+            tierdeck__control__pb2.CompleteEnrollmentRequest.SerializeToString,
+            tierdeck__control__pb2.CompleteEnrollmentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRevocations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierdeck.v1.NodeControl/UpdateRevocations',
+            tierdeck__control__pb2.UpdateRevocationsRequest.SerializeToString,
+            tierdeck__control__pb2.UpdateRevocationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

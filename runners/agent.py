@@ -112,6 +112,7 @@ class Agent:
         self.cfg = self.store.config_counter()
         self.address = ""
         self.metrics_port: int | None = None
+        self.active_streams = 0
         self.node_sample = ctl.TelemetrySample()
         self._process = psutil.Process()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -334,7 +335,8 @@ class Agent:
             platform=f"{platform.system()} {platform.machine()}", onnxruntime_version=ort.__version__,
             memory_cap_bytes=self.memory_cap_bytes, power_budget_watts=self.config.power_budget_watts,
             config_counter=self.cfg, started_unix_ms=self.started_unix_ms, boot_id=self.boot_id,
-            insecure=self.config.insecure, enrolled=self.identity.enrolled, fingerprint=self.identity.fingerprint)
+            insecure=self.config.insecure, enrolled=self.identity.enrolled, fingerprint=self.identity.fingerprint,
+            active_streams=self.active_streams)
 
 
 def _param(value: bool | int | str) -> pb.InferParameter:
@@ -691,14 +693,18 @@ class ControlService(ctl_grpc.NodeControlServicer):
         window = TelemetryWindow()
         agent = self.agent
         window.sample(ctl.TelemetrySample(interval_s=interval), list(agent.stats.values()))  # baseline
-        while not agent._stopping.is_set():
-            await asyncio.sleep(interval)
-            sample = ctl.TelemetrySample()
-            sample.CopyFrom(agent.node_sample)
-            sample.node_id, sample.boot_id = agent.node_id, agent.boot_id
-            sample.timestamp_ms = int(time.time() * 1000)
-            sample.interval_s = interval
-            yield window.sample(sample, list(agent.stats.values()))
+        agent.active_streams += 1
+        try:
+            while not agent._stopping.is_set():
+                await asyncio.sleep(interval)
+                sample = ctl.TelemetrySample()
+                sample.CopyFrom(agent.node_sample)
+                sample.node_id, sample.boot_id = agent.node_id, agent.boot_id
+                sample.timestamp_ms = int(time.time() * 1000)
+                sample.interval_s = interval
+                yield window.sample(sample, list(agent.stats.values()))
+        finally:  # also on cancel or deadline: the window dies with the stream
+            agent.active_streams -= 1
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "tier", "agent_version", "cpu_cores", "ram_total_bytes", "ram_free_bytes", "execution_providers", "power_source", "power_measured", "hostname", "platform", "onnxruntime_version", "memory_cap_bytes", "power_budget_watts", "config_counter", "started_unix_ms", "boot_id", "insecure", "enrolled", "fingerprint")
+    __slots__ = ("node_id", "name", "tier", "agent_version", "cpu_cores", "ram_total_bytes", "ram_free_bytes", "execution_providers", "power_source", "power_measured", "hostname", "platform", "onnxruntime_version", "memory_cap_bytes", "power_budget_watts", "config_counter", "started_unix_ms", "boot_id", "insecure", "enrolled", "fingerprint", "active_streams")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -89,6 +89,7 @@ class NodeInfo(_message.Message):
     INSECURE_FIELD_NUMBER: _ClassVar[int]
     ENROLLED_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_STREAMS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     tier: str
@@ -110,7 +111,8 @@ class NodeInfo(_message.Message):
     insecure: bool
     enrolled: bool
     fingerprint: str
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_free_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., memory_cap_bytes: _Optional[int] = ..., power_budget_watts: _Optional[float] = ..., config_counter: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., boot_id: _Optional[str] = ..., insecure: _Optional[bool] = ..., enrolled: _Optional[bool] = ..., fingerprint: _Optional[str] = ...) -> None: ...
+    active_streams: int
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_free_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., memory_cap_bytes: _Optional[int] = ..., power_budget_watts: _Optional[float] = ..., config_counter: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., boot_id: _Optional[str] = ..., insecure: _Optional[bool] = ..., enrolled: _Optional[bool] = ..., fingerprint: _Optional[str] = ..., active_streams: _Optional[int] = ...) -> None: ...
 
 class EscalationRule(_message.Message):
     __slots__ = ("output", "labels", "confidence_below", "class_in", "score_above", "drop_class")

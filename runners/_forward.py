@@ -16,6 +16,7 @@ import logging
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
@@ -38,6 +39,9 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 2**31 - 1),
 ]
 DECISION_OUTPUTS = ("decision_label", "decision_confidence", "decision_stage", "decision_final")
+# Every escalated row carries a unique id so that the next hop answers a re-sent row from its cache
+# instead of running (and counting) it twice: a call can time out after the hop did the work.
+ROW_IDS = "tierdeck.row_ids"
 
 
 class EscalationQueue:
@@ -136,6 +140,7 @@ class _Pending:
     inputs: dict[str, np.ndarray]
     rows: int
     request_id: str
+    row_ids: list[str]
     future: asyncio.Future[list[Decision | None]] = field(repr=False)
 
 
@@ -147,8 +152,10 @@ class Forwarder:
 
     def __init__(self, stage_id: str, hop: ctl.NextHop, queue: EscalationQueue, io: Executor,
                  stats: StageStats, max_batch: int = 64, priority: str = "",
-                 on_depth_change: Callable[[], None] | None = None) -> None:
+                 on_depth_change: Callable[[], None] | None = None, origin: str = "") -> None:
         self.stage_id = stage_id
+        self._origin = f"{origin or uuid.uuid4().hex[:12]}.{stage_id}."
+        self._next_row = 0
         self.hop = hop
         self._queue = queue
         self._io = io
@@ -205,7 +212,9 @@ class Forwarder:
         """Forward the rows; per row the next hop's decision, or None when it was queued or refused."""
         rows = len(next(iter(inputs.values())))
         future: asyncio.Future[list[Decision | None]] = asyncio.get_running_loop().create_future()
-        item = _Pending(inputs, rows, request_id, future)
+        row_ids = [f"{self._origin}{self._next_row + i}" for i in range(rows)]
+        self._next_row += rows
+        item = _Pending(inputs, rows, request_id, row_ids, future)
         if self.backlog or not self.up:
             await self._store([item])
         else:
@@ -228,6 +237,7 @@ class Forwarder:
                 request = pb.ModelInferRequest(model_name=self.hop.model, model_version=self.hop.model_version,
                                                id=item.request_id)
                 encode_inputs(request, [(n, a[row:row + 1]) for n, a in item.inputs.items()])
+                request.parameters[ROW_IDS].string_param = item.row_ids[row]
                 payloads.append((item.request_id, request.SerializeToString()))
         loop = asyncio.get_running_loop()
         stored = await loop.run_in_executor(self._io, self._queue.append, self.stage_id, payloads)
@@ -259,7 +269,8 @@ class Forwarder:
                 names = list(batch[0].inputs)
                 merged = {n: np.concatenate([b.inputs[n] for b in batch]) for n in names}
                 try:
-                    decisions = await self._call(merged, ",".join(b.request_id for b in batch if b.request_id))
+                    decisions = await self._call(merged, ",".join(b.request_id for b in batch if b.request_id),
+                                                 [rid for b in batch for rid in b.row_ids])
                 except _HopError as exc:
                     self._mark_down(exc.message)
                     await self._store(batch)
@@ -287,7 +298,7 @@ class Forwarder:
             self._hop_inputs = [t.name for t in meta.inputs]
         return self._hop_inputs
 
-    async def _call(self, inputs: dict[str, np.ndarray], request_id: str) -> list[Decision]:
+    async def _call(self, inputs: dict[str, np.ndarray], request_id: str, row_ids: list[str]) -> list[Decision]:
         """One ModelInfer on the next hop; raises _HopError on any failure."""
         assert self._stub is not None
         try:
@@ -298,6 +309,7 @@ class Forwarder:
             request = pb.ModelInferRequest(model_name=self.hop.model, model_version=self.hop.model_version,
                                            id=request_id[:200])
             request.parameters["tierdeck.escalated_from"].string_param = self.stage_id
+            request.parameters[ROW_IDS].string_param = ",".join(row_ids)
             if self._priority:
                 request.parameters["tierdeck.priority"].string_param = self._priority
             encode_inputs(request, list(zip(hop_names, inputs.values(), strict=True)))
@@ -348,10 +360,13 @@ class Forwarder:
                 self._set_backlog(0)
                 continue
             try:
-                decoded = [decode_inputs(pb.ModelInferRequest.FromString(payload)) for _, _, payload in rows]
+                requests = [pb.ModelInferRequest.FromString(payload) for _, _, payload in rows]
+                decoded = [decode_inputs(r) for r in requests]
                 names = list(decoded[0])
                 merged = {n: np.concatenate([d[n] for d in decoded]) for n in names}
-                decisions = await self._call(merged, ",".join(r for _, r, _ in rows))
+                ids = [r.parameters[ROW_IDS].string_param or f"{self._origin}q{seq}"
+                       for r, (seq, _, _) in zip(requests, rows, strict=True)]
+                decisions = await self._call(merged, ",".join(r for _, r, _ in rows), ids)
             except _HopError as exc:
                 if exc.permanent:
                     log.error("stage %s: next hop rejected %d queued escalations: %s", self.stage_id, len(rows),

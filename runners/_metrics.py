@@ -25,6 +25,7 @@ _STAGE_COUNTERS = {
     "overflow_total": "Escalations refused at the store-and-forward bound",
     "provisional_total": "Rows answered provisional",
     "errors_total": "Failed requests",
+    "duplicates_total": "Re-sent escalated rows answered from the cache instead of re-run",
 }
 
 

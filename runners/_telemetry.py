@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -19,7 +20,7 @@ _WINDOW_MAX = 200_000
 
 COUNTERS = (
     "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total",
-    "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total",
+    "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "duplicates_total",
 )
 
 
@@ -39,6 +40,8 @@ class StageStats:
     # (monotonic time, value) pairs for the interval figures.
     latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
     scores: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
+    # Escalated rows already answered, by row id (see runners._forward.ROW_IDS).
+    seen_rows: OrderedDict[str, tuple[dict[str, np.ndarray], Any]] = field(default_factory=OrderedDict)
 
     def add(self, name: str, amount: int = 1) -> None:
         """Increase one counter."""

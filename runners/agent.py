@@ -20,6 +20,7 @@ import socket
 import sys
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ import psutil
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runners import __version__
-from runners._forward import EscalationQueue, Forwarder
+from runners._forward import ROW_IDS, EscalationQueue, Forwarder
 from runners._identity import AccessDenied, NodeIdentity
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -52,6 +53,7 @@ T = TypeVar("T")
 TIERS = ("device", "edge", "cloud")
 PROTO = "oip-v2-grpc"
 CHUNK_MAX = 4 << 20
+SEEN_ROWS_MAX = 50_000  # per stage: re-sent escalated rows answered from here
 
 
 @dataclass
@@ -259,7 +261,8 @@ class Agent:
         if hop is not None:
             stage.forwarder = Forwarder(stage.stage_id, hop, self.queue, self.io, stage.stats,
                                         max_batch=stage.manifest.max_batch or 64,
-                                        priority=stage.manifest.budget.priority)
+                                        priority=stage.manifest.budget.priority,
+                                        origin=f"{self.node_id[:8]}-{self.boot_id[:8]}")
             await stage.forwarder.async_start(self.identity.channel_credentials(),
                                               self.identity.target_name(hop.node_id))
         else:
@@ -420,25 +423,30 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             stats.add("errors_total")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("unreachable") from exc
-        loop = asyncio.get_running_loop()
+        row_ids = request.parameters[ROW_IDS].string_param.split(",") if ROW_IDS in request.parameters else []
+        batch = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 0
+        seen = stats.seen_rows
+        fresh = [i for i, rid in enumerate(row_ids) if rid not in seen] if len(row_ids) == batch else None
+        if fresh is not None and len(fresh) < batch:
+            stats.add("duplicates_total", batch - len(fresh))
+            run_feeds = {n: np.ascontiguousarray(a[fresh]) for n, a in feeds.items()}
+        else:
+            run_feeds = feeds
         try:
-            outputs, compute_s = await loop.run_in_executor(self.agent.compute, stage.run, feeds)
+            named, decisions = await self._compute(stage, run_feeds, request.id) if fresh != [] else ({}, [])
         except Exception as exc:  # onnxruntime's own exception types
             stats.add("errors_total")
             code = grpc.StatusCode.INVALID_ARGUMENT if "InvalidArgument" in type(exc).__name__ \
                 else grpc.StatusCode.INTERNAL
             await context.abort(code, f"model '{stage.stage_id}' failed: {exc}")
             raise AssertionError("unreachable") from exc
-        stats.compute_seconds_total += compute_s
-        named = dict(zip([o.name for o in stage.outputs], outputs, strict=True))
+        if fresh is not None:
+            named, decisions = _merge_rows(seen, row_ids, fresh, named, decisions)
         response = pb.ModelInferResponse(model_name=stage.stage_id, model_version=stage.version, id=request.id)
         flagged = sum(nonfinite(a) for a in feeds.values())
         if flagged:
             response.parameters["tierdeck.nonfinite_inputs"].CopyFrom(_param(int(flagged)))
-        rows = next(iter(named.values())).shape[0] if named and next(iter(named.values())).ndim else 1
-        if stage.rule is not None:
-            decisions = await self._decide(stage, feeds, named[stage.rule.output], request.id)
-            rows = len(decisions)
+        if decisions is not None:
             named["decision_label"] = np.array([d.label.encode() for d in decisions], dtype=object)
             named["decision_confidence"] = np.array([d.confidence for d in decisions], dtype=np.float32)
             named["decision_stage"] = np.array([d.stage.encode() for d in decisions], dtype=object)
@@ -447,7 +455,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             provisional = sum(not d.final for d in decisions)
         else:
             deciders, provisional = [stage.stage_id], 0
-        stats.add("inferences_total", rows)
         response.parameters["tierdeck.decided_by"].CopyFrom(_param(",".join(deciders)))
         response.parameters["tierdeck.final"].CopyFrom(_param(provisional == 0))
         response.parameters["tierdeck.provisional_rows"].CopyFrom(_param(provisional))
@@ -455,6 +462,21 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         encode_outputs(response, [(n, named[n]) for n in selected])
         stats.record_latency(time.perf_counter() - started, time.monotonic())
         return response
+
+    async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray],
+                       request_id: str) -> tuple[dict[str, np.ndarray], list[Decision] | None]:
+        """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row."""
+        loop = asyncio.get_running_loop()
+        outputs, compute_s = await loop.run_in_executor(self.agent.compute, stage.run, feeds)
+        stage.stats.compute_seconds_total += compute_s
+        named = dict(zip([o.name for o in stage.outputs], outputs, strict=True))
+        if stage.rule is None:
+            first = next(iter(named.values()), None)
+            stage.stats.add("inferences_total", first.shape[0] if first is not None and first.ndim else 1)
+            return named, None
+        decisions = await self._decide(stage, feeds, named[stage.rule.output], request_id)
+        stage.stats.add("inferences_total", len(decisions))
+        return named, decisions
 
     async def _decide(self, stage: Stage, feeds: dict[str, np.ndarray], output: np.ndarray,
                       request_id: str) -> list[Decision]:
@@ -480,6 +502,24 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                         decisions[row] = answer
         stats.add("provisional_total", sum(not d.final for d in decisions))
         return decisions
+
+
+def _merge_rows(seen: OrderedDict[str, tuple[dict[str, np.ndarray], Decision | None]], row_ids: list[str],
+                fresh: list[int], named: dict[str, np.ndarray], decisions: list[Decision] | None,
+                ) -> tuple[dict[str, np.ndarray], list[Decision] | None]:
+    """Answer every row: fresh ones from this run (and remember them), re-sent ones from the cache."""
+    for j, i in enumerate(fresh):
+        seen[row_ids[i]] = ({n: a[j:j + 1].copy() for n, a in named.items()}, decisions[j] if decisions else None)
+    while len(seen) > SEEN_ROWS_MAX:
+        seen.popitem(last=False)
+    if len(fresh) == len(row_ids):
+        return named, decisions
+    rows = [seen[rid] for rid in row_ids]
+    merged = {n: np.concatenate([r[0][n] for r in rows]) for n in rows[0][0]}
+    merged_decisions = [r[1] for r in rows]
+    if any(d is None for d in merged_decisions):
+        return merged, None
+    return merged, [d for d in merged_decisions if d is not None]
 
 
 class ControlService(ctl_grpc.NodeControlServicer):

@@ -17,7 +17,7 @@ from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._tensors import decode_inputs, encode_outputs
-from runners.client import NodeClient, manifest_for
+from runners.client import NodeClient, infer_request, infer_result, manifest_for
 
 rng = np.random.default_rng(11)
 W_DEVICE = rng.normal(size=(4, 2)).astype(np.float32)
@@ -270,3 +270,28 @@ def test_concurrent_escalations_are_batched_toward_next_hop(tmp_path: Path, batc
         server.stop(grace=None)
     assert len(recorder.rows) == 40 * batch
     assert len(calls) < 40, "concurrent escalations should share forwarded calls"
+
+
+def test_resent_escalated_rows_are_answered_once(tmp_path: Path) -> None:
+    """A forwarded call can time out after the hop did the work; the re-sent rows must not count twice."""
+    with running_agent(tmp_path / "cloud", tier="cloud") as cloud:
+        model = classifier(tmp_path / "m.onnx", W_EDGE).read_bytes()
+        rule = ctl.EscalationRule(output="probs", labels=EDGE_LABELS, confidence_below=0.0)
+
+        async def go() -> tuple[dict, dict, ctl.StageTelemetry]:  # type: ignore[type-arg]
+            async with NodeClient(cloud.address) as client:
+                await client.deploy(manifest_for("heavy", model, rule=rule), model)
+                first = infer_request("heavy", {"x": X[:6]})
+                first.parameters["tierdeck.row_ids"].string_param = ",".join(f"r{i}" for i in range(6))
+                a = infer_result(await client.inference.ModelInfer(first))
+                # Re-sent: rows r3..r5 again plus two new ones, in another batch.
+                again = infer_request("heavy", {"x": X[3:8]})
+                again.parameters["tierdeck.row_ids"].string_param = "r3,r4,r5,r6,r7"
+                b = infer_result(await client.inference.ModelInfer(again))
+                return a.outputs, b.outputs, await _stage_totals(cloud.address, "heavy")
+
+        a, b, totals = asyncio.run(go())
+    np.testing.assert_array_equal(b["probs"][:3], a["probs"][3:6])
+    np.testing.assert_allclose(b["probs"], softmax(X[3:8], W_EDGE), rtol=1e-5, atol=1e-6)
+    assert list(b["decision_label"]) == [EDGE_LABELS[i].encode() for i in softmax(X[3:8], W_EDGE).argmax(axis=1)]
+    assert totals.inferences_total == 8 and totals.duplicates_total == 3

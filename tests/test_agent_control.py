@@ -161,7 +161,12 @@ def test_kill_during_deploy_keeps_previous_version(tmp_path: Path, models: dict[
                 async def slow_stream():  # type: ignore[no-untyped-def]
                     for n, request in enumerate(deploy_requests(manifest, big)):
                         yield request
-                        if n == 3:  # manifest + 3 MiB received: kill the agent mid-upload
+                        if n == 3:  # manifest + 3 MiB sent: kill the agent once the upload is on its disk
+                            for _ in range(200):
+                                parts = list((data / "incoming").glob("*.part"))
+                                if parts and parts[0].stat().st_size > 0:
+                                    break
+                                await asyncio.sleep(0.05)
                             agent.process.kill()
                             await asyncio.sleep(60)
 

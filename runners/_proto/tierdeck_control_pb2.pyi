@@ -275,7 +275,7 @@ class WatchTelemetryRequest(_message.Message):
     def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
 
 class StageTelemetry(_message.Message):
-    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram")
+    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "duplicates_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram")
     STAGE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     INFERENCES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -289,6 +289,7 @@ class StageTelemetry(_message.Message):
     PROVISIONAL_TOTAL_FIELD_NUMBER: _ClassVar[int]
     ERRORS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     INFERENCES_PER_S_FIELD_NUMBER: _ClassVar[int]
     ESCALATED_PER_S_FIELD_NUMBER: _ClassVar[int]
     ESCALATION_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +315,7 @@ class StageTelemetry(_message.Message):
     provisional_total: int
     errors_total: int
     compute_seconds_total: float
+    duplicates_total: int
     inferences_per_s: float
     escalated_per_s: float
     escalation_rate: float
@@ -326,7 +328,7 @@ class StageTelemetry(_message.Message):
     energy_per_inference_j: float
     score_kind: str
     score_histogram: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ...) -> None: ...
+    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., duplicates_total: _Optional[int] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class TelemetrySample(_message.Message):
     __slots__ = ("node_id", "boot_id", "seq", "timestamp_ms", "interval_s", "cpu_percent", "rss_bytes", "power_watts", "power_source", "power_measured", "energy_joules_total", "stages", "backlog")

@@ -11,6 +11,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "nodes": ("app._cmd_nodes", "browse mDNS for tierdeck nodes and print them"),
     "fleet": ("app._cmd_fleet", "fleet identity: CA, node enrolment, revocation, client certificates"),
+    "sensor": ("app._cmd_sensor", "replay recorded sensor patches into a stage (an OIP client)"),
+    "deploy": ("app._cmd_deploy", "deploy a pipeline file to the fleet, all or nothing (headless)"),
+    "status": ("app._cmd_status", "show nodes, their state, stages and latest telemetry (headless)"),
+    "export": ("app._cmd_export", "export telemetry, rollups, events and deployments as CSV or JSON"),
 }
 
 

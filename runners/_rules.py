@@ -54,8 +54,7 @@ class Rule:
         for name, value in (("confidence_below", self.confidence_below), ("score_above", self.score_above)):
             if value is not None and not math.isfinite(value):
                 found.append(f"rule {name} must be a finite number")
-        if self.confidence_below is None and self.score_above is None and not self.class_in and not self.drop_class:
-            found.append("rule sets no condition (confidence_below, class_in, score_above or drop_class)")
+        # A rule with no condition is fine: the stage labels its answers and settles every row (a last tier).
         return found
 
 

@@ -70,14 +70,11 @@ class TelemetryWindow:
 
     def __init__(self) -> None:
         self._last: dict[str, _Snapshot] = {}
-        self._seq = 0
 
     def sample(self, node: ctl.TelemetrySample, stages: list[StageStats],
                now: float | None = None) -> ctl.TelemetrySample:
         """Fill `node` (node-level fields already set) with per-stage figures since this window's last sample."""
         now = time.monotonic() if now is None else now
-        self._seq += 1
-        node.seq = self._seq
         for stats in stages:
             last = self._last.get(stats.stage_id) or _Snapshot(now - max(node.interval_s, 1e-3),
                                                                dict.fromkeys(COUNTERS, 0), 0.0)

@@ -115,6 +115,7 @@ class Agent:
         self.address = ""
         self.metrics_port: int | None = None
         self.active_streams = 0
+        self.telemetry_seq = 0  # one sequence per boot, shared by every stream: (boot_id, seq) names a sample
         self.node_sample = ctl.TelemetrySample()
         self._process = psutil.Process()
         self._locks: dict[str, asyncio.Lock] = {}
@@ -742,6 +743,8 @@ class ControlService(ctl_grpc.NodeControlServicer):
                 sample.node_id, sample.boot_id = agent.node_id, agent.boot_id
                 sample.timestamp_ms = int(time.time() * 1000)
                 sample.interval_s = interval
+                agent.telemetry_seq += 1
+                sample.seq = agent.telemetry_seq
                 yield window.sample(sample, list(agent.stats.values()))
         finally:  # also on cancel or deadline: the window dies with the stream
             agent.active_streams -= 1

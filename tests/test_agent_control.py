@@ -293,3 +293,21 @@ def test_energy_per_inference_is_attributed_under_load(tmp_path: Path, models: d
                         return det
         det = asyncio.run(go())
     assert det.energy_per_inference_j < 1.0  # a 4x2 matmul per row: far below a joule
+
+
+def test_telemetry_seq_is_per_boot_across_streams(tmp_path: Path) -> None:
+    with running_agent(tmp_path / "node") as agent:
+        async def go() -> list[tuple[str, int]]:
+            seen = []
+            async with NodeClient(agent.address) as client:
+                for _ in range(3):  # three streams one after the other: numbers keep rising
+                    stream = client.telemetry(0.1)
+                    for _ in range(2):
+                        sample = await anext(stream)
+                        seen.append((sample.boot_id, sample.seq))
+                    await stream.aclose()
+            return seen
+        seen = asyncio.run(go())
+    assert len({boot for boot, _ in seen}) == 1
+    seqs = [s for _, s in seen]
+    assert seqs == sorted(set(seqs)) and seqs[0] >= 1

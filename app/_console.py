@@ -1,0 +1,277 @@
+"""ConsoleCore: the console without widgets — I/O loop, database, fleet, deployer and event log together.
+
+Two ways to run it (same code, same loop story, see app/_loop.py):
+
+* GUI: `core = ConsoleCore(...).start()` starts the I/O loop thread and the database writer; the
+  GUI thread calls the thread-safe intents (`add_address`, `forget`, `plan`, `apply`, ...) which
+  return concurrent futures and never block, and observes through `subscribe_*` (listeners are
+  called on the I/O loop thread; `app.qt` re-emits them as queued Qt signals).
+* Headless: `async with ConsoleCore(...) as core:` inside `asyncio.run(...)` runs the same services
+  on the caller's loop; the `async_*` methods are then awaited directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from app._db import Database, Retention, default_db_path, last_positions, managed_stages
+from app._deployer import Deployer, DeployProgress, DeployResult, Plan, plan, requirements_for
+from app._fleet import Fleet
+from app._loop import IoLoop
+from app._records import ConsoleEvent, FleetEvent, FleetEventKind, NodeSample, NodeSnapshot, Severity, StageSnapshot
+from app.pipeline_file import Pipeline
+from runners.client import ClientTLS
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+EventCallback = Callable[[ConsoleEvent], None]
+
+
+class ConsoleCore:
+    """The console's services, usable with or without Qt."""
+
+    def __init__(
+        self,
+        db_path: Path | str | None = None,
+        *,
+        telemetry_interval_s: float = 1.0,
+        interfaces: Iterable[str] = (),
+        fleet_file: Path | str | None = None,
+        retention: Retention | None = None,
+        max_db_bytes: int | None = None,
+        db_options: dict[str, Any] | None = None,
+        fleet_options: dict[str, Any] | None = None,
+        tls: ClientTLS | None = None,
+    ) -> None:
+        self.db_path = Path(db_path) if db_path is not None else default_db_path()
+        self.telemetry_interval_s = telemetry_interval_s
+        self.interfaces = list(interfaces)
+        self.fleet_file = fleet_file
+        self.tls = tls
+        self.db = Database(self.db_path, retention=retention or Retention(), max_db_bytes=max_db_bytes,
+                           on_error=self._db_error, on_recovered=self._db_recovered, **(db_options or {}))
+        self._fleet_options = dict(fleet_options or {})
+        self.fleet: Fleet | None = None
+        self.deployer: Deployer | None = None
+        self.latest: dict[str, NodeSample] = {}
+        self.events: list[ConsoleEvent] = []   # the last `max_events` events, newest last (loop thread)
+        self.max_events = 2000
+        self._event_subscribers: list[EventCallback] = []
+        self._fleet_subscribers: list[Callable[[FleetEvent], None]] = []
+        self._sample_subscribers: list[Callable[[NodeSample], None]] = []
+        self._stored_stages: dict[str, tuple[StageSnapshot, ...]] = {}
+        self._io: IoLoop | None = None
+        self._aloop: asyncio.AbstractEventLoop | None = None
+
+    # ----- life cycle -----------------------------------------------------------------------------
+    def start(self) -> ConsoleCore:
+        """Start the I/O loop thread, the database and the fleet (for the GUI); returns self."""
+        self._io = IoLoop().start()
+        try:
+            self._io.run(self.async_start(), timeout=60)
+        except BaseException:
+            self._io.stop()
+            self._io = None
+            raise
+        return self
+
+    def stop(self) -> None:
+        """Stop everything started by `start` (waits for the database to commit what is queued)."""
+        if self._io is None:
+            return
+        try:
+            self._io.run(self.async_stop(), timeout=60)
+        finally:
+            self._io.stop()
+            self._io = None
+
+    async def __aenter__(self) -> ConsoleCore:
+        await self.async_start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.async_stop()
+
+    async def async_start(self) -> None:
+        """Start the services on the running loop."""
+        self._aloop = asyncio.get_running_loop()
+        loop = self._aloop
+        await loop.run_in_executor(None, self.db.start)
+        positions = await asyncio.wrap_future(self.db.read(last_positions))
+        self.fleet = Fleet(telemetry_interval_s=self.telemetry_interval_s, interfaces=self.interfaces,
+                           fleet_file=self.fleet_file, on_event=self.publish_event, tls=self.tls,
+                           **self._fleet_options)
+        self.fleet.seed_positions(positions)
+        self.fleet.subscribe(self._on_fleet)
+        self.fleet.subscribe_samples(self._on_sample)
+        self.deployer = Deployer(ledger=self.db, on_event=self.publish_event, refresh=self._refresh_node, tls=self.tls)
+        await self.fleet.async_start()
+
+    async def async_stop(self) -> None:
+        """Stop the fleet and close the database (commits what is queued)."""
+        if self.fleet is not None:
+            await self.fleet.async_stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.db.close)
+
+    @property
+    def io(self) -> IoLoop | None:
+        """The I/O loop thread when started with `start()` (None when run headless in the caller's loop)."""
+        return self._io
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run a coroutine on the console's loop from any thread."""
+        if self._aloop is None:
+            raise RuntimeError("console core is not started")
+        return asyncio.run_coroutine_threadsafe(coro, self._aloop)
+
+    def call_soon(self, fn: Callable[..., object], *args: object) -> None:
+        """Call `fn(*args)` on the console's loop (thread-safe, never blocks)."""
+        if self._aloop is None:
+            raise RuntimeError("console core is not started")
+        self._aloop.call_soon_threadsafe(fn, *args)
+
+    # ----- listeners (called on the console's loop thread) ----------------------------------------
+    def subscribe_events(self, callback: EventCallback) -> Callable[[], None]:
+        """Audit-log events as they happen."""
+        self._event_subscribers.append(callback)
+        return lambda: self._event_subscribers.remove(callback) if callback in self._event_subscribers else None
+
+    def subscribe_fleet(self, callback: Callable[[FleetEvent], None]) -> Callable[[], None]:
+        """Node changes as they happen."""
+        self._fleet_subscribers.append(callback)
+        return lambda: self._fleet_subscribers.remove(callback) if callback in self._fleet_subscribers else None
+
+    def subscribe_samples(self, callback: Callable[[NodeSample], None]) -> Callable[[], None]:
+        """Accepted telemetry samples as they arrive."""
+        self._sample_subscribers.append(callback)
+        return lambda: self._sample_subscribers.remove(callback) if callback in self._sample_subscribers else None
+
+    def publish_event(self, event: ConsoleEvent) -> None:
+        """Record an event (database) and tell the listeners; call on the loop thread."""
+        self.db.add_event(event)
+        self.events.append(event)
+        del self.events[:-self.max_events]
+        for callback in list(self._event_subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("event subscriber failed")
+
+    def _db_error(self, message: str) -> None:
+        """The writer thread reports trouble; it becomes an operator-visible event on the loop thread."""
+        self._from_any_thread(ConsoleEvent("database", message, Severity.ERROR))
+
+    def _db_recovered(self, message: str) -> None:
+        self._from_any_thread(ConsoleEvent("database", message, Severity.INFO))
+
+    def _from_any_thread(self, event: ConsoleEvent) -> None:
+        loop = self._aloop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.publish_event, event)
+
+    def _on_fleet(self, event: FleetEvent) -> None:
+        node = event.node
+        if event.kind == FleetEventKind.REMOVED:
+            self.latest.pop(node.key, None)
+            if not event.previous_key:  # forgotten (not merged into another entry)
+                self.db.save_node(node, forgotten=True)
+        else:
+            self.db.save_node(node)
+            if node.node_id and node.info is not None and self._stored_stages.get(node.node_id) != node.stages:
+                self._stored_stages[node.node_id] = node.stages
+                self.db.set_stages(node.node_id, node.stages)
+        for callback in list(self._fleet_subscribers):
+            try:
+                callback(event)
+            except Exception:
+                log.exception("fleet subscriber failed")
+
+    def _on_sample(self, sample: NodeSample) -> None:
+        self.latest[sample.node_id] = sample
+        self.db.write_sample(sample)
+        for callback in self._sample_subscribers:
+            try:
+                callback(sample)
+            except Exception:
+                log.exception("sample subscriber failed")
+
+    async def _refresh_node(self, key: str) -> None:
+        if self.fleet is not None:
+            await self.fleet.async_refresh(key)
+
+    # ----- coroutines (the console's loop) --------------------------------------------------------
+    def _need_fleet(self) -> Fleet:
+        if self.fleet is None:
+            raise RuntimeError("console core is not started")
+        return self.fleet
+
+    async def async_plan(self, pipeline: Pipeline) -> Plan:
+        """Plan a pipeline onto the fleet as it is now (fit check included)."""
+        fleet = self._need_fleet()
+        loop = asyncio.get_running_loop()
+        requirements = await loop.run_in_executor(None, requirements_for, pipeline)
+        managed = await asyncio.wrap_future(self.db.read(lambda db: managed_stages(db, pipeline.name)))
+        power = {s.node_id: s.power_watts for s in self.latest.values()}
+        return plan(pipeline, fleet.nodes(), requirements=requirements, power_now=power, managed=managed)
+
+    async def async_apply(self, the_plan: Plan, progress: Callable[[DeployProgress], None] | None = None
+                          ) -> DeployResult:
+        """Apply a plan all-or-nothing; record which pipeline owns the stages it placed."""
+        assert self.deployer is not None
+        result = await self.deployer.async_apply(the_plan, progress)
+        if result.ok:
+            fleet = self._need_fleet()
+            for node_plan in the_plan.nodes:
+                snap = fleet.node(node_plan.node_key)
+                if snap is None or not snap.node_id:
+                    continue
+                owners = {a.stage_id: (the_plan.pipeline.name, result.deployment_id)
+                          for a in node_plan.actions if a.kind != "remove"}
+                self._stored_stages[snap.node_id] = snap.stages
+                self.db.set_stages(snap.node_id, snap.stages, owners)
+        return result
+
+    async def async_deploy(self, pipeline: Pipeline, progress: Callable[[DeployProgress], None] | None = None
+                           ) -> tuple[Plan, DeployResult]:
+        """Plan and apply in one go (the headless `tierdeck deploy`)."""
+        the_plan = await self.async_plan(pipeline)
+        return the_plan, await self.async_apply(the_plan, progress)
+
+    # ----- thread-safe intents (any thread; results as concurrent futures) ------------------------
+    def add_address(self, address: str, tier: str = "", name: str = "") -> concurrent.futures.Future[str]:
+        """Add a node by HOST:PORT; the future gives its key."""
+        async def go() -> str:
+            return self._need_fleet().add_address(address, tier, name)
+        return self.submit(go())
+
+    def forget(self, key: str) -> concurrent.futures.Future[bool]:
+        """Forget a node."""
+        async def go() -> bool:
+            return self._need_fleet().forget(key)
+        return self.submit(go())
+
+    def reconnect(self, key: str) -> concurrent.futures.Future[bool]:
+        """Reconnect to a node now (a new telemetry stream)."""
+        async def go() -> bool:
+            return self._need_fleet().reconnect(key)
+        return self.submit(go())
+
+    def nodes(self) -> concurrent.futures.Future[list[NodeSnapshot]]:
+        """Snapshots of every node."""
+        async def go() -> list[NodeSnapshot]:
+            return self._need_fleet().nodes()
+        return self.submit(go())
+
+    def plan(self, pipeline: Pipeline) -> concurrent.futures.Future[Plan]:
+        """Plan a pipeline (see `async_plan`)."""
+        return self.submit(self.async_plan(pipeline))
+
+    def apply(self, the_plan: Plan, progress: Callable[[DeployProgress], None] | None = None
+              ) -> concurrent.futures.Future[DeployResult]:
+        """Apply a plan (see `async_apply`); `progress` is called on the loop thread."""
+        return self.submit(self.async_apply(the_plan, progress))

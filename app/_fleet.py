@@ -244,6 +244,7 @@ class Fleet:
             return False
         if node.task is not None:
             node.task.cancel()
+        node.reasons.pop("alert", None)  # the operator has seen the alert
         node.task = asyncio.ensure_future(self._run(node, delay=0.0))
         return True
 
@@ -316,6 +317,19 @@ class Fleet:
             node = _Node(key=advert.node_id, node_id=advert.node_id, name=advert.name, tier=advert.tier,
                          address=advert.address, source="mdns")
             self._add(node)
+            return
+        connected = node.state in (NodeState.CONNECTING, NodeState.ONLINE, NodeState.DEGRADED)
+        if connected and advert.address and advert.address != node.address:
+            # A node we are talking to cannot be somewhere else: someone reuses its id.
+            self._alert(node, f"an advertisement at {advert.address} claims to be node {node.name} "
+                              f"({node.node_id[:12]}), which is connected at {node.address}: ignored "
+                              "(spoofed or duplicated node id)", advert.address)
+            return
+        proven = node.info.fingerprint if node.info is not None else ""
+        if advert.fingerprint and proven and advert.fingerprint != proven:
+            self._alert(node, f"an advertisement for node {node.name} ({node.node_id[:12]}) carries certificate "
+                              f"fingerprint {advert.fingerprint[:16]}…, not the {proven[:16]}… the node proved: "
+                              "ignored", advert.address)
             return
         if advert.address and advert.address != node.address and node.state == NodeState.OFFLINE:
             node.address = advert.address
@@ -425,6 +439,8 @@ class Fleet:
     def _identify(self, node: _Node, info: ctl.NodeInfo) -> None:
         """Check or learn which node answers at this address; re-key an addr: entry to its node id."""
         if node.node_id and info.node_id != node.node_id:
+            self._alert(node, f"{node.address} answers as node {info.node_id[:12]}, not {node.node_id[:12]} as "
+                              "advertised: not connected", node.address)
             raise _SessionEnded(f"{node.address} now answers as node {info.node_id[:12]}, "
                                 f"not {node.node_id[:12]}")
         changed = (info.name and info.name != node.name) or (info.tier and info.tier != node.tier)
@@ -543,6 +559,16 @@ class Fleet:
                 why = f": {'; '.join(node.reasons.values())}" if node.reasons else ""
                 self._console_event("node_state", f"{node.name} is {state}{why}", severity, node.node_id,
                                     {"from": str(previous), "to": str(state), "address": node.address})
+        else:
+            self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
+
+    def _alert(self, node: _Node, message: str, address: str) -> None:
+        """An identity alert: an error event for the log and a reason on the node until the operator reconnects."""
+        log.warning("identity alert: %s", message)
+        self._console_event("identity_alert", message, Severity.ERROR, node.node_id, {"address": address})
+        node.reasons["alert"] = message
+        if node.state in (NodeState.ONLINE, NodeState.DEGRADED):
+            self._update_reasons(node)
         else:
             self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
 

@@ -49,6 +49,8 @@ class NodeInfoSummary:
     started_unix_ms: int = 0
     boot_id: str = ""
     insecure: bool = True
+    enrolled: bool = False
+    fingerprint: str = ""
 
     @classmethod
     def from_proto(cls, info: ctl.NodeInfo) -> NodeInfoSummary:
@@ -60,7 +62,7 @@ class NodeInfoSummary:
             platform=info.platform, onnxruntime_version=info.onnxruntime_version,
             memory_cap_bytes=info.memory_cap_bytes, power_budget_watts=info.power_budget_watts,
             config_counter=info.config_counter, started_unix_ms=info.started_unix_ms, boot_id=info.boot_id,
-            insecure=info.insecure,
+            insecure=info.insecure, enrolled=info.enrolled, fingerprint=info.fingerprint,
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -73,6 +75,7 @@ class NodeInfoSummary:
             "onnxruntime_version": self.onnxruntime_version, "memory_cap_bytes": self.memory_cap_bytes,
             "power_budget_watts": self.power_budget_watts, "config_counter": self.config_counter,
             "started_unix_ms": self.started_unix_ms, "boot_id": self.boot_id, "insecure": self.insecure,
+            "enrolled": self.enrolled, "fingerprint": self.fingerprint,
         }
 
 

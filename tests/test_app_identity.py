@@ -44,8 +44,9 @@ def test_spoofed_advertisement_of_a_connected_node_is_refused_and_alerted(tmp_pa
             assert node.address == agent.address, "the console must stay with the node it is connected to"
             assert node.state == NodeState.DEGRADED and any("spoofed" in r for r in node.reasons)
             assert core.reconnect(agent.node_id).result(10)  # the operator acknowledges: alert cleared
-            wait_nodes(core, lambda ns: ns[0].state == NodeState.ONLINE and not any("spoofed" in r for r in ns[0].reasons),
-                       message="alert cleared")
+            def cleared(ns: list) -> bool:  # type: ignore[type-arg]
+                return ns[0].state == NodeState.ONLINE and not any("spoofed" in r for r in ns[0].reasons)
+            wait_nodes(core, cleared, message="alert cleared")
     finally:
         stop.set()
         spoofer.join(30) if spoofer.is_alive() else None

@@ -206,7 +206,7 @@ class Forwarder:
     @property
     def timeout(self) -> float:
         """Deadline for one forwarded batch, seconds."""
-        return self.hop.timeout_s or 5.0
+        return self.hop.timeout_s or 2.0
 
     async def async_escalate(self, inputs: dict[str, np.ndarray], request_id: str) -> list[Decision | None]:
         """Forward the rows; per row the next hop's decision, or None when it was queued or refused."""

@@ -1,0 +1,42 @@
+"""Links between tiers flap under load (real interfaces in network namespaces): nothing is lost or doubled."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+from netns import netns_permitted
+
+PIPELINE = ROOT / "resources" / "pipelines" / "ship-finder.pipeline.json"
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_link_flaps_under_load_lose_nothing(tmp_path: Path) -> None:
+    reason = netns_permitted()
+    if reason:
+        pytest.skip(reason)
+    if not PIPELINE.exists():
+        pytest.skip("the bundled ship-finder pipeline is not there")
+    out = tmp_path / "soak.json"
+    # Two flaps (cloud link, then edge link) in a short run; the scenario is bench/soak.py's.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "36", "--flap-every", "12",
+                           "--flap-down", "4", "--rate", "120", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.exists(), proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert [f["tier"] for f in result["flaps"]] == ["cloud", "edge"]
+    client = result["client"]
+    assert client["sent"] == client["answered"] and client["errors"] == 0
+    assert client["provisional"] > 0, "the flaps should have made some answers provisional"
+    for link in result["links"]:
+        assert link["lost"] == 0, link
+        assert link["still_queued"] == 0, link
+        assert link["once_each"], link
+        assert link["escalated"] > 0
+    assert sum(link["delivered_later"] for link in result["links"]) > 0, "store-and-forward was not exercised"
+    assert result["lost_total"] == 0 and proc.returncode == 0, proc.stdout

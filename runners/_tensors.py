@@ -189,7 +189,8 @@ def _decode_raw(label: str, datatype: str, dims: tuple[int, ...], count: int, ra
         # Any non-zero byte is true; copying through != 0 also keeps numpy from holding odd bool bytes.
         return (np.frombuffer(raw, dtype=np.uint8) != 0).reshape(dims)
     wire = dtype.newbyteorder("<")
-    return np.frombuffer(raw, dtype=wire).astype(dtype, copy=True).reshape(dims)
+    # A read-only view of the message's bytes: no copy on little-endian hosts (batches are large).
+    return np.frombuffer(raw, dtype=wire).astype(dtype, copy=False).reshape(dims)
 
 
 def _typed_fields(contents: pb.InferTensorContents) -> list[str]:
@@ -265,7 +266,7 @@ def _decode_tensors(
 
 
 def decode_inputs(request: pb.ModelInferRequest, max_elements: int = 1 << 28) -> dict[str, np.ndarray]:
-    """Input tensors of a request as writable C-contiguous arrays by name; TensorError if malformed."""
+    """Input tensors of a request by name (raw ones as read-only views, no copy); TensorError if malformed."""
     return _decode_tensors("input", request.inputs, request.raw_input_contents, max_elements)
 
 

@@ -1,0 +1,1 @@
+"""Example pipeline files (package data)."""

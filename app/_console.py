@@ -19,12 +19,15 @@ from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+
 from app._db import Database, Retention, default_db_path, last_positions, managed_stages
-from app._deployer import Deployer, DeployProgress, DeployResult, Plan, plan, requirements_for
+from app._deployer import Deployer, DeployProgress, DeployResult, Plan, plan, requirements_for, rule_proto
 from app._fleet import Fleet
 from app._loop import IoLoop
 from app._records import ConsoleEvent, FleetEvent, FleetEventKind, NodeSample, NodeSnapshot, Severity, StageSnapshot
-from app.pipeline_file import Pipeline
+from app.pipeline_file import Budget, Pipeline, Rule
+from runners._proto import tierdeck_control_pb2 as ctl
 from runners.client import ClientTLS
 
 log = logging.getLogger(__name__)
@@ -267,6 +270,60 @@ class ConsoleCore:
             return self._need_fleet().nodes()
         return self.submit(go())
 
+    async def async_update_policy(self, stage_id: str, rule: Rule | None = None, budget: Budget | None = None
+                                  ) -> dict[str, str]:
+        """Push a new rule/budget to every node running the stage, live (UpdatePolicy, no redeploy).
+
+        Returns an error per node key ({} when every node took it); each outcome is an audit event.
+        """
+        fleet = self._need_fleet()
+        request = ctl.UpdatePolicyRequest(stage_id=stage_id)
+        if rule is not None:
+            request.rule.CopyFrom(rule_proto(rule))
+        if budget is not None:
+            request.budget.CopyFrom(ctl.Budget(max_escalations_per_s=budget.max_escalations_per_s,
+                                               priority=budget.priority))
+        targets = [n for n in fleet.nodes() if any(s.stage_id == stage_id for s in n.stages)]
+        if not targets:
+            raise LookupError(f"no node runs stage '{stage_id}'")
+        errors: dict[str, str] = {}
+        for node in targets:
+            client = fleet.client(node.key)
+            try:
+                if client is None:
+                    raise ConnectionError("not connected")
+                await client.update_policy(request, timeout=10)
+            except Exception as exc:  # grpc.aio.AioRpcError, connection errors
+                details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else ""
+                errors[node.key] = details or str(exc)
+        what = "rule" if rule is not None else "budget"
+        for node in targets:
+            failed = errors.get(node.key)
+            outcome = "updated live" if failed is None else f"not updated: {failed}"
+            kind = "policy_updated" if failed is None else "policy_failed"
+            self.publish_event(ConsoleEvent(kind, f"{what} of {stage_id} on {node.name} {outcome}",
+                                            Severity.INFO if failed is None else Severity.ERROR, node.node_id,
+                                            {"stage_id": stage_id}))
+            await fleet.async_refresh(node.key)
+        return errors
+
+    def update_policy(self, stage_id: str, rule: Rule | None = None, budget: Budget | None = None
+                      ) -> concurrent.futures.Future[dict[str, str]]:
+        """Thread-safe `async_update_policy`."""
+        return self.submit(self.async_update_policy(stage_id, rule, budget))
+
+    def enroll(self, address: str, code: str, fleet_dir: Path | None = None) -> concurrent.futures.Future[str]:
+        """Enrol the unenrolled node at `address` with its pairing code, then add it; the future gives its id."""
+        async def go() -> str:
+            from app.fleet_ca import FleetCA, default_fleet_dir
+
+            member = await FleetCA(fleet_dir or default_fleet_dir()).enroll(address, code)
+            self.publish_event(ConsoleEvent("node_enrolled", f"enrolled {member.name} ({member.node_id[:12]}) at "
+                                            f"{address}", Severity.INFO, member.node_id, {"address": address}))
+            self._need_fleet().add_address(address)
+            return member.node_id
+        return self.submit(go())
+
     def plan(self, pipeline: Pipeline) -> concurrent.futures.Future[Plan]:
         """Plan a pipeline (see `async_plan`)."""
         return self.submit(self.async_plan(pipeline))
@@ -275,3 +332,4 @@ class ConsoleCore:
               ) -> concurrent.futures.Future[DeployResult]:
         """Apply a plan (see `async_apply`); `progress` is called on the loop thread."""
         return self.submit(self.async_apply(the_plan, progress))
+

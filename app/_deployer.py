@@ -41,7 +41,7 @@ import numpy as np
 
 from app._fit import Requirements, check_fit, memory_estimate
 from app._records import ConsoleEvent, NodeSnapshot, NodeState, Severity, now_ms
-from app.pipeline_file import Pipeline, Stage
+from app.pipeline_file import Pipeline, Rule, Stage
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._tensors import DATATYPES
@@ -177,9 +177,8 @@ class DeployResult:
 
 # ----- planning ---------------------------------------------------------------------------------------
 
-def rule_proto(stage: Stage) -> ctl.EscalationRule:
-    """The stage's rule as the agent takes it."""
-    r = stage.rule
+def rule_proto(r: Rule) -> ctl.EscalationRule:
+    """A pipeline-file rule as the agent takes it."""
     rule = ctl.EscalationRule(output=r.output, labels=list(r.labels), class_in=list(r.class_in),
                               drop_class=list(r.drop_class))
     if r.confidence_below is not None:
@@ -198,7 +197,7 @@ def policy_fields(stage: Stage, next_stage: Stage | None, next_address: str, nex
                              priority=stage.budget.priority),
     }
     # Always sent, also a last stage's label-only rule: the agent then labels its answers and settles.
-    fields["rule"] = rule_proto(stage)
+    fields["rule"] = rule_proto(stage.rule)
     if stage.max_batch is not None:
         fields["max_batch"] = stage.max_batch
     if next_stage is not None:

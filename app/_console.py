@@ -17,7 +17,7 @@ import concurrent.futures
 import logging
 from collections.abc import Callable, Coroutine, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -29,6 +29,9 @@ from app._records import ConsoleEvent, FleetEvent, FleetEventKind, NodeSample, N
 from app.pipeline_file import Budget, Pipeline, Rule
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners.client import ClientTLS
+
+if TYPE_CHECKING:
+    from app.fleet_ca import Member
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -274,7 +277,7 @@ class ConsoleCore:
                                   ) -> dict[str, str]:
         """Push a new rule/budget to every node running the stage, live (UpdatePolicy, no redeploy).
 
-        Returns an error per node key ({} when every node took it); each outcome is an audit event.
+        Returns {node name: "" or the error} for every node running it; each outcome is an audit event.
         """
         fleet = self._need_fleet()
         request = ctl.UpdatePolicyRequest(stage_id=stage_id)
@@ -296,6 +299,7 @@ class ConsoleCore:
             except Exception as exc:  # grpc.aio.AioRpcError, connection errors
                 details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else ""
                 errors[node.key] = details or str(exc)
+        results = {node.name: errors.get(node.key, "") for node in targets}
         what = "rule" if rule is not None else "budget"
         for node in targets:
             failed = errors.get(node.key)
@@ -305,23 +309,23 @@ class ConsoleCore:
                                             Severity.INFO if failed is None else Severity.ERROR, node.node_id,
                                             {"stage_id": stage_id}))
             await fleet.async_refresh(node.key)
-        return errors
+        return results
 
     def update_policy(self, stage_id: str, rule: Rule | None = None, budget: Budget | None = None
                       ) -> concurrent.futures.Future[dict[str, str]]:
         """Thread-safe `async_update_policy`."""
         return self.submit(self.async_update_policy(stage_id, rule, budget))
 
-    def enroll(self, address: str, code: str, fleet_dir: Path | None = None) -> concurrent.futures.Future[str]:
-        """Enrol the unenrolled node at `address` with its pairing code, then add it; the future gives its id."""
-        async def go() -> str:
-            from app.fleet_ca import FleetCA, default_fleet_dir
+    def enroll(self, address: str, code: str, fleet_dir: Path | None = None) -> concurrent.futures.Future[Member]:
+        """Enrol the unenrolled node at `address` with its pairing code, then add it; the future gives its record."""
+        async def go() -> Member:
+            from app.fleet_ca import FleetCA, default_fleet_dir  # cryptography: only when enrolling
 
             member = await FleetCA(fleet_dir or default_fleet_dir()).enroll(address, code)
             self.publish_event(ConsoleEvent("node_enrolled", f"enrolled {member.name} ({member.node_id[:12]}) at "
                                             f"{address}", Severity.INFO, member.node_id, {"address": address}))
             self._need_fleet().add_address(address)
-            return member.node_id
+            return member
         return self.submit(go())
 
     def plan(self, pipeline: Pipeline) -> concurrent.futures.Future[Plan]:

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
-# Each command lives in its own module with `configure(parser)` and `run(args) -> int`;
-# modules are imported only when their command runs, so `tierdeck --help` stays fast.
+# Each command lives in its own module with `configure(parser)` and `run(args) -> int`; Qt is imported
+# only inside the run() of the commands that open windows, so the headless commands work without a display.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("widgets._cmd_demo", "a local demo fleet, sensor replays and the console (one command, no hardware)"),
     "nodes": ("app._cmd_nodes", "browse mDNS for tierdeck nodes and print them"),
     "fleet": ("app._cmd_fleet", "fleet identity: CA, node enrolment, revocation, client certificates"),
     "sensor": ("app._cmd_sensor", "replay recorded sensor patches into a stage (an OIP client)"),
     "deploy": ("app._cmd_deploy", "deploy a pipeline file to the fleet, all or nothing (headless)"),
     "status": ("app._cmd_status", "show nodes, their state, stages and latest telemetry (headless)"),
     "export": ("app._cmd_export", "export telemetry, rollups, events and deployments as CSV or JSON"),
+    "console": ("widgets._cmd_console", "the operations console: fleet, pipeline canvas, deploy, live dashboard"),
 }
 
 
@@ -33,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `tierdeck` command line; returns the process exit code."""
+    # gRPC's own INFO lines (e.g. about fork handlers when the demo starts its sensors) are not for operators.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:

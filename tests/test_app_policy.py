@@ -28,7 +28,7 @@ def test_update_policy_reaches_every_node_of_the_stage_live(tmp_path: Path) -> N
         assert result.ok, result.reason
         before = {s.stage_id: s.version for n in core.nodes().result(5) for s in n.stages}
         rule = dataclasses.replace(pipeline.stage("classifier").rule, confidence_below=0.9)
-        assert core.update_policy("classifier", rule=rule).result(30) == {}
+        assert core.update_policy("classifier", rule=rule).result(30) == {"edge-1": ""}
 
         async def threshold() -> float:
             async with NodeClient(agents["edge"].address) as client:
@@ -57,7 +57,7 @@ def test_enrol_from_the_console_then_connect_with_mutual_tls(tmp_path: Path) -> 
             raise AssertionError("a wrong code must not enrol")
         except Exception as exc:
             assert "pairing code" in str(exc)
-        assert core.enroll(agent.address, code, tmp_path / "fleet").result(30) == agent.node_id
+        assert core.enroll(agent.address, code, tmp_path / "fleet").result(30).node_id == agent.node_id
         nodes = wait_nodes(core, all_online(1), message="the enrolled node online over mutual TLS")
         assert nodes[0].node_id == agent.node_id and nodes[0].info is not None
         assert nodes[0].info.enrolled and not nodes[0].info.insecure

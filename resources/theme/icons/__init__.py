@@ -1,0 +1,1 @@
+"""SVG icons of the console theme (package data)."""

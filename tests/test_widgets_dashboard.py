@@ -1,0 +1,201 @@
+"""The live dashboard on a real agent: it plots what the core received, history from the database, hover,
+export, and a soak of thousands of repaints (the PySide6 6.12 `none_dealloc` crash killed live plots
+within a few hundred frames; this test must keep passing on every upgrade)."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPointF
+from PySide6.QtGui import QImage
+from PySide6.QtWidgets import QApplication
+from pytestqt.qtbot import QtBot
+from test_app_support import synthetic_sample
+from test_widgets_support import LiveConsole, assert_not_blank, dispose, live_console, save_screenshot, small_model
+
+from app.core import NodeState
+from runners.client import NodeClient
+from widgets import Dashboard, FrameClock, apply_theme
+from widgets._series import Grid
+
+SOAK_FRAMES = 3000
+
+
+def infer_burst(address: str, stage: str, rows: int = 40, calls: int = 25) -> None:
+    """Send some real inferences to a stage (a plain OIP client)."""
+    x = np.random.default_rng(1).normal(size=(rows, 4)).astype(np.float32)
+
+    async def go() -> None:
+        async with NodeClient(address) as client:
+            for _ in range(calls):
+                await client.infer(stage, {"x": x})
+    asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def live(qapp: QApplication, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveConsole]:
+    """Two real agents (device with a stage served locally, edge) streaming telemetry at 10 Hz."""
+    apply_theme(qapp)
+    folder = tmp_path_factory.mktemp("dashboard")
+    model = small_model(folder / "models")
+    agents = {"device-1": ("device", ("--stage", f"s1={model}")), "edge-1": ("edge", ())}
+    with live_console(folder, agents, interval=0.1) as live:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (len(live.console.fleet.nodes()) == 2 and all(
+                n.state == NodeState.ONLINE for n in live.console.fleet.nodes())):
+            qapp.processEvents()
+            time.sleep(0.01)
+        yield live
+
+
+@pytest.fixture
+def dashboard(live: LiveConsole, qtbot: QtBot) -> Iterator[Dashboard]:
+    clock = FrameClock(live.console.telemetry, 15)
+    board = Dashboard(live.console.fleet, live.console.telemetry, clock, live.console.pipeline, live.console.files)
+    board.resize(1100, 640)
+    board.show()
+    qtbot.waitExposed(board)
+    clock.start()
+    yield board
+    clock.stop()
+    dispose(board)
+
+
+def device(live: LiveConsole) -> str:
+    return live.agents["device-1"].node_id
+
+
+def test_the_dashboard_plots_the_samples_the_core_received(live: LiveConsole, dashboard: Dashboard, qtbot: QtBot,
+                                                          tmp_path: Path) -> None:
+    tel = live.console.telemetry
+    infer_burst(live.agents["device-1"].address, "s1")
+    qtbot.waitUntil(lambda: (ring := tel.stage_series(device(live), "s1")) is not None and len(ring) > 5
+                    and (ring.column("inferences_per_s") > 0).any(), timeout=30_000)
+    drawn = dashboard.frames_drawn
+    qtbot.waitUntil(lambda: dashboard.frames_drawn > drawn + 3, timeout=10_000)   # the frame clock drives it
+
+    # per node: every sample of the ring is on the curve, unchanged
+    dashboard.group_box.setCurrentIndex(1)
+    dashboard.redraw()
+    frame = dashboard.frame
+    assert frame is not None
+    power = dashboard.panels["power"].curves["device-1"]
+    t, v = tel.node_series(device(live)).series("power_watts", frame.start - 1)  # type: ignore[union-attr]
+    shown_t, shown_v = np.asarray(power.xData), np.asarray(power.yData)
+    assert len(shown_t) >= len(t) - 1 > 5
+    assert np.allclose(shown_v[-len(t) + 1:], v[-len(t) + 1:]) and np.allclose(shown_t[-len(t) + 1:], t[-len(t) + 1:])
+    throughput = dashboard.panels["throughput"].curves["device-1"]
+    ring = tel.stage_series(device(live), "s1")
+    assert ring is not None
+    _, rates = ring.series("inferences_per_s", frame.start - 1)
+    assert np.nanmax(np.asarray(throughput.yData)) == pytest.approx(rates.max())
+
+    # per tier: the device curve is the ring binned on the frame's grid
+    dashboard.group_box.setCurrentIndex(0)
+    dashboard.redraw()
+    frame = dashboard.frame
+    curve = dashboard.panels["throughput"].curves["Device"]
+    x, y = np.asarray(curve.xData), np.asarray(curve.yData)
+    grid = Grid(frame.start, frame.end, float(x[1] - x[0]))   # type: ignore[union-attr]
+    expected = grid.bin_mean(*ring.series("inferences_per_s"))
+    assert np.allclose(y, expected, equal_nan=True)
+    assert np.nanmax(y) > 0
+    # the first link's escalation tile and the throughput tile come from the same rings
+    assert dashboard.tiles["throughput"].value.text().endswith("/s")
+    assert dashboard.tiles["nodes"].value.text().startswith("2 / 2")
+    assert "Device" in dashboard.panels["power"].curves and "Edge" in dashboard.panels["power"].curves
+    assert_not_blank(save_screenshot(dashboard, tmp_path, "dashboard"))
+
+
+def test_hover_shows_every_curve_at_that_instant(live: LiveConsole, dashboard: Dashboard, qtbot: QtBot) -> None:
+    qtbot.waitUntil(lambda: len(dashboard.panels["power"].curves) == 2
+                    and np.isfinite(dashboard.panels["power"].series["Device"].v).sum() > 10, timeout=20_000)
+    panel = dashboard.panels["power"]
+    vb = panel.plot.getPlotItem().getViewBox()
+    device_series = panel.series["Device"]
+    x = float(device_series.t[np.isfinite(device_series.v)][-3])   # an instant with data
+    scene_pos = vb.mapViewToScene(QPointF(x, 1.0))
+    panel.plot.scene().sigMouseMoved.emit(scene_pos)   # what the scene emits when the mouse moves
+    assert panel.crosshair.isVisible() and panel.readout.isVisible()
+    text = panel.readout.toPlainText()
+    assert "Device:" in text and "Edge:" in text and " W" in text
+    nearest = device_series.v[int(np.argmin(np.abs(device_series.t - x)))]
+    assert f"Device: {nearest:,.2f} W" in text
+    panel.plot.scene().sigMouseMoved.emit(QPointF(-50, -50))
+    assert not panel.readout.isVisible()
+
+
+def test_export_png_and_csv_of_the_current_view(live: LiveConsole, dashboard: Dashboard, qtbot: QtBot,
+                                                tmp_path: Path) -> None:
+    qtbot.waitUntil(lambda: dashboard.frame is not None and bool(dashboard.frame.plots.get("power")), timeout=10_000)
+    png = tmp_path / "view.png"
+    with qtbot.waitSignal(dashboard.writer.exported, timeout=20_000) as done:
+        dashboard.export_png(str(png))
+    assert done.args == [str(png)]
+    image = QImage(str(png))
+    assert image.width() == dashboard.width() and image.height() == dashboard.height()
+    assert_not_blank(png)
+    out = tmp_path / "view.csv"
+    with qtbot.waitSignal(dashboard.writer.exported, timeout=20_000):
+        dashboard.export_csv(str(out))
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert rows and set(rows[0]) == {"plot", "unit", "series", "unix_time", "local_time", "value"}
+    power = [r for r in rows if r["plot"] == "Power" and r["series"] == "Device"]
+    assert power and all(float(r["value"]) >= 0 for r in power)
+    with qtbot.waitSignal(dashboard.writer.export_failed, timeout=20_000) as failed:
+        dashboard.export_csv(str(tmp_path / "no-such-folder" / "x.csv"))
+    assert "No such file" in failed.args[0]
+
+
+def test_long_windows_come_from_the_database(live: LiveConsole, dashboard: Dashboard, qtbot: QtBot) -> None:
+    node = device(live)
+    now_ms = int(time.time() * 1000)
+    old = [synthetic_sample(node, seq, now_ms - 40 * 60_000 + seq * 1000, boot_id="boot-old", power=42.0,
+                            stage_id="s1", inferences=600, inferences_total=600 * seq)
+           for seq in range(1, 180)]
+    core = live.core
+    core.db.write_samples(old)
+    core.db.flush().result(30)
+    core.db.run_maintenance(now_ms).result(60)
+    dashboard.group_box.setCurrentIndex(1)
+    with qtbot.waitSignal(live.console.telemetry.history_loaded, timeout=30_000):
+        dashboard.set_window(3600.0)
+    qtbot.waitUntil(lambda: not dashboard._requests, timeout=30_000)
+    dashboard.redraw()
+    series = dashboard.panels["power"].series["device-1"]
+    old_part = series.t < (now_ms / 1000 - 30 * 60)
+    assert old_part.any(), "one-minute rollups from 40 minutes ago are on the curve"
+    assert np.allclose(series.v[old_part], 42.0)
+    assert series.t[-1] > now_ms / 1000 - 5, "and the live samples continue it"
+    assert dashboard.window_buttons.checkedId() == 2 and "history" in dashboard.source.text()
+    throughput = dashboard.panels["throughput"].series["device-1"]
+    old_rates = throughput.v[throughput.t < now_ms / 1000 - 30 * 60]
+    # 600 inferences a second; the whole minutes say so (the first and last minutes are partial)
+    assert np.allclose(np.sort(old_rates)[-2:], 600.0)
+
+
+def test_soak_thousands_of_live_repaints(live: LiveConsole, dashboard: Dashboard, qtbot: QtBot,
+                                         qapp: QApplication) -> None:
+    """Guards the PySide6 6.12 crash (every paint dropped a reference to None): keep it on every upgrade."""
+    import sys
+
+    dashboard.resize(760, 480)
+    tel = live.console.telemetry
+    received = tel.samples
+    none_refs = sys.getrefcount(None)
+    for i in range(SOAK_FRAMES):
+        dashboard.redraw()
+        dashboard.repaint()
+        if i % 25 == 0:
+            qapp.processEvents()   # let the live telemetry in
+    assert tel.samples > received, "the plots were live while repainting"
+    assert dashboard.frames_drawn >= SOAK_FRAMES
+    # a paint that drops a reference to None would have taken thousands away by now
+    assert sys.getrefcount(None) > none_refs - 500

@@ -1,0 +1,1069 @@
+"""The pipeline canvas: tier lanes with live node cards, the stages in hop order, escalation links, drag and drop.
+
+Every change is a `QUndoCommand` wrapping one of the core's reversible `Edit`s (InsertStage,
+RemoveStage, MoveStage, SetPlacement, SetRule); its redo()/undo() call the pipeline model, and the
+scene redraws from the model's signals — undo/redo (Ctrl+Z / Ctrl+Shift+Z) comes for free.
+
+Drag and drop: a drag carries `STAGE_MIME` (see `_palette`). When it enters the canvas, every target
+is fit-checked through the fleet model (`FleetModel.fit`, no I/O): a node card for pinning, a lane
+for "every reachable node of the tier". Each target then shows ✔/✖ with words, the hovered one its
+full reason next to the cursor; a drop where the stage does not fit is refused and the reason stays
+on screen (`refusal`). The keyboard does the same through "Place stage…" (Ctrl+P): a menu of the
+targets with their fit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import replace
+
+from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, QTimer, Signal, Slot
+from PySide6.QtGui import (
+    QAction,
+    QDragEnterEvent,
+    QDragLeaveEvent,
+    QDragMoveEvent,
+    QDropEvent,
+    QKeyEvent,
+    QKeySequence,
+    QPainter,
+    QPixmap,
+    QResizeEvent,
+    QUndoCommand,
+    QUndoStack,
+)
+from PySide6.QtWidgets import (
+    QDoubleSpinBox,
+    QGraphicsItem,
+    QGraphicsProxyWidget,
+    QGraphicsScene,
+    QGraphicsView,
+    QLabel,
+    QMenu,
+    QStyleOptionGraphicsItem,
+    QWidget,
+)
+
+from app.core import (
+    Edit,
+    InsertStage,
+    ModelCard,
+    MoveStage,
+    NodeSnapshot,
+    NodeState,
+    RemoveStage,
+    Requirements,
+    SetPlacement,
+    SetRule,
+    stage_from_card,
+)
+from app.pipeline_file import Placement, Rule
+from app.qt import FleetModel, PipelineModel, TelemetryModel
+from widgets import _theme as theme
+from widgets._canvas_items import (
+    CARD_H,
+    CARD_W,
+    COMPACT_H,
+    COMPACT_W,
+    GAP,
+    HEADER_W,
+    LABEL_H,
+    LANE_MIN_H,
+    LINK_X,
+    PAD,
+    STAGE_H,
+    STAGE_W,
+    DropHintItem,
+    FitMark,
+    LaneItem,
+    LinkItem,
+    NodeCardItem,
+    StageChipItem,
+)
+from widgets._clock import FrameClock
+from widgets._palette import StageDrag, StagePalette, read_stage_mime, stage_mime
+
+log = logging.getLogger(__name__)
+
+REACHABLE = (NodeState.ONLINE, NodeState.DEGRADED)
+_TIER_ORDER = {t: i for i, t in enumerate(theme.TIERS)}
+
+
+class EditCommand(QUndoCommand):
+    """A QUndoCommand around one reversible pipeline Edit: redo/undo go through the pipeline model."""
+
+    def __init__(self, pipeline: PipelineModel, edit: Edit) -> None:
+        super().__init__(edit.text)
+        self.pipeline = pipeline
+        self.edit = edit
+        self.failed = ""
+
+    def redo(self) -> None:
+        """Apply the edit (an edit that cannot apply makes the command obsolete, so it leaves the stack)."""
+        try:
+            self.pipeline.redo(self.edit)
+        except (KeyError, ValueError, IndexError) as exc:
+            self.failed = f"{self.edit.text}: {exc}"
+            log.warning("edit failed: %s", self.failed)
+            self.setObsolete(True)
+
+    def undo(self) -> None:
+        """Revert the edit."""
+        self.pipeline.undo(self.edit)
+
+
+def new_stage_id(card: ModelCard, taken: set[str]) -> str:
+    """A stage id from the model file name, unique in the pipeline (a-z 0-9 _ . -)."""
+    base = re.sub(r"[^a-z0-9_.-]+", "-", card.path.stem.lower()).strip("-._") or "stage"
+    if not base[0].isalnum():
+        base = "s" + base
+    base = base[:56]
+    candidate, n = base, 2
+    while candidate in taken:
+        candidate, n = f"{base}-{n}", n + 1
+    return candidate
+
+
+def rule_text(rule: Rule, short: bool = False) -> str:
+    """The escalate part of a rule in a few words: 'confidence < 0.60', 'class vessel', 'score > 0.5'."""
+    parts = []
+    if rule.class_in:
+        parts.append(("" if short else "class ") + "/".join(rule.class_in))
+    if rule.confidence_below is not None:
+        parts.append(f"{'conf' if short else 'confidence'} < {rule.confidence_below:.2f}")
+    if rule.score_above is not None:
+        parts.append(f"score > {rule.score_above:.2f}")
+    return " or ".join(parts) if parts else ("no escalation" if short else "never escalates (no condition)")
+
+
+def threshold_of(rule: Rule) -> tuple[str, float | None]:
+    """(field, value) of the rule's threshold: confidence_below, else score_above; value None when unset."""
+    if rule.confidence_below is not None:
+        return "confidence_below", rule.confidence_below
+    if rule.score_above is not None:
+        return "score_above", rule.score_above
+    return "confidence_below", None
+
+
+class ThresholdEditor(QDoubleSpinBox):
+    """The in-place editor of a link's threshold: Enter commits, Escape cancels."""
+
+    committed = Signal(str, float)
+    cancelled = Signal()
+
+    def __init__(self, stage_id: str, value: float, field: str) -> None:
+        super().__init__()
+        self.stage_id = stage_id
+        self.field = field
+        self.setDecimals(3)
+        self.setSingleStep(0.01)
+        self.setRange(0.0, 1.0 if field == "confidence_below" else 1e6)
+        self.setValue(value)
+        self.setPrefix("conf < " if field == "confidence_below" else "score > ")
+        self.setAccessibleName(f"Threshold of {stage_id}")
+        self.setKeyboardTracking(False)
+        self._done = False
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        """Enter commits, Escape cancels."""
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
+            self.interpretText()
+            self.finish(True)
+            return
+        if event.key() == Qt.Key.Key_Escape:
+            self.finish(False)
+            return
+        super().keyPressEvent(event)
+
+    def focusOutEvent(self, event: object) -> None:  # type: ignore[override]
+        """Leaving the editor commits, like a spreadsheet cell."""
+        super().focusOutEvent(event)  # type: ignore[arg-type]
+        self.finish(True)
+
+    def finish(self, commit: bool) -> None:
+        """Commit or cancel once."""
+        if self._done:
+            return
+        self._done = True
+        if commit:
+            self.committed.emit(self.stage_id, float(self.value()))
+        else:
+            self.cancelled.emit()
+
+
+class PipelineCanvas(QGraphicsView):
+    """Tier lanes, node cards and the pipeline's stages; drop stages on lanes or cards; edits are undoable."""
+
+    link_selected = Signal(str)          # upstream stage id of the selected escalation link ("" = none)
+    stage_selected = Signal(str)         # stage id ("" = none)
+    drop_refused = Signal(str)           # why a drop was refused
+    status_message = Signal(str)         # a line for the status bar
+
+    def __init__(self, pipeline: PipelineModel, fleet: FleetModel, palette: StagePalette,
+                 telemetry: TelemetryModel | None = None, clock: FrameClock | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.pipeline = pipeline
+        self.fleet = fleet
+        self.stage_palette = palette
+        self.telemetry = telemetry
+        self.undo_stack = QUndoStack(self)
+        self.scene_ = QGraphicsScene(self)
+        self.setScene(self.scene_)
+        self.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        self.setRenderHint(QPainter.RenderHint.TextAntialiasing, True)
+        self.setAcceptDrops(True)
+        self.viewport().setAcceptDrops(True)
+        self.setAlignment(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignTop)
+        self.setDragMode(QGraphicsView.DragMode.NoDrag)
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.MinimalViewportUpdate)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setAccessibleName("Pipeline canvas")
+        self.lanes: dict[str, LaneItem] = {}
+        self.cards: dict[str, NodeCardItem] = {}
+        self.chips: dict[str, StageChipItem] = {}
+        self.links: dict[str, LinkItem] = {}
+        self.hint = DropHintItem(self)
+        self._drag: StageDrag | None = None
+        self._drag_req: Requirements | None = None
+        self._hover: QGraphicsItem | None = None
+        self._editor: QGraphicsProxyWidget | None = None
+        self._cards_left = HEADER_W + STAGE_W + 2 * GAP
+        self.card_w, self.card_h, self.compact = CARD_W, CARD_H, False
+        self._live_every = 0.5
+        self._last_live = 0.0
+        self.refusal = ""
+        self.refusal_banner = QLabel(self)
+        self.refusal_banner.setProperty("banner", "error")
+        self.refusal_banner.setWordWrap(True)
+        self.refusal_banner.setVisible(False)
+        self.refusal_banner.setAccessibleName("Drop refused")
+        self._relayout_timer = QTimer(self)
+        self._relayout_timer.setSingleShot(True)
+        self._relayout_timer.setInterval(30)
+        self._relayout_timer.timeout.connect(self.relayout)
+        self._make_actions()
+
+        pipeline.stage_inserted.connect(self._model_changed)
+        pipeline.stage_removed.connect(self._model_changed)
+        pipeline.stage_moved.connect(self._model_changed)
+        pipeline.stage_changed.connect(self._model_changed)
+        pipeline.pipeline_reset.connect(self._reset)
+        fleet.node_added.connect(self._fleet_changed)
+        fleet.node_removed.connect(self._fleet_changed)
+        fleet.node_rekeyed.connect(self._fleet_changed)
+        fleet.node_changed.connect(self._node_changed)
+        fleet.state_changed.connect(self._state_changed)
+        palette.place_requested.connect(self._place_card_by_keyboard)
+        self.scene_.selectionChanged.connect(self._selection_changed)
+        if clock is not None:
+            clock.frame_ticked.connect(self._frame)
+            clock.second_ticked.connect(self._frame)
+        self.relayout()
+
+    # ----- actions -------------------------------------------------------------------------------------
+    def _make_actions(self) -> None:
+        self.undo_action = self.undo_stack.createUndoAction(self, "&Undo")
+        self.undo_action.setShortcut(QKeySequence("Ctrl+Z"))
+        self.redo_action = self.undo_stack.createRedoAction(self, "&Redo")
+        self.redo_action.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+
+        def action(text: str, shortcut: str, slot: object, tip: str) -> QAction:
+            a = QAction(text, self)
+            a.setShortcut(QKeySequence(shortcut))
+            a.setStatusTip(tip)
+            a.setToolTip(tip)
+            a.triggered.connect(slot)  # type: ignore[arg-type]
+            self.addAction(a)
+            return a
+
+        self.delete_action = action("&Delete stage", "Del", self.delete_selected, "Remove the selected stage")
+        self.earlier_action = action("Move stage &earlier", "Alt+Up", self.move_selected_earlier,
+                                     "Move the selected stage one hop towards the sensor")
+        self.later_action = action("Move stage &later", "Alt+Down", self.move_selected_later,
+                                   "Move the selected stage one hop towards the cloud")
+        self.threshold_action = action("Edit &threshold", "F2", self.edit_selected_threshold,
+                                       "Edit the escalation threshold of the selected stage's outgoing link")
+        self.place_action = action("&Place stage…", "Ctrl+P", self.place_selected,
+                                   "Place the selected stage or palette model on a tier or pin it to a node "
+                                   "(the keyboard's drag and drop)")
+        self.focus_action = action("Go to &canvas", "Alt+2", self.focus_canvas, "Move the focus to the canvas")
+        self.dismiss_action = action("Dismiss message", "Esc", self.dismiss_refusal, "Hide the refusal message")
+        self.dismiss_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
+        for a in (self.delete_action, self.earlier_action, self.later_action, self.threshold_action,
+                  self.place_action):
+            a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+
+    def edit_actions(self) -> list[QAction]:
+        """The canvas actions for the Edit menu, in order."""
+        return [self.undo_action, self.redo_action, self.delete_action, self.earlier_action, self.later_action,
+                self.threshold_action, self.place_action]
+
+    # ----- what items ask ------------------------------------------------------------------------------
+    def stage_lane(self, stage_id: str) -> str:
+        """The lane a stage is drawn in: its tier, or the tier of its first pinned node."""
+        try:
+            stage = self.pipeline.stage(stage_id)
+        except KeyError:
+            return "device"
+        if stage.placement.tier:
+            return stage.placement.tier
+        for node_id in stage.placement.nodes:
+            node = self.fleet.node(node_id)
+            if node is not None and node.tier in theme.TIERS:
+                return node.tier
+        return "device"
+
+    def stages_in_lane(self, tier: str) -> list[str]:
+        """Stage ids drawn in a lane, in hop order."""
+        return [s.id for s in self.pipeline.stages() if self.stage_lane(s.id) == tier]
+
+    def cards_left(self) -> float:
+        """x of the first node-card column."""
+        return self._cards_left
+
+    def pinned_here(self, node: NodeSnapshot) -> list[str]:
+        """Stages pinned to this node."""
+        return [s.id for s in self.pipeline.stages()
+                if node.node_id and node.node_id in s.placement.nodes]
+
+    def node_name(self, node_id: str) -> str:
+        """A node's name from its id (the id's first 8 characters when unknown)."""
+        node = self.fleet.node(node_id)
+        return node.name if node is not None else node_id[:8]
+
+    def _nodes_running(self, stage_id: str) -> list[NodeSnapshot]:
+        return [n for n in self.fleet.nodes() if n.stage(stage_id) is not None]
+
+    def deployed_count(self, stage_id: str) -> str:
+        """'running on 2 nodes' or 'not deployed'."""
+        running = self._nodes_running(stage_id)
+        if not running:
+            return "not deployed"
+        serving = sum(1 for n in running if (s := n.stage(stage_id)) is not None and s.serving)
+        return f"running on {len(running)} node{'s' if len(running) != 1 else ''}" + (
+            f" ({len(running) - serving} not serving)" if serving < len(running) else "")
+
+    def settle_text(self, stage_id: str) -> str:
+        """What the stage settles itself: 'drops water', or 'settles the rest' (last stage: 'final answer')."""
+        stage = self.pipeline.stage(stage_id)
+        if stage.next is None:
+            return "final answer" + (f", drops {'/'.join(stage.rule.drop_class)}" if stage.rule.drop_class else "")
+        if stage.rule.drop_class:
+            return f"drops {'/'.join(stage.rule.drop_class)}, settles the rest"
+        return "settles the rest"
+
+    def rule_text(self, stage_id: str, short: bool = False) -> str:
+        """The escalate condition of a stage's rule (`short`: for a link label)."""
+        try:
+            return rule_text(self.pipeline.stage(stage_id).rule, short)
+        except KeyError:
+            return ""
+
+    # ----- layout ---------------------------------------------------------------------------------------
+    def _schedule_relayout(self) -> None:
+        if not self._relayout_timer.isActive():
+            self._relayout_timer.start()
+
+    @Slot()
+    def relayout(self) -> None:
+        """Rebuild the scene from the models (lanes, cards, chips, links)."""
+        if self._editor is not None:
+            return  # never pull the editor out from under the operator; relaid out when it closes
+        selected = self.selected_stage()
+        focused = self.scene_.focusItem()
+        focused_stage = focused.stage_id if isinstance(focused, StageChipItem) else ""
+        for item in list(self.scene_.items()):
+            if item is not self.hint and item.parentItem() is None:
+                self.scene_.removeItem(item)
+        if self.hint.scene() is None:
+            self.scene_.addItem(self.hint)
+        self.lanes.clear()
+        self.cards.clear()
+        self.chips.clear()
+        self.links.clear()
+        width = max(float(self.viewport().width()) - 1, HEADER_W + STAGE_W + 2 * GAP + CARD_W + 2 * PAD)
+        per_lane = {t: self.stages_in_lane(t) for t in theme.TIERS}
+        columns = max(1, max(len(v) for v in per_lane.values()))
+        self._cards_left = HEADER_W + PAD + columns * (STAGE_W + GAP) + 2 * GAP
+        # Big fleets get compact cards, so a lane of dozens of nodes stays within a screen or two.
+        biggest = max((len(self.fleet.by_tier(t)) for t in theme.TIERS), default=0)
+        cols = max(1, int((width - self._cards_left - PAD + GAP) // (CARD_W + GAP)))
+        self.compact = math.ceil(biggest / cols) * (CARD_H + GAP) > max(self.viewport().height(), 400) * 0.6
+        self.card_w, self.card_h = (COMPACT_W, COMPACT_H) if self.compact else (CARD_W, CARD_H)
+        card_cols = max(1, int((width - self._cards_left - PAD + GAP) // (self.card_w + GAP)))
+        y = 0.0
+        chip_pos: dict[str, QPointF] = {}
+        for tier in theme.TIERS:
+            nodes = sorted(self.fleet.by_tier(tier), key=lambda n: n.name.lower())
+            rows = math.ceil(len(nodes) / card_cols) if nodes else 1
+            height = max(LANE_MIN_H, STAGE_H + 2 * PAD, rows * (self.card_h + GAP) - GAP + 2 * PAD)
+            if per_lane[tier] and any(per_lane[t] for t in theme.TIERS[theme.TIERS.index(tier) + 1:]):
+                height = max(height, STAGE_H + PAD + LABEL_H + 2 * GAP)   # room for the link label below
+            lane = LaneItem(self, tier, QRectF(0, y, width, height))
+            self.scene_.addItem(lane)
+            self.lanes[tier] = lane
+            for i, node in enumerate(nodes):
+                row, col = divmod(i, card_cols)
+                card = NodeCardItem(self, node.key, QPointF(self._cards_left + col * (self.card_w + GAP),
+                                                            y + PAD + row * (self.card_h + GAP)))
+                self.scene_.addItem(card)
+                self.cards[node.key] = card
+            for i, stage_id in enumerate(per_lane[tier]):
+                pos = QPointF(HEADER_W + PAD + i * (STAGE_W + GAP), y + PAD)
+                chip = StageChipItem(self, stage_id, pos)
+                self.scene_.addItem(chip)
+                self.chips[stage_id] = chip
+                chip_pos[stage_id] = pos
+            y += height + 4
+        stages = self.pipeline.stages()
+        for k, stage in enumerate(stages[:-1]):
+            a, b = chip_pos.get(stage.id), chip_pos.get(stages[k + 1].id)
+            if a is None or b is None:
+                continue
+            if abs(a.y() - b.y()) < 1:  # same lane: left to right
+                start = a + QPointF(STAGE_W, STAGE_H / 2)
+                end = b + QPointF(0, STAGE_H / 2)
+            elif b.y() > a.y():
+                start = a + QPointF(LINK_X, STAGE_H)
+                end = b + QPointF(LINK_X, 0)
+            else:
+                start = a + QPointF(LINK_X, 0)
+                end = b + QPointF(LINK_X, STAGE_H)
+            link = LinkItem(self, stage.id, start, end)
+            self.scene_.addItem(link)
+            self.links[stage.id] = link
+        self.scene_.setSceneRect(QRectF(0, 0, width, y))
+        if selected in self.chips:
+            self.chips[selected].setSelected(True)
+        if focused_stage in self.chips:
+            self.chips[focused_stage].setFocus()
+        self._refresh_live(force=True)
+        self._position_banner()
+
+    def resizeEvent(self, event: QResizeEvent) -> None:
+        """Re-flow the node cards to the new width."""
+        super().resizeEvent(event)
+        self._schedule_relayout()
+        self._position_banner()
+
+    def _position_banner(self) -> None:
+        if self.refusal_banner.isVisible():
+            w = self.viewport().width() - 24
+            self.refusal_banner.setFixedWidth(max(200, w))
+            self.refusal_banner.adjustSize()
+            self.refusal_banner.move(12, self.viewport().height() - self.refusal_banner.height() - 12)
+
+    # ----- following the models -------------------------------------------------------------------------
+    @Slot()
+    def _model_changed(self, *args: object) -> None:
+        self._schedule_relayout()
+
+    @Slot()
+    def _reset(self) -> None:
+        self.undo_stack.clear()
+        self.dismiss_refusal()
+        self._schedule_relayout()
+
+    @Slot()
+    def _fleet_changed(self, *args: object) -> None:
+        self._schedule_relayout()
+
+    @Slot(str)
+    def _node_changed(self, key: str) -> None:
+        card = self.cards.get(key)
+        node = self.fleet.node(key)
+        if card is None or node is None or self.lanes.get(node.tier) is None or card.pos().y() < self.lanes[
+                node.tier].rect.top() or card.pos().y() > self.lanes[node.tier].rect.bottom():
+            self._schedule_relayout()  # new node, or its tier changed
+            return
+        card.update()
+        for chip in self.chips.values():
+            chip.update()
+
+    @Slot(str, str, str)
+    def _state_changed(self, key: str, _old: str, _new: str) -> None:
+        self._node_changed(key)
+        for lane in self.lanes.values():
+            lane.update()
+
+    @Slot()
+    def _frame(self) -> None:
+        self._refresh_live()
+
+    def _refresh_live(self, force: bool = False) -> None:
+        """Sparklines and live rates from the ring buffers, at most twice a second and only when shown."""
+        import time
+
+        if self.telemetry is None or (not force and not self.isVisible()):
+            return
+        now = time.monotonic()
+        if not force and now - self._last_live < self._live_every:
+            return
+        self._last_live = now
+        telemetry = self.telemetry
+        since = time.time() - 60
+        for key, card in self.cards.items():
+            node = self.fleet.node(key)
+            if node is None or not node.node_id:
+                continue
+            total = None
+            for st in node.stages:
+                ring = telemetry.stage_series(node.node_id, st.stage_id)
+                if ring is None or not len(ring):
+                    continue
+                v = ring.series("inferences_per_s", since)[1][-60:]
+                if len(v) == 0:
+                    continue
+                if total is None:
+                    total = v
+                else:   # stages of one node sample together: align on the newest samples
+                    n = min(len(total), len(v))
+                    total = total[-n:] + v[-n:]
+            latest = telemetry.latest(node.node_id)
+            parts = []
+            if total is not None and len(total):
+                parts.append(f"{total[-1]:,.0f} inf/s")
+                card.spark = [float(x) for x in total]
+            if latest is not None:
+                parts.append(f"{latest.power_watts:.1f} W{' est.' if not latest.power_measured else ''}")
+            card.live = " · ".join(parts)
+            card.update()
+        for stage_id, link in self.links.items():
+            live = self.live_rate_text(stage_id)
+            if live != link.live or force:
+                link.live = live
+                link.setToolTip(f"{stage_id} escalates when {self.rule_text(stage_id)}\n"
+                                f"{live or 'not deployed: no live rate yet'}\n"
+                                "Double-click or F2 edits the threshold; the what-if plot prices a new one.")
+                link.update()
+
+    def live_rate_text(self, stage_id: str) -> str:
+        """'live 12.3 % (41/s) on 2 nodes' from the latest samples of the nodes running the stage."""
+        if self.telemetry is None:
+            return ""
+        inferred = escalated = 0.0
+        nodes = 0
+        for node_id, sid in self.telemetry.stage_keys():
+            if sid != stage_id:
+                continue
+            ring = self.telemetry.stage_series(node_id, sid)
+            if ring is None or not len(ring):
+                continue
+            inferred += ring.last("inferences_per_s") or 0.0
+            escalated += ring.last("escalated_per_s") or 0.0
+            nodes += 1
+        if not nodes:
+            return ""
+        rate = escalated / inferred if inferred else 0.0
+        return f"live {rate * 100:.1f} % · {escalated:,.1f}/s"
+
+    # ----- selection -----------------------------------------------------------------------------------
+    def selected_stage(self) -> str:
+        """The selected stage (a chip, or the upstream stage of a selected link); '' when none."""
+        for item in self.scene_.selectedItems():
+            if isinstance(item, StageChipItem | LinkItem):
+                return item.stage_id
+        return ""
+
+    def select_stage(self, stage_id: str) -> None:
+        """Select (and focus) a stage's chip."""
+        chip = self.chips.get(stage_id)
+        if chip is not None:
+            self.scene_.clearSelection()
+            chip.setSelected(True)
+            chip.setFocus()
+            self.ensureVisible(chip)
+
+    @Slot()
+    def _selection_changed(self) -> None:
+        stage_id = self.selected_stage()
+        self.stage_selected.emit(stage_id)
+        if stage_id and stage_id in self.links:
+            self.link_selected.emit(stage_id)
+        elif stage_id:
+            stages = [s.id for s in self.pipeline.stages()]
+            i = stages.index(stage_id) if stage_id in stages else -1
+            # a last stage has no outgoing link: show the one coming into it
+            self.link_selected.emit(stages[i - 1] if i > 0 and stages[i - 1] in self.links else "")
+
+    def link_clicked(self, stage_id: str) -> None:
+        """A link was clicked (the selection change tells the what-if plot)."""
+        self.status_message.emit(f"Link {stage_id} → next: {self.rule_text(stage_id)}. F2 edits the threshold.")
+
+    @Slot()
+    def focus_canvas(self) -> None:
+        """Focus the canvas and the first stage."""
+        self.setFocus(Qt.FocusReason.ShortcutFocusReason)
+        stages = self.pipeline.stages()
+        if stages and not self.selected_stage():
+            self.select_stage(stages[0].id)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        """Tab / Shift+Tab walk the stages; arrows pass to the view otherwise."""
+        if event.key() in (Qt.Key.Key_Tab, Qt.Key.Key_Backtab) and self.pipeline.stages():
+            ids = [s.id for s in self.pipeline.stages()]
+            current = self.selected_stage()
+            i = ids.index(current) if current in ids else -1
+            step = -1 if event.key() == Qt.Key.Key_Backtab else 1
+            j = i + step
+            if 0 <= j < len(ids):
+                self.select_stage(ids[j])
+                event.accept()
+                return
+        super().keyPressEvent(event)
+
+    def focusNextPrevChild(self, forward: bool) -> bool:
+        """Keep Tab inside the canvas while there is a next stage to go to."""
+        ids = [s.id for s in self.pipeline.stages()]
+        current = self.selected_stage()
+        i = ids.index(current) if current in ids else -1
+        if 0 <= i + (1 if forward else -1) < len(ids) and self.hasFocus():
+            return False
+        return super().focusNextPrevChild(forward)
+
+    # ----- editing ---------------------------------------------------------------------------------------
+    def push(self, edit: Edit) -> bool:
+        """Apply an edit as an undoable command; False (and the reason on screen) when it could not apply."""
+        command = EditCommand(self.pipeline, edit)
+        self.undo_stack.push(command)
+        if command.failed:
+            self.refuse(command.failed)
+            return False
+        self.dismiss_refusal()
+        self.status_message.emit(edit.text)
+        return True
+
+    @Slot()
+    def delete_selected(self) -> None:
+        """Remove the selected stage."""
+        stage_id = self.selected_stage()
+        if stage_id:
+            self.push(RemoveStage(stage_id))
+
+    def _move_selected(self, step: int) -> None:
+        stage_id = self.selected_stage()
+        if not stage_id:
+            return
+        ids = [s.id for s in self.pipeline.stages()]
+        target = ids.index(stage_id) + step
+        if 0 <= target < len(ids):
+            self.push(MoveStage(stage_id, target))
+            self.select_stage(stage_id)
+
+    @Slot()
+    def move_selected_earlier(self) -> None:
+        """Move the selected stage one hop earlier."""
+        self._move_selected(-1)
+
+    @Slot()
+    def move_selected_later(self) -> None:
+        """Move the selected stage one hop later."""
+        self._move_selected(+1)
+
+    def set_threshold(self, stage_id: str, value: float, field: str | None = None) -> bool:
+        """Set a stage's escalation threshold (undoable SetRule); `field` defaults to the rule's own."""
+        stage = self.pipeline.stage(stage_id)
+        own, _ = threshold_of(stage.rule)
+        rule = replace(stage.rule, **{field or own: float(value)})  # type: ignore[arg-type]
+        if rule == stage.rule:
+            return False
+        return self.push(SetRule(stage_id, rule=rule))
+
+    @Slot()
+    def edit_selected_threshold(self) -> None:
+        """F2: edit the threshold of the selected stage's outgoing link in place."""
+        stage_id = self.selected_stage()
+        if stage_id:
+            self.edit_threshold(stage_id)
+
+    def edit_threshold(self, stage_id: str) -> None:
+        """Open the in-place threshold editor on the stage's outgoing link (or on the chip of a last stage)."""
+        try:
+            stage = self.pipeline.stage(stage_id)
+        except KeyError:
+            return
+        if stage.next is None and stage_id not in self.links:
+            self.refuse(f"{stage_id} is the last stage: it settles everything and has no threshold to edit")
+            return
+        self.close_editor()
+        field, value = threshold_of(stage.rule)
+        editor = ThresholdEditor(stage_id, value if value is not None else 0.5, field)
+        editor.committed.connect(self._threshold_committed)
+        editor.cancelled.connect(self.close_editor)
+        proxy = self.scene_.addWidget(editor)
+        proxy.setZValue(30)
+        link = self.links.get(stage_id)
+        anchor = link.label_rect().topLeft() if link is not None else self.chips[stage_id].pos()
+        proxy.setPos(anchor)
+        proxy.resize(190, proxy.size().height())
+        self._editor = proxy
+        editor.setFocus(Qt.FocusReason.OtherFocusReason)
+        editor.selectAll()
+        self.status_message.emit(f"Threshold of {stage_id}: type a value, Enter to apply, Esc to cancel")
+
+    @Slot(str, float)
+    def _threshold_committed(self, stage_id: str, value: float) -> None:
+        editor = self.editor()
+        field = editor.field if editor is not None else None
+        self.close_editor()
+        self.set_threshold(stage_id, value, field)
+        self.select_stage(stage_id)
+
+    def editor(self) -> ThresholdEditor | None:
+        """The open threshold editor, if any."""
+        if self._editor is None:
+            return None
+        widget = self._editor.widget()
+        return widget if isinstance(widget, ThresholdEditor) else None
+
+    @Slot()
+    def close_editor(self) -> None:
+        """Close the in-place editor (without committing)."""
+        proxy, self._editor = self._editor, None
+        if proxy is not None:
+            widget = proxy.widget()
+            if isinstance(widget, ThresholdEditor):
+                widget._done = True
+            self.scene_.removeItem(proxy)
+            proxy.deleteLater()
+            self._schedule_relayout()
+            self.setFocus()
+
+    # ----- refusals --------------------------------------------------------------------------------------
+    def refuse(self, reason: str) -> None:
+        """Show why something was refused (stays until the next successful edit or Esc)."""
+        self.refusal = reason
+        self.refusal_banner.setText(f"✖ Refused: {reason}   (Esc to dismiss)")
+        self.refusal_banner.setVisible(True)
+        self._position_banner()
+        self.refusal_banner.raise_()
+        self.drop_refused.emit(reason)
+        self.status_message.emit(f"Refused: {reason}")
+
+    @Slot()
+    def dismiss_refusal(self) -> None:
+        """Hide the refusal message."""
+        self.refusal_banner.setVisible(False)
+
+    # ----- drag and drop ---------------------------------------------------------------------------------
+    def start_stage_drag(self, chip: StageChipItem, widget: QWidget | None) -> None:
+        """Drag an existing stage (re-place it on a lane or a node card, or drop it on another stage to reorder)."""
+        from PySide6.QtGui import QDrag
+
+        drag = QDrag(widget or self.viewport())
+        drag.setMimeData(stage_mime(StageDrag(stage_id=chip.stage_id)))
+        pixmap = QPixmap(int(STAGE_W), int(STAGE_H))
+        pixmap.fill(Qt.GlobalColor.transparent)
+        painter = QPainter(pixmap)
+        chip.paint(painter, QStyleOptionGraphicsItem(), None)
+        painter.end()
+        drag.setPixmap(pixmap.scaledToWidth(int(STAGE_W * 0.8)))
+        drag.setHotSpot(QPoint(20, 20))
+        drag.exec(Qt.DropAction.MoveAction | Qt.DropAction.CopyAction, Qt.DropAction.MoveAction)
+
+    def requirements_for(self, drag: StageDrag) -> Requirements | None:
+        """What the dragged stage needs from a node (None when unknown)."""
+        if drag.is_new:
+            card = self.stage_palette.card(drag.model_path)
+            return Requirements.from_card(card) if card is not None else None
+        try:
+            self.pipeline.stage(drag.stage_id)
+        except KeyError:
+            return None
+        return self.pipeline.requirements(drag.stage_id)
+
+    def fit_node(self, req: Requirements | None, key: str) -> FitMark:
+        """Fit of the dragged stage on one node card (pin)."""
+        node = self.fleet.node(key)
+        if node is None:
+            return FitMark(False, f"node {key} is gone", "gone")
+        if not node.node_id:
+            return FitMark(False, f"{node.name} has not answered yet: its node id is unknown, so nothing can be "
+                                  "pinned to it", "not answered yet")
+        if req is None:
+            return FitMark(False, "the model card is not read yet (cannot check memory or providers)",
+                           "model not read yet")
+        result = self.fleet.fit(req, key)
+        if result.fits:
+            return FitMark(True, f"fits on {node.name}: pin the stage to this node", "fits: pin here")
+        return FitMark(False, result.reason, _short(result.reasons))
+
+    def fit_lane(self, req: Requirements | None, tier: str) -> FitMark:
+        """Fit of the dragged stage on a whole tier: every reachable node of it must take the stage."""
+        nodes = self.fleet.by_tier(tier)
+        reachable = [n for n in nodes if n.state in REACHABLE]
+        if not reachable:
+            why = "it has no nodes" if not nodes else "none of its nodes is reachable"
+            return FitMark(False, f"tier {tier}: {why}, so a stage placed here could not be deployed",
+                           "no reachable node")
+        if req is None:
+            return FitMark(False, "the model card is not read yet (cannot check memory or providers)",
+                           "model not read yet")
+        results = [self.fleet.fit(req, n.key) for n in reachable]
+        bad = [r for r in results if not r.fits]
+        skipped = len(nodes) - len(reachable)
+        note = f"; {skipped} unreachable node{'s' if skipped != 1 else ''} will be skipped" if skipped else ""
+        if not bad:
+            return FitMark(True, f"fits on all {len(reachable)} reachable {tier} node"
+                                 f"{'s' if len(reachable) != 1 else ''}{note}", f"fits on {len(reachable)}")
+        return FitMark(False, f"{len(bad)} of {len(reachable)} {tier} nodes cannot take it: "
+                              + "; ".join(r.reason for r in bad[:3]) + ("; …" if len(bad) > 3 else ""),
+                       f"{len(bad)}/{len(reachable)} refuse")
+
+    def target_at(self, pos: QPoint) -> QGraphicsItem | None:
+        """The drop target under a viewport position: a node card, a stage chip, else a lane."""
+        lane = None
+        for item in self.items(pos):
+            if isinstance(item, NodeCardItem | StageChipItem):
+                return item
+            if isinstance(item, LaneItem) and lane is None:
+                lane = item
+        return lane
+
+    def _mark_targets(self, drag: StageDrag) -> None:
+        req = self.requirements_for(drag)
+        self._drag_req = req
+        for key, card in self.cards.items():
+            card.mark = self.fit_node(req, key)
+            card.update()
+        for tier, lane in self.lanes.items():
+            lane.mark = self.fit_lane(req, tier)
+            lane.update()
+
+    def _clear_marks(self) -> None:
+        for card in self.cards.values():
+            card.mark = None
+            card.hovered = False
+            card.update()
+        for lane in self.lanes.values():
+            lane.mark = None
+            lane.hovered = False
+            lane.update()
+        self.hint.setVisible(False)
+        self._drag = None
+        self._hover = None
+
+    def mark_of(self, target: QGraphicsItem | None) -> FitMark | None:
+        """The fit mark a target shows during the current drag."""
+        if isinstance(target, NodeCardItem | LaneItem):
+            return target.mark
+        return None
+
+    def _describe_drop(self, drag: StageDrag, target: QGraphicsItem | None) -> tuple[bool, str]:
+        """(allowed, words) for dropping `drag` on `target`."""
+        what = (f"new stage from {drag.model_path.rsplit('/', 1)[-1]}" if drag.is_new else f"stage {drag.stage_id}")
+        if isinstance(target, StageChipItem):
+            if drag.is_new or target.stage_id == drag.stage_id:
+                return False, "drop on a lane or a node card (drop a stage on another stage to reorder)"
+            index = self.pipeline.document.index(target.stage_id)
+            return True, f"move {what} to position {index + 1} (before/after {target.stage_id})"
+        if isinstance(target, NodeCardItem):
+            mark = target.mark or self.fit_node(self._drag_req, target.key)
+            node = target.node()
+            name = node.name if node is not None else target.key
+            if mark.fits:
+                return True, f"pin {what} to {name}\n{mark.reason}"
+            return False, f"{what} cannot be pinned to {name}: {mark.reason}"
+        if isinstance(target, LaneItem):
+            mark = target.mark or self.fit_lane(self._drag_req, target.tier)
+            if mark.fits:
+                return True, f"place {what} on every {target.tier} node\n{mark.reason}"
+            return False, f"{what} cannot be placed on tier {target.tier}: {mark.reason}"
+        return False, "drop on a tier lane or a node card"
+
+    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
+        """Accept our mime type and fit-check every target."""
+        drag = read_stage_mime(event.mimeData())
+        if drag is None:
+            event.ignore()
+            return
+        self._drag = drag
+        self._mark_targets(drag)
+        event.setDropAction(Qt.DropAction.CopyAction if drag.is_new else Qt.DropAction.MoveAction)
+        event.accept()
+        self._hover_at(event.position().toPoint(), event)
+
+    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
+        """Highlight the target under the cursor and say what a drop would do (or why not)."""
+        if self._drag is None:
+            drag = read_stage_mime(event.mimeData())
+            if drag is None:
+                event.ignore()
+                return
+            self._drag = drag
+            self._mark_targets(drag)
+        self._hover_at(event.position().toPoint(), event)
+
+    def _hover_at(self, pos: QPoint, event: QDragMoveEvent) -> None:
+        assert self._drag is not None
+        target = self.target_at(pos)
+        if target is not self._hover:
+            for item in (self._hover, target):
+                if isinstance(item, NodeCardItem | LaneItem):
+                    item.hovered = item is target
+                    item.update()
+            self._hover = target
+        allowed, words = self._describe_drop(self._drag, target)
+        self.hint.show_text(words, allowed, self.mapToScene(pos))
+        visible = self.mapToScene(self.viewport().rect()).boundingRect()
+        box = self.hint.sceneBoundingRect()
+        dx = min(0.0, visible.right() - box.right() - 4)
+        dy = min(0.0, visible.bottom() - box.bottom() - 4)
+        if dx or dy:
+            at = self.mapToScene(pos)
+            self.hint.setPos(self.hint.pos().x() + dx if dx == 0 else at.x() - box.width() - 12,
+                             self.hint.pos().y() + dy if dy == 0 else at.y() - box.height() - 12)
+        self.status_message.emit(words.replace("\n", " — "))
+        # A refused target still accepts the move event, so the drop arrives and can say why it was refused.
+        event.setDropAction(Qt.DropAction.CopyAction if self._drag.is_new else Qt.DropAction.MoveAction)
+        event.accept()
+
+    def dragLeaveEvent(self, event: QDragLeaveEvent) -> None:
+        """Forget the marks."""
+        self._clear_marks()
+        event.accept()
+
+    def dropEvent(self, event: QDropEvent) -> None:
+        """Apply the drop as an undoable edit, or refuse it and show why."""
+        drag = read_stage_mime(event.mimeData())
+        if drag is None:
+            event.ignore()
+            self._clear_marks()
+            return
+        if self._drag is None:
+            self._mark_targets(drag)
+        self._drag = drag
+        target = self.target_at(event.position().toPoint())
+        ok = self.drop_on(drag, target)
+        self._clear_marks()
+        if ok:
+            event.setDropAction(Qt.DropAction.CopyAction if drag.is_new else Qt.DropAction.MoveAction)
+            event.accept()
+        else:
+            event.setDropAction(Qt.DropAction.IgnoreAction)
+            event.ignore()
+
+    def drop_on(self, drag: StageDrag, target: QGraphicsItem | None) -> bool:
+        """Perform (or refuse) dropping `drag` on `target`; True when the pipeline changed."""
+        if self._drag_req is None or self._drag != drag:
+            self._drag_req = self.requirements_for(drag)
+        allowed, words = self._describe_drop(drag, target)
+        if not allowed:
+            self.refuse(words)
+            return False
+        if isinstance(target, StageChipItem):
+            return self.push(MoveStage(drag.stage_id, self.pipeline.document.index(target.stage_id)))
+        if isinstance(target, NodeCardItem):
+            node = target.node()
+            assert node is not None
+            return self._place(drag, Placement(nodes=(node.node_id,)), self.stage_lane_tier(node))
+        if isinstance(target, LaneItem):
+            return self._place(drag, Placement(tier=target.tier), target.tier)
+        return False
+
+    def stage_lane_tier(self, node: NodeSnapshot) -> str:
+        """The tier a pinned stage on this node belongs to (for insertion order)."""
+        return node.tier if node.tier in theme.TIERS else "device"
+
+    def _place(self, drag: StageDrag, placement: Placement, tier: str) -> bool:
+        if not drag.is_new:
+            return self.push(SetPlacement(drag.stage_id, placement))
+        card = self.stage_palette.card(drag.model_path)
+        if card is None:
+            self.refuse(f"model {drag.model_path} is not in the palette (import it first)")
+            return False
+        stage_id = new_stage_id(card, set(self.pipeline.document.stage_ids()))
+        stage = stage_from_card(card, stage_id, placement)
+        index = self._insert_index(tier)
+        ok = self.push(InsertStage(index, stage, card))
+        if ok:
+            self.select_stage(stage_id)
+        return ok
+
+    def _insert_index(self, tier: str) -> int:
+        """After the last stage of the same or a lower tier: device stages come first, cloud last."""
+        order = _TIER_ORDER.get(tier, 0)
+        index = 0
+        for i, s in enumerate(self.pipeline.stages()):
+            if _TIER_ORDER.get(self.stage_lane(s.id), 0) <= order:
+                index = i + 1
+        return index
+
+    # ----- the keyboard's drag and drop --------------------------------------------------------------------
+    @Slot()
+    def place_selected(self) -> None:
+        """Ctrl+P: place the selected palette model (when the palette has focus) or the selected stage."""
+        if self.stage_palette.hasFocus() and self.stage_palette.currentItem() is not None:
+            self._place_card_by_keyboard(str(self.stage_palette.currentItem().data(Qt.ItemDataRole.UserRole + 1)))
+            return
+        stage_id = self.selected_stage()
+        if stage_id:
+            self.show_place_menu(StageDrag(stage_id=stage_id))
+        elif self.stage_palette.currentItem() is not None:
+            self._place_card_by_keyboard(str(self.stage_palette.currentItem().data(Qt.ItemDataRole.UserRole + 1)))
+        else:
+            self.status_message.emit("Select a stage on the canvas or a model in the palette first")
+
+    @Slot(str)
+    def _place_card_by_keyboard(self, path: str) -> None:
+        self.show_place_menu(StageDrag(model_path=path))
+
+    def place_menu(self, drag: StageDrag) -> QMenu:
+        """A menu of every target with its fit (targets that do not fit are listed, disabled, with the reason)."""
+        req = self.requirements_for(drag)
+        self._drag_req = req
+        menu = QMenu(self)
+        menu.setToolTipsVisible(True)
+        menu.setTitle("Place stage")
+        for tier, _lane in self.lanes.items():
+            mark = self.fit_lane(req, tier)
+            a = menu.addAction(theme.icon("fit-ok" if mark.fits else "fit-no"),
+                               f"Every {tier} node — {'fits' if mark.fits else 'refused: ' + mark.short}")
+            a.setToolTip(mark.reason)
+            a.setEnabled(mark.fits)
+            a.setData(("lane", tier))
+        menu.addSeparator()
+        for key, card in self.cards.items():
+            node = card.node()
+            if node is None:
+                continue
+            mark = self.fit_node(req, key)
+            verdict = "fits" if mark.fits else "refused: " + mark.short
+            a = menu.addAction(theme.icon("fit-ok" if mark.fits else "fit-no"),
+                               f"Pin to {node.name} ({node.tier}) — {verdict}")
+            a.setToolTip(mark.reason)
+            a.setEnabled(mark.fits)
+            a.setData(("node", key))
+        menu.triggered.connect(lambda action: self._menu_drop(drag, action))
+        return menu
+
+    def show_place_menu(self, drag: StageDrag) -> None:
+        """Pop the place menu up near the focus."""
+        menu = self.place_menu(drag)
+        anchor = self.mapToGlobal(QPoint(40, 40))
+        chip = self.chips.get(drag.stage_id)
+        if chip is not None:
+            anchor = self.mapToGlobal(self.mapFromScene(chip.pos() + QPointF(20, STAGE_H)))
+        menu.popup(anchor)
+
+    def _menu_drop(self, drag: StageDrag, action: QAction) -> None:
+        kind, value = action.data()
+        target: QGraphicsItem | None = self.lanes.get(value) if kind == "lane" else self.cards.get(value)
+        self.drop_on(drag, target)
+
+
+def _short(reasons: tuple[str, ...]) -> str:
+    """A few words of the first reason for a card-sized label."""
+    if not reasons:
+        return ""
+    first = reasons[0]
+    for key, words in (("memory cap", "memory cap"), ("of memory", "not enough memory"),
+                       ("execution provider", "missing provider"), ("power budget", "over power budget"),
+                       ("offline", "offline"), ("cannot check fit", "hardware unknown")):
+        if key in first:
+            return words
+    return first[:40]

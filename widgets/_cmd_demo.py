@@ -1,0 +1,148 @@
+"""`tierdeck demo`: a local fleet on loopback, sensor replays, and the console with ship-finder on the canvas.
+
+    tierdeck demo [--deploy] [--device 4 --edge 2 --cloud 1] [--rate 20]
+                  [--headless --duration S --screenshot PNG [--json OUT]]
+
+Interactive: the window opens with the example pipeline on the canvas; deploy it with Deploy → Deploy
+(Ctrl+D) or drag stages yourself; the sensor replays start once a deployment succeeds (`--deploy`
+deploys at start). Headless: offscreen, deploys, runs for the duration after the sensors start, saves a
+screenshot of the main window, prints a JSON summary, and exits 0 only if the whole fleet was found, the
+deploy succeeded and inputs reached every tier. Whichever way the console ends — window closed, Ctrl+C,
+a crash or SIGKILL — the agents and sensors go with it (app/_demo_fleet.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from app._demo import PIPELINE, Demo, DemoConfig
+
+log = logging.getLogger(__name__)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Options of `tierdeck demo`."""
+    parser.add_argument("--device", type=int, default=4, metavar="N", help="device-tier nodes (default 4)")
+    parser.add_argument("--edge", type=int, default=2, metavar="N", help="edge-tier nodes (default 2)")
+    parser.add_argument("--cloud", type=int, default=1, metavar="N", help="cloud-tier nodes (default 1)")
+    parser.add_argument("--rate", type=float, default=20.0, metavar="N",
+                        help="patches per second replayed into each device node (default 20)")
+    parser.add_argument("--burst-every", type=float, default=30.0, metavar="S",
+                        help="seconds between bursts of vessel traffic (default 30)")
+    parser.add_argument("--pipeline", type=Path, default=PIPELINE, metavar="FILE",
+                        help="the pipeline put on the canvas (default: ship-finder)")
+    parser.add_argument("--deploy", action="store_true", help="deploy the pipeline as soon as the fleet is online")
+    parser.add_argument("--headless", action="store_true",
+                        help="no window: offscreen, deploy, run --duration seconds, write --screenshot and --json")
+    parser.add_argument("--duration", type=float, default=20.0, metavar="S",
+                        help="with --headless: seconds to run after the sensors start (default 20)")
+    parser.add_argument("--screenshot", type=Path, metavar="PNG",
+                        help="save a screenshot of the main window (the dashboard) at the end")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the summary here")
+    parser.add_argument("--data-dir", type=Path, metavar="DIR",
+                        help="where the nodes keep their data and logs (default: a new temp dir)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start everything, run the window (or the headless script), stop everything; returns the exit code."""
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.headless:
+        os.environ["QT_QPA_PLATFORM"] = "offscreen"
+    from PySide6.QtCore import QEvent, QTimer
+    from PySide6.QtWidgets import QApplication
+
+    from app.qt import QtConsole
+    from widgets import MainWindow, apply_theme
+    from widgets._cmd_console import bundled_models, make_enroller, make_policy_pusher
+
+    demo = Demo(DemoConfig(device=args.device, edge=args.edge, cloud=args.cloud, rate=args.rate,
+                           burst_every=args.burst_every, pipeline=args.pipeline, base_dir=args.data_dir))
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(app, QApplication)
+    app.setApplicationName("tierdeck demo")
+    app.setOrganizationName("tierdeck")
+    apply_theme(app)
+    print(f"tierdeck demo: starting {demo.expected_nodes} nodes (data and logs in {demo.fleet.base_dir})",
+          file=sys.stderr, flush=True)
+    demo.start()  # main thread: the children die with this thread
+    console = QtConsole(demo.core)
+    window = MainWindow(console, palette_models=bundled_models(), enroller=make_enroller(demo.core),
+                        policy_pusher=make_policy_pusher(demo.core))
+    window.open_pipeline(str(args.pipeline))
+    window.show()
+    window.resize(1366, 768)
+    state = {"deploying": False, "exit": 0, "sensors_at": 0.0, "started": time.monotonic()}
+
+    def deployed(result: object) -> None:
+        demo.deploy_result = result  # type: ignore[assignment]
+        state["deploying"] = False
+        if getattr(result, "ok", False) and not demo.sensors_started:
+            demo.start_sensors()  # GUI thread is the main thread: the sensors die with it too
+            state["sensors_at"] = time.monotonic()
+        elif not getattr(result, "ok", False):
+            print(f"tierdeck demo: deploy failed: {getattr(result, 'reason', result)}", file=sys.stderr, flush=True)
+
+    console.deployments.deployment_finished.connect(deployed)
+    console.deployments.plan_ready.connect(
+        lambda plan: console.deployments.apply(plan) if state["deploying"] else None)
+
+    def finish(code: int) -> None:
+        timer.stop()
+        if args.screenshot:
+            window.show_dashboard()  # the live plots; give the frame timer a few frames to draw them
+            QTimer.singleShot(700, lambda: (window.grab().save(str(args.screenshot)), end(code)))
+        else:
+            end(code)
+
+    def end(code: int) -> None:
+        summary = demo.summary()
+        text = json.dumps(summary, indent=2)
+        print(text, flush=True)
+        if args.json:
+            args.json.write_text(text)
+        state["exit"] = code if code else (0 if summary["ok"] else 1)
+        window.close()
+        app.quit()
+
+    def tick() -> None:
+        """Twice a second: deploy once the fleet is online (--deploy/--headless), end a headless run."""
+        nodes = console.fleet.nodes()
+        online = sum(1 for n in nodes if str(n.state) == "online")
+        waited = time.monotonic() - float(state["started"])
+        wants_deploy = args.deploy or args.headless
+        if wants_deploy and demo.deploy_result is None and not state["deploying"] and online >= demo.expected_nodes:
+            state["deploying"] = True
+            console.deployments.plan(demo.pipeline)
+        if args.headless:
+            if state["sensors_at"] and time.monotonic() - float(state["sensors_at"]) >= args.duration:
+                finish(0)
+            elif demo.deploy_result is not None and not getattr(demo.deploy_result, "ok", False):
+                finish(1)
+            elif waited > 180 + args.duration:
+                print("tierdeck demo: the fleet did not come up in time", file=sys.stderr)
+                finish(1)
+
+    timer = QTimer(window)
+    timer.timeout.connect(tick)
+    timer.start(500)
+    # Ctrl+C in the terminal closes the window (Python only sees signals while it runs: the timer lets it).
+    signal.signal(signal.SIGINT, lambda *_: window.close())
+    signal.signal(signal.SIGTERM, lambda *_: window.close())
+    try:
+        code = app.exec()
+        window.deleteLater()
+        QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
+    finally:
+        console.close()
+        demo.stop()
+    return int(state["exit"] or code)
+

@@ -1,0 +1,115 @@
+"""Words and numbers for operators: durations, sizes, power with its source, node summaries."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from app.core import NodeSample, NodeSnapshot
+
+
+def now_ms() -> int:
+    """Wall-clock time in Unix milliseconds."""
+    return int(time.time() * 1000)
+
+
+def duration(ms: float) -> str:
+    """A short duration: '42 s', '3 min 12 s', '2 h 05 min', '3 d 4 h'."""
+    s = max(0, int(ms // 1000))
+    if s < 60:
+        return f"{s} s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m} min {s:02d} s"
+    h, m = divmod(m, 60)
+    if h < 48:
+        return f"{h} h {m:02d} min"
+    d, h = divmod(h, 24)
+    return f"{d} d {h} h"
+
+
+def size(n: float) -> str:
+    """Bytes in KiB/MiB/GiB."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if abs(n) >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def rate(value: float) -> str:
+    """A per-second rate with thousands separators."""
+    if value >= 100:
+        return f"{value:,.0f}/s"
+    return f"{value:.1f}/s"
+
+
+def percent(fraction: float) -> str:
+    """A fraction as a percentage."""
+    return f"{fraction * 100:.1f} %"
+
+
+def clock(ts_s: float) -> str:
+    """Local wall-clock time HH:MM:SS."""
+    return datetime.fromtimestamp(ts_s).strftime("%H:%M:%S")
+
+
+def power(sample: NodeSample | None) -> str:
+    """Power now with its source, e.g. '6.2 W (RAPL, measured)' or '6.2 W (estimate)'; '—' when unknown."""
+    if sample is None:
+        return "— W"
+    source = sample.power_source or "unknown source"
+    kind = "measured" if sample.power_measured else "estimate"
+    if source in ("estimate", kind):
+        return f"{sample.power_watts:.1f} W ({kind})"
+    return f"{sample.power_watts:.1f} W ({source}, {kind})"
+
+
+def providers(names: tuple[str, ...]) -> str:
+    """Execution providers without the 'ExecutionProvider' suffix."""
+    return ", ".join(n.removesuffix("ExecutionProvider") for n in names) or "—"
+
+
+def hardware(node: NodeSnapshot) -> str:
+    """'4 cores · 6.1/8.0 GiB free · CPU' or 'hardware unknown'."""
+    info = node.info
+    if info is None:
+        return "hardware unknown until it answers"
+    parts = []
+    if info.cpu_cores:
+        parts.append(f"{info.cpu_cores} cores")
+    if info.ram_total_bytes:
+        parts.append(f"{size(info.ram_free_bytes)} free of {size(info.ram_total_bytes)}")
+    parts.append(providers(info.execution_providers))
+    if info.memory_cap_bytes:
+        parts.append(f"cap {size(info.memory_cap_bytes)}")
+    if info.power_budget_watts:
+        parts.append(f"budget {info.power_budget_watts:g} W")
+    return " · ".join(parts)
+
+
+def state_text(node: NodeSnapshot, now: int | None = None) -> str:
+    """'online for 3 min 12 s', 'offline for 42 s: connection refused', ..."""
+    now = now_ms() if now is None else now
+    text = str(node.state)
+    if node.state_since_ms:
+        text += f" for {duration(now - node.state_since_ms)}"
+    if node.reason:
+        text += f": {node.reason}"
+    return text
+
+
+def security(node: NodeSnapshot) -> tuple[str, str]:
+    """(icon name, words) for the node's transport security: insecure, mutual TLS, or not enrolled."""
+    info = node.info
+    if info is None:
+        return "", ""
+    if info.insecure:
+        return "insecure", "INSECURE"
+    if not getattr(info, "enrolled", True):
+        return "unenrolled", "NOT ENROLLED"
+    return "secure", "mTLS"
+
+
+def stages(node: NodeSnapshot) -> str:
+    """Deployed stage ids, or 'no stages'."""
+    return ", ".join(s.stage_id for s in node.stages) or "no stages"

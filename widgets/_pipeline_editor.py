@@ -1,0 +1,84 @@
+"""The pipeline tab: the stage palette strip, the canvas with its problem banner, and the what-if plot beside it."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, Slot
+from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget
+
+from app.core import ModelCard
+from app.qt import FleetModel, PipelineModel, TelemetryModel
+from widgets._canvas import PipelineCanvas
+from widgets._clock import FrameClock
+from widgets._palette import StagePalette
+from widgets._whatif import PolicyPusher, WhatIfPanel
+
+
+class PipelineEditor(QWidget):
+    """Palette strip on top; canvas and what-if side by side below; the pipeline's problems in a banner."""
+
+    def __init__(self, pipeline: PipelineModel, fleet: FleetModel, telemetry: TelemetryModel,
+                 clock: FrameClock | None = None, pusher: PolicyPusher | None = None,
+                 parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.pipeline = pipeline
+        self.stage_palette = StagePalette(self)
+        self.stage_palette.setObjectName("palettePane")
+        self.import_button = QPushButton("Import ONNX &model…", self)
+        self.import_button.setToolTip("Read an ONNX file's inputs, outputs, size and opset into the palette (Ctrl+I)")
+        palette_label = QLabel("<b>Stages</b><br>drag onto a<br>lane or a node", self)
+        palette_label.setProperty("muted", True)
+        self.canvas = PipelineCanvas(pipeline, fleet, self.stage_palette, telemetry, clock, self)
+        self.whatif = WhatIfPanel(pipeline, telemetry, clock, pusher, self)
+        self.problems = QLabel(self)
+        self.problems.setProperty("banner", "warning")
+        self.problems.setWordWrap(True)
+        self.problems.setVisible(False)
+        self.problems.setAccessibleName("Pipeline problems")
+        self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
+        self.splitter.addWidget(self.canvas)
+        self.splitter.addWidget(self.whatif)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 0)
+        self.splitter.setSizes([820, 260])
+        self.splitter.setChildrenCollapsible(True)
+
+        strip = QHBoxLayout()
+        strip.setContentsMargins(0, 0, 0, 0)
+        strip.addWidget(palette_label)
+        strip.addWidget(self.stage_palette, 1)
+        strip.addWidget(self.import_button, 0, Qt.AlignmentFlag.AlignVCenter)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.setSpacing(4)
+        layout.addLayout(strip)
+        layout.addWidget(self.problems)
+        layout.addWidget(self.splitter, 1)
+        self.stage_palette.setFixedHeight(self.stage_palette.fontMetrics().height() * 2 + 34)
+
+        self.canvas.link_selected.connect(self.whatif.set_link)
+        self.whatif.threshold_chosen.connect(self._threshold_chosen)
+        pipeline.problems_changed.connect(self._problems)
+        pipeline.model_imported.connect(self._imported)
+        pipeline.pipeline_reset.connect(self._reset)
+
+    @Slot(object)
+    def _imported(self, card: ModelCard) -> None:
+        self.stage_palette.add_card(card)
+
+    @Slot(str, float)
+    def _threshold_chosen(self, stage_id: str, value: float) -> None:
+        self.canvas.set_threshold(stage_id, value, getattr(self.whatif, "field", None))
+
+    @Slot(object)
+    def _problems(self, problems: object) -> None:
+        items = list(problems)  # type: ignore[call-overload]
+        if not items:
+            self.problems.setVisible(False)
+            return
+        shown = [f"• {p}" for p in items[:4]] + ([f"… and {len(items) - 4} more"] if len(items) > 4 else [])
+        self.problems.setText("⚠ The pipeline cannot be deployed yet:\n" + "\n".join(shown))
+        self.problems.setVisible(True)
+
+    @Slot()
+    def _reset(self) -> None:
+        self._problems(self.pipeline.problems())

@@ -32,6 +32,7 @@ from app.pipeline_file import (
     TensorSpec,
     load_pipeline,
     parse_pipeline,
+    stage_dict,
 )
 
 ChangeCallback = Callable[["DocumentChange"], None]
@@ -108,18 +109,7 @@ class PipelineDocument:
             model = s.model
             if s.model_path is not None and base is not None:
                 model = Path(os.path.relpath(s.model_path.resolve(), base.resolve())).as_posix()
-            d: dict[str, Any] = {
-                "id": s.id, "model": model, "sha256": s.sha256,
-                "placement": {"tier": s.placement.tier} if s.placement.tier else {"nodes": list(s.placement.nodes)},
-                "inputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in s.inputs],
-                "outputs": [{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in s.outputs],
-                "rule": _rule_dict(s.rule),
-                "budget": {"max_escalations_per_s": s.budget.max_escalations_per_s, "priority": s.budget.priority},
-            }
-            if s.max_batch is not None:
-                d["max_batch"] = s.max_batch
-            if s.description:
-                d["description"] = s.description
+            d = stage_dict(s, model, s.next)  # the document keeps stages in hop order: no "next" needed
             stages.append(d)
         doc: dict[str, Any] = {"format": FORMAT, "version": VERSION, "name": self.name}
         if self.description:
@@ -204,19 +194,6 @@ def _normalise(stage: Stage) -> Stage:
     if stage.model_path is not None:
         return replace(stage, model_path=Path(stage.model_path).resolve())
     return stage
-
-
-def _rule_dict(r: Rule) -> dict[str, Any]:
-    d: dict[str, Any] = {"output": r.output, "labels": list(r.labels)}
-    if r.drop_class:
-        d["drop_class"] = list(r.drop_class)
-    if r.class_in:
-        d["class_in"] = list(r.class_in)
-    if r.confidence_below is not None:
-        d["confidence_below"] = r.confidence_below
-    if r.score_above is not None:
-        d["score_above"] = r.score_above
-    return d
 
 
 def open_document(path: Path | str) -> tuple[Pipeline, dict[str, ModelCard]]:

@@ -216,26 +216,31 @@ class Pipeline:
         stages = []
         for i, s in enumerate(self.stages):
             following = self.stages[i + 1].id if i + 1 < len(self.stages) else None
-            d: dict[str, Any] = {
-                "id": s.id, "model": s.model, "sha256": s.sha256,
-                "placement": {"tier": s.placement.tier} if s.placement.tier else {"nodes": list(s.placement.nodes)},
-                "inputs": [_tensor_dict(t) for t in s.inputs],
-                "outputs": [_tensor_dict(t) for t in s.outputs],
-                "rule": _rule_dict(s.rule),
-                "budget": asdict(s.budget),
-            }
-            if s.next != following:
-                d["next"] = s.next
-            if s.max_batch is not None:
-                d["max_batch"] = s.max_batch
-            if s.description:
-                d["description"] = s.description
-            stages.append(d)
+            stages.append(stage_dict(s, s.model, following))
         doc: dict[str, Any] = {"format": FORMAT, "version": self.version, "name": self.name}
         if self.description:
             doc["description"] = self.description
         doc["stages"] = stages
         return doc
+
+
+def stage_dict(s: Stage, model: str, following: str | None) -> dict[str, Any]:
+    """One stage in file form; `next` is written only when it is not `following` (the next stage in the list)."""
+    d: dict[str, Any] = {
+        "id": s.id, "model": model, "sha256": s.sha256,
+        "placement": {"tier": s.placement.tier} if s.placement.tier else {"nodes": list(s.placement.nodes)},
+        "inputs": [_tensor_dict(t) for t in s.inputs],
+        "outputs": [_tensor_dict(t) for t in s.outputs],
+        "rule": _rule_dict(s.rule),
+        "budget": asdict(s.budget),
+    }
+    if s.next != following:
+        d["next"] = s.next
+    if s.max_batch is not None:
+        d["max_batch"] = s.max_batch
+    if s.description:
+        d["description"] = s.description
+    return d
 
 
 def _tensor_dict(t: TensorSpec) -> dict[str, Any]:

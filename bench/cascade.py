@@ -44,6 +44,7 @@ import onnxruntime as ort
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from app._deployer import rule_proto
 from app.pipeline_file import Pipeline, Rule, Stage, load_pipeline
 from bench._common import ROOT, Agent, print_table, write_json
 from resources import scenes
@@ -115,17 +116,6 @@ class Node:
         return t.user + t.system
 
 
-def to_pb_rule(rule: Rule) -> ctl.EscalationRule:
-    """The pipeline file's rule as the control plane's EscalationRule."""
-    pb = ctl.EscalationRule(output=rule.output, labels=list(rule.labels), class_in=list(rule.class_in),
-                            drop_class=list(rule.drop_class))
-    if rule.confidence_below is not None:
-        pb.confidence_below = rule.confidence_below
-    if rule.score_above is not None:
-        pb.score_above = rule.score_above
-    return pb
-
-
 async def deploy_stage(stage: Stage, node: Node, next_stage: Stage | None = None,
                        next_node: Node | None = None) -> None:
     """Deploy one stage with its rule (a last stage's rule only names its labels) and its next hop."""
@@ -133,7 +123,7 @@ async def deploy_stage(stage: Stage, node: Node, next_stage: Stage | None = None
     model = stage.model_path.read_bytes()
     fields: dict[str, Any] = {"input_names": [t.name for t in stage.inputs],
                               "output_names": [t.name for t in stage.outputs],
-                              "rule": to_pb_rule(stage.rule),
+                              "rule": rule_proto(stage.rule),
                               "budget": ctl.Budget(max_escalations_per_s=stage.budget.max_escalations_per_s,
                                                    priority=stage.budget.priority)}
     if next_stage is not None and next_node is not None:

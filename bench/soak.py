@@ -175,9 +175,12 @@ def _account(client: dict, baseline: dict, totals: dict, addresses: dict, flaps:
         rss = [r[f"{tier}_rss"] for r in samples if f"{tier}_rss" in r]
         fds = [r[f"{tier}_fds"] for r in samples if f"{tier}_fds" in r]
         base = rss[min(len(rss) - 1, max(1, len(rss) // 10))]  # after warm-up
-        growth[tier] = {"rss_start_mb": base / 2**20, "rss_end_mb": rss[-1] / 2**20,
-                        "rss_growth_pct": 100.0 * (rss[-1] - base) / base, "fds_start": fds[0], "fds_end": fds[-1],
-                        "fds_max": max(fds)}
+        half = rss[len(rss) // 2]
+        growth[tier] = {"rss_start_mb": base / 2**20, "rss_half_mb": half / 2**20, "rss_end_mb": rss[-1] / 2**20,
+                        "rss_growth_pct": 100.0 * (rss[-1] - base) / base,
+                        "rss_growth_second_half_pct": 100.0 * (rss[-1] - half) / half,
+                        "fds_start": fds[0], "fds_end": fds[-1], "fds_max": max(fds),
+                        "rss_mb_series": [round(r / 2**20, 1) for r in rss]}
     return {"seconds": seconds, "flaps": flaps, "client": client, "links": links, "processes": growth,
             "errors": {tier: stage[tier]["errors_total"] for tier, _ in TIERS},
             "lost_total": sum(int(link["lost"]) for link in links) + int(client["sent"]) - int(client["answered"])
@@ -216,10 +219,11 @@ def main() -> int:
                   lk["shed_by_budget"], lk["refused_at_bound"], lk["still_queued"], lk["lost"], lk["next_tier_ran"],
                   lk["next_tier_duplicates_absorbed"], lk["once_each"]] for lk in result["links"]])  # type: ignore[attr-defined]
     print()
-    print_table(["agent", "RSS after warm-up MB", "RSS end MB", "RSS growth %", "fds start", "fds end", "fds max",
-                 "errors"],
-                [[t, p["rss_start_mb"], p["rss_end_mb"], p["rss_growth_pct"], p["fds_start"], p["fds_end"],
-                  p["fds_max"], result["errors"][t]] for t, p in result["processes"].items()])  # type: ignore[attr-defined,index]
+    print_table(["agent", "RSS after warm-up MB", "RSS half-way MB", "RSS end MB", "RSS growth %",
+                 "growth 2nd half %", "fds start", "fds end", "fds max", "errors"],
+                [[t, p["rss_start_mb"], p["rss_half_mb"], p["rss_end_mb"], p["rss_growth_pct"],
+                  p["rss_growth_second_half_pct"], p["fds_start"], p["fds_end"], p["fds_max"], result["errors"][t]]
+                 for t, p in result["processes"].items()])  # type: ignore[attr-defined,index]
     write_json(args.json, result)
     return 0 if result["lost_total"] == 0 else 1
 

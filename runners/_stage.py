@@ -75,6 +75,9 @@ def load_session(path: Path, threads: int) -> ort.InferenceSession:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    # No arena: memory taken for a large batch goes back instead of staying with the process (edge boxes
+    # want a flat RSS); measured here, the speed is the same for the bundled stages.
+    options.enable_cpu_mem_arena = False
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / NotImplemented types

@@ -52,8 +52,7 @@ T = TypeVar("T")
 
 TIERS = ("device", "edge", "cloud")
 PROTO = "oip-v2-grpc"
-CHUNK_MAX = 4 << 20
-SEEN_ROWS_MAX = 50_000  # per stage: re-sent escalated rows answered from here
+SEEN_ROWS_MAX = 20_000  # per stage: re-sent escalated rows answered from here (~0.7 KB each)
 
 
 @dataclass

@@ -835,8 +835,19 @@ async def async_run(config: AgentConfig) -> None:
     await agent.async_stop()
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread (gRPC, onnxruntime) its own malloc arena, and RSS creeps up with bursts; cap them."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # M_ARENA_MAX
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `tierdeck-node`."""
+    _limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -815,6 +815,11 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 async def async_run(config: AgentConfig) -> None:
     """Run an agent until SIGTERM/SIGINT."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    # Handlers first: a supervisor may send SIGTERM the moment it reads the listening line.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     agent = Agent(config)
     address = await agent.async_start()
     line: dict[str, object] = {"event": "listening", "address": address, "node_id": agent.node_id,
@@ -826,10 +831,6 @@ async def async_run(config: AgentConfig) -> None:
         line["metrics_port"] = agent.metrics_port
     print(json.dumps(line), flush=True)
     log.info("node %s (%s, %s tier) serving on %s", agent.node_id, config.name, config.tier, address)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down")
     await agent.async_stop()

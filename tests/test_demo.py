@@ -78,9 +78,10 @@ def test_headless_demo_finds_the_fleet_deploys_and_flows(tmp_path: Path) -> None
     for link in summary["links"]:
         assert 0.0 < link["escalation_rate"] <= 1.0
         assert link["escalation_rate"] == pytest.approx(link["escalated"] / link["inferences"])
-    # What one tier escalated is what the next tier ran (plus the deployer's one smoke row per node).
-    assert stages["classifier"]["inferences"] == pytest.approx(stages["detector"]["forwarded"]
-                                                              + stages["detector"]["delivered"], abs=2)
+    # What one tier escalated is what the next tier ran, plus the deployer's one smoke row per node; the
+    # nodes' latest samples are up to one telemetry interval apart while the sensors still run.
+    reached = stages["detector"]["forwarded"] + stages["detector"]["delivered"]
+    assert abs(stages["classifier"]["inferences"] - reached) <= 2 + 0.1 * reached
     assert set(summary["power"]) == {n["name"] for n in summary["nodes"]}
     assert all(p["source"] == "estimate" and not p["measured"] for p in summary["power"].values())
     assert _png_is_not_blank(shot) > 1000

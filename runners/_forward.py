@@ -39,8 +39,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 2**31 - 1),
 ]
 DECISION_OUTPUTS = ("decision_label", "decision_confidence", "decision_stage", "decision_final")
-# Every escalated row carries a unique id so that the next hop answers a re-sent row from its cache
-# instead of running (and counting) it twice: a call can time out after the hop did the work.
+# Every escalated row carries an id unique to this forwarder instance (node, boot, stage, instance, row) so
+# that the next hop answers a re-sent row from its cache instead of running (and counting) it twice: a call
+# can time out after the hop did the work. A new forwarder (next hop changed, stage redeployed) takes a new
+# instance id, so its counter starting at 0 can never name a row an earlier forwarder sent (runners._seen).
 ROW_IDS = "tierdeck.row_ids"
 
 
@@ -154,7 +156,7 @@ class Forwarder:
                  stats: StageStats, max_batch: int = 64, priority: str = "",
                  on_depth_change: Callable[[], None] | None = None, origin: str = "") -> None:
         self.stage_id = stage_id
-        self._origin = f"{origin or uuid.uuid4().hex[:12]}.{stage_id}."
+        self._origin = f"{origin or uuid.uuid4().hex[:12]}.{stage_id}.{uuid.uuid4().hex[:12]}."
         self._next_row = 0
         self.hop = hop
         self._queue = queue

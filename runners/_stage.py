@@ -13,6 +13,7 @@ import onnxruntime as ort
 from runners._forward import DECISION_OUTPUTS, Forwarder
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._rules import Rule, TokenBucket
+from runners._seen import SeenRows
 from runners._telemetry import StageStats
 from runners._tensors import TensorError, check_tensor, datatype_from_ort
 
@@ -99,6 +100,8 @@ class Stage:
     rule: Rule | None = None
     bucket: TokenBucket | None = None
     forwarder: Forwarder | None = None
+    # Escalated rows this version already answered (exactly-once); never shared with another version.
+    seen_rows: SeenRows = field(default_factory=SeenRows)
 
     def __post_init__(self) -> None:
         self.inputs = _specs(self.session.get_inputs())

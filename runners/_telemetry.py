@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -40,8 +39,6 @@ class StageStats:
     # (monotonic time, value) pairs for the interval figures.
     latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
     scores: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
-    # Escalated rows already answered, by row id (see runners._forward.ROW_IDS).
-    seen_rows: OrderedDict[str, tuple[dict[str, np.ndarray], Any]] = field(default_factory=OrderedDict)
 
     def add(self, name: str, amount: int = 1) -> None:
         """Increase one counter."""

@@ -20,7 +20,6 @@ import socket
 import sys
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
 from runners._rules import DROPPED, ESCALATE, Decision, evaluate
+from runners._seen import row_digests
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
 from runners._telemetry import StageStats, TelemetryWindow, prune
@@ -52,7 +52,6 @@ T = TypeVar("T")
 
 TIERS = ("device", "edge", "cloud")
 PROTO = "oip-v2-grpc"
-SEEN_ROWS_MAX = 20_000  # per stage: re-sent escalated rows answered from here (~0.7 KB each)
 
 
 @dataclass
@@ -425,8 +424,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise AssertionError("unreachable") from exc
         row_ids = request.parameters[ROW_IDS].string_param.split(",") if ROW_IDS in request.parameters else []
         batch = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 0
-        seen = stats.seen_rows
-        fresh = [i for i, rid in enumerate(row_ids) if rid not in seen] if len(row_ids) == batch else None
+        seen = stage.seen_rows  # this version's own memory: a redeploy or policy change starts empty
+        digests = row_digests(feeds) if row_ids and len(row_ids) == batch else []
+        fresh = seen.fresh(row_ids, digests) if digests else None
         if fresh is not None and len(fresh) < batch:
             stats.add("duplicates_total", batch - len(fresh))
             run_feeds = {n: np.ascontiguousarray(a[fresh]) for n, a in feeds.items()}
@@ -441,7 +441,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(code, f"model '{stage.stage_id}' failed: {exc}")
             raise AssertionError("unreachable") from exc
         if fresh is not None:
-            named, decisions = _merge_rows(seen, row_ids, fresh, named, decisions)
+            seen.remember(row_ids, digests, fresh, named, decisions)
+            if len(fresh) < batch:
+                named, decisions = seen.answers(row_ids)
         response = pb.ModelInferResponse(model_name=stage.stage_id, model_version=stage.version, id=request.id)
         flagged = sum(nonfinite(a) for a in feeds.values())
         if flagged:
@@ -502,24 +504,6 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                         decisions[row] = answer
         stats.add("provisional_total", sum(not d.final for d in decisions))
         return decisions
-
-
-def _merge_rows(seen: OrderedDict[str, tuple[dict[str, np.ndarray], Decision | None]], row_ids: list[str],
-                fresh: list[int], named: dict[str, np.ndarray], decisions: list[Decision] | None,
-                ) -> tuple[dict[str, np.ndarray], list[Decision] | None]:
-    """Answer every row: fresh ones from this run (and remember them), re-sent ones from the cache."""
-    for j, i in enumerate(fresh):
-        seen[row_ids[i]] = ({n: a[j:j + 1].copy() for n, a in named.items()}, decisions[j] if decisions else None)
-    while len(seen) > SEEN_ROWS_MAX:
-        seen.popitem(last=False)
-    if len(fresh) == len(row_ids):
-        return named, decisions
-    rows = [seen[rid] for rid in row_ids]
-    merged = {n: np.concatenate([r[0][n] for r in rows]) for n in rows[0][0]}
-    merged_decisions = [r[1] for r in rows]
-    if any(d is None for d in merged_decisions):
-        return merged, None
-    return merged, [d for d in merged_decisions if d is not None]
 
 
 class ControlService(ctl_grpc.NodeControlServicer):

@@ -295,3 +295,45 @@ def test_resent_escalated_rows_are_answered_once(tmp_path: Path) -> None:
     np.testing.assert_allclose(b["probs"], softmax(X[3:8], W_EDGE), rtol=1e-5, atol=1e-6)
     assert list(b["decision_label"]) == [EDGE_LABELS[i].encode() for i in softmax(X[3:8], W_EDGE).argmax(axis=1)]
     assert totals.inferences_total == 8 and totals.duplicates_total == 3
+
+
+def test_a_row_id_seen_before_is_never_answered_from_memory_for_other_inputs_or_another_version(
+        tmp_path: Path) -> None:
+    """Exactly-once must never cost correctness: the cache answers only the same inputs on the same version."""
+    with running_agent(tmp_path / "cloud", tier="cloud") as cloud:
+        model = classifier(tmp_path / "m.onnx", W_EDGE).read_bytes()
+        other = classifier(tmp_path / "m2.onnx", W_EDGE[:, ::-1].copy()).read_bytes()
+        rule = ctl.EscalationRule(output="probs", labels=EDGE_LABELS, confidence_below=0.0)
+        renamed = ctl.EscalationRule(output="probs", labels=["x", "y", "z"], confidence_below=0.0)
+        ids = ",".join(f"r{i}" for i in range(5))
+
+        async def ask(client: NodeClient, rows: np.ndarray) -> dict:  # type: ignore[type-arg]
+            request = infer_request("heavy", {"x": rows})
+            request.parameters["tierdeck.row_ids"].string_param = ids
+            return infer_result(await client.inference.ModelInfer(request)).outputs
+
+        async def go() -> list[tuple[dict, ctl.StageTelemetry]]:  # type: ignore[type-arg]
+            out = []
+            async with NodeClient(cloud.address) as client:
+                await client.deploy(manifest_for("heavy", model, "1", rule=rule), model)
+                out.append((await ask(client, X[:5]), await _stage_totals(cloud.address, "heavy")))
+                # The same ids with other rows (a sender whose counter started again): run, not recalled.
+                out.append((await ask(client, X[10:15]), await _stage_totals(cloud.address, "heavy")))
+                # Same ids, same rows, but the labels changed (a new version): run by the new version.
+                await client.deploy(manifest_for("heavy", model, "2", rule=renamed), model)
+                out.append((await ask(client, X[10:15]), await _stage_totals(cloud.address, "heavy")))
+                # A new model under the same ids and rows: its own answers.
+                await client.deploy(manifest_for("heavy", other, "3", rule=renamed), other)
+                out.append((await ask(client, X[10:15]), await _stage_totals(cloud.address, "heavy")))
+                # And a genuine re-send (same version, same rows, same ids) is still absorbed.
+                out.append((await ask(client, X[10:15]), await _stage_totals(cloud.address, "heavy")))
+            return out
+
+        steps = asyncio.run(go())
+    want = [(X[:5], W_EDGE, EDGE_LABELS), (X[10:15], W_EDGE, EDGE_LABELS), (X[10:15], W_EDGE, ["x", "y", "z"]),
+            (X[10:15], W_EDGE[:, ::-1], ["x", "y", "z"]), (X[10:15], W_EDGE[:, ::-1], ["x", "y", "z"])]
+    for (outputs, _), (rows, weights, labels) in zip(steps, want, strict=True):
+        probs = softmax(rows, weights)
+        np.testing.assert_allclose(outputs["probs"], probs, rtol=1e-5, atol=1e-6)
+        assert list(outputs["decision_label"]) == [labels[i].encode() for i in probs.argmax(axis=1)]
+    assert [t.duplicates_total for _, t in steps] == [0, 0, 0, 0, 5]

@@ -180,7 +180,7 @@ class DeployResult:
 def rule_proto(r: Rule) -> ctl.EscalationRule:
     """A pipeline-file rule as the agent takes it."""
     rule = ctl.EscalationRule(output=r.output, labels=list(r.labels), class_in=list(r.class_in),
-                              drop_class=list(r.drop_class))
+                              drop_class=list(r.drop_class), scores="" if r.scores == "probabilities" else r.scores)
     if r.confidence_below is not None:
         rule.confidence_below = r.confidence_below
     if r.score_above is not None:

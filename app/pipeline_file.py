@@ -33,6 +33,14 @@ is set holds: ``confidence_below`` (top-class probability < t), ``class_in`` (to
 ``score_above`` (the row's maximum output value > t). A row that does not escalate settles with
 this stage's top class. The last stage of the chain may not escalate.
 
+``"scores"`` says what the rule's output holds: ``"probabilities"`` (the default: a float [N, C] tensor of
+class probabilities), ``"logits"`` (the agent applies softmax first) or ``"raw"`` (any score; use
+``score_above``, never ``confidence_below``). A ``confidence_below`` rule on an integer output (a label
+tensor of class ids) is refused, and the node refuses one whose output gives values outside 0..1 at
+warm-up. Labels may be given as integers (class ids); they are read as text. Outputs that are not tensors
+(skl2onnx's ZipMap ``seq(map(...))``) cannot be served: leave them out of ``outputs`` — the node fetches
+only the outputs a stage declares and the rule's.
+
 Every problem found is reported, each as one `Problem` with a JSON path and a sentence; they are
 raised together as one `PipelineError`. Pure Python (json, hashlib, onnx, numpy): no Qt.
 """
@@ -65,7 +73,10 @@ _NO_NEXT = object()  # "next" absent: the following stage
 _TOP_KEYS = {"format", "version", "name", "description", "stages"}
 _STAGE_KEYS = {"id", "model", "sha256", "placement", "inputs", "outputs", "rule", "budget", "next",
                "max_batch", "description"}
-_RULE_KEYS = {"output", "labels", "confidence_below", "class_in", "score_above", "drop_class"}
+_RULE_KEYS = {"output", "labels", "confidence_below", "class_in", "score_above", "drop_class", "scores"}
+# What a rule's output holds; the agent applies softmax to logits (runners._rules.SCORES says the same).
+SCORES = ("probabilities", "logits", "raw")
+_FLOAT_DATATYPES = {"FP16", "FP32", "FP64", "BF16"}
 _BUDGET_KEYS = {"max_escalations_per_s", "priority"}
 _TENSOR_KEYS = {"name", "datatype", "shape"}
 
@@ -133,6 +144,7 @@ class Rule:
     class_in: tuple[str, ...] = ()
     score_above: float | None = None
     drop_class: tuple[str, ...] = ()
+    scores: str = "probabilities"
 
     @property
     def escalates(self) -> bool:
@@ -145,6 +157,9 @@ class Rule:
         if out.ndim == 1:
             out = out[:, None]
         out = out.reshape(out.shape[0], -1)
+        if self.scores == "logits":
+            out = np.exp(out - out.max(axis=1, keepdims=True))
+            out = out / out.sum(axis=1, keepdims=True)
         top = out.argmax(axis=1).astype(np.int64)
         peak = out.max(axis=1)
         index = {label: i for i, label in enumerate(self.labels)}
@@ -257,6 +272,8 @@ def _rule_dict(r: Rule) -> dict[str, Any]:
         d["confidence_below"] = r.confidence_below
     if r.score_above is not None:
         d["score_above"] = r.score_above
+    if r.scores != "probabilities":
+        d["scores"] = r.scores
     return d
 
 
@@ -400,7 +417,10 @@ def _rule(ck: _Checker, value: Any, where: str, outputs: tuple[TensorSpec, ...] 
         names = ", ".join(t.name for t in outputs)
         ck.add(f"{where}.output", f"missing output name: {output!r} is not one of this stage's outputs ({names})")
         ok = False
-    labels = ck.string_list(d["labels"], f"{where}.labels")
+    raw_labels = d["labels"]
+    if isinstance(raw_labels, list) and raw_labels and all(type(x) is int for x in raw_labels):
+        raw_labels = [str(x) for x in raw_labels]  # integer class ids (e.g. skl2onnx classlabels_ints) as text
+    labels = ck.string_list(raw_labels, f"{where}.labels")
     if labels is None:
         ok = False
     elif output is not None and outputs is not None:
@@ -414,7 +434,10 @@ def _rule(ck: _Checker, value: Any, where: str, outputs: tuple[TensorSpec, ...] 
         if key not in d:
             lists[key] = ()
             continue
-        items = ck.string_list(d[key], f"{where}.{key}")
+        given = d[key]
+        if isinstance(given, list) and all(type(x) is int for x in given):
+            given = [str(x) for x in given]  # integer class ids, like the labels
+        items = ck.string_list(given, f"{where}.{key}")
         if items is None:
             ok = False
             continue
@@ -436,9 +459,23 @@ def _rule(ck: _Checker, value: Any, where: str, outputs: tuple[TensorSpec, ...] 
     if "score_above" in d:
         score = ck.number(d["score_above"], f"{where}.score_above")
         ok = ok and score is not None
+    scores = d.get("scores", "probabilities")
+    if scores not in SCORES:
+        ck.add(f"{where}.scores", f"unknown scores {scores!r}: say what the rule's output holds, one of "
+                                  f"{', '.join(SCORES)}")
+        ok = False
+    elif scores == "raw" and "confidence_below" in d:
+        ck.add(f"{where}.confidence_below", "confidence_below compares a probability, but scores is 'raw': use "
+                                            "score_above, or set scores to 'probabilities' or 'logits'")
+        ok = False
+    spec = next((t for t in outputs or () if t.name == output), None)
+    if spec is not None and scores != "raw" and "confidence_below" in d and spec.datatype not in _FLOAT_DATATYPES:
+        ck.add(f"{where}.output", f"output {output!r} is {spec.datatype}, so it holds class ids, not probabilities: "
+                                  "point the rule at the model's float [N, C] probability output")
+        ok = False
     if not ok or output is None or labels is None:
         return None
-    return Rule(output, labels, conf, lists.get("class_in", ()), score, lists.get("drop_class", ()))
+    return Rule(output, labels, conf, lists.get("class_in", ()), score, lists.get("drop_class", ()), scores)
 
 
 def _budget(ck: _Checker, value: Any, where: str) -> Budget | None:
@@ -510,6 +547,13 @@ def _check_model(ck: _Checker, where: str, path: Path, stage: dict[str, Any]) ->
             if name not in available:
                 ck.add(f"{where}.{key}[{i}].name", f"missing {what} name: {path.name} has no {what} {name!r} "
                                                    f"(it has: {', '.join(available) or 'none'})")
+                continue
+            if available[name].type.WhichOneof("value") != "tensor_type":
+                kind = available[name].type.WhichOneof("value") or "unknown"
+                what = "a sequence of maps (scikit-learn's ZipMap)" if kind == "sequence_type" else f"a {kind}"
+                ck.add(f"{where}.{key}[{i}]", f"{path.name}: {what} {name!r} is not a tensor, which tierdeck "
+                                              "cannot serve: remove it from the outputs, or re-export the model "
+                                              "without it (skl2onnx: options={id(model): {'zipmap': False}})")
                 continue
             ttype = available[name].type.tensor_type
             want = _ONNX_DATATYPES.get(ttype.elem_type, f"onnx type {ttype.elem_type}")

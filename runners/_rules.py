@@ -11,6 +11,8 @@ import numpy as np
 from runners._proto import tierdeck_control_pb2 as ctl
 
 SETTLED, ESCALATE, DROPPED = 0, 1, 2
+# What a rule's output holds (EscalationRule.scores; "" means probabilities).
+SCORES = ("probabilities", "logits", "raw")
 
 
 @dataclass(frozen=True)
@@ -23,6 +25,7 @@ class Rule:
     class_in: frozenset[str] = frozenset()
     score_above: float | None = None
     drop_class: frozenset[str] = frozenset()
+    scores: str = "probabilities"
 
     @classmethod
     def from_pb(cls, pb: ctl.EscalationRule) -> Rule:
@@ -34,6 +37,7 @@ class Rule:
             class_in=frozenset(pb.class_in),
             score_above=pb.score_above if pb.HasField("score_above") else None,
             drop_class=frozenset(pb.drop_class),
+            scores=pb.scores or "probabilities",
         )
 
     @property
@@ -54,6 +58,11 @@ class Rule:
         for name, value in (("confidence_below", self.confidence_below), ("score_above", self.score_above)):
             if value is not None and not math.isfinite(value):
                 found.append(f"rule {name} must be a finite number")
+        if self.scores not in SCORES:
+            found.append(f"rule scores '{self.scores}' is not one of {', '.join(SCORES)}")
+        elif self.scores == "raw" and self.confidence_below is not None:
+            found.append("rule confidence_below compares a probability, but the rule says its output is raw "
+                         "scores: use score_above, or say scores 'probabilities' or 'logits'")
         # A rule with no condition is fine: the stage labels its answers and settles every row (a last tier).
         return found
 
@@ -77,6 +86,8 @@ def evaluate(rule: Rule, output: np.ndarray) -> RuleOutcome:
     """Apply the rule to every row of the stage output ([N] or [N, C])."""
     values = np.asarray(output, dtype=np.float64)
     values = values.reshape(values.shape[0], -1) if values.ndim != 1 else values.reshape(-1, 1)
+    if rule.scores == "logits" and values.shape[1]:
+        values = softmax(values)
     # NaN rows must not win argmax silently: they escalate (nothing local can be trusted).
     finite = np.isfinite(values).all(axis=1)
     safe = np.where(np.isfinite(values), values, -np.inf)
@@ -97,6 +108,25 @@ def evaluate(rule: Rule, output: np.ndarray) -> RuleOutcome:
     dropped = np.isin(top_labels, list(rule.drop_class)) & finite if rule.drop_class else np.zeros_like(escalate)
     action = np.where(dropped, DROPPED, np.where(escalate, ESCALATE, SETTLED)).astype(np.int8)
     return RuleOutcome(action=action, top_index=top_index, top_prob=top_prob.astype(np.float32), score=score)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [N, C] logits (NaN/Inf rows stay non-finite, so they escalate)."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(shifted)
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def not_probabilities(output: np.ndarray) -> str:
+    """Why these values cannot be class probabilities ("" when they can): integers, or outside 0..1."""
+    values = np.asarray(output)
+    if values.dtype.kind in "iub":
+        return f"it holds {values.dtype} values (class ids?), not probabilities"
+    finite = values[np.isfinite(values)] if values.dtype.kind == "f" else values
+    if finite.size and (finite.min() < -1e-4 or finite.max() > 1 + 1e-4):
+        return f"its values reach {float(finite.min()):.3g}..{float(finite.max()):.3g}, outside 0..1"
+    return ""
 
 
 @dataclass

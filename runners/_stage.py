@@ -12,7 +12,7 @@ import onnxruntime as ort
 
 from runners._forward import DECISION_OUTPUTS, Forwarder
 from runners._proto import tierdeck_control_pb2 as ctl
-from runners._rules import Rule, TokenBucket
+from runners._rules import Rule, TokenBucket, not_probabilities
 from runners._seen import SeenRows
 from runners._telemetry import StageStats
 from runners._tensors import TensorError, check_tensor, datatype_from_ort
@@ -46,6 +46,25 @@ def _specs(args: list[ort.NodeArg]) -> list[ctl.TensorSpec]:
         dims = [d if isinstance(d, int) and d >= 0 else -1 for d in (arg.shape or [])]
         specs.append(ctl.TensorSpec(name=arg.name, datatype=datatype, shape=dims))
     return specs
+
+
+def _output_specs(args: list[ort.NodeArg]) -> tuple[list[ctl.TensorSpec], dict[str, str]]:
+    """Outputs tierdeck can serve (tensors), and the others by name with their onnxruntime type."""
+    specs: list[ctl.TensorSpec] = []
+    others: dict[str, str] = {}
+    for arg in args:
+        try:
+            specs += _specs([arg])
+        except ModelRejected:
+            others[arg.name] = arg.type
+    return specs, others
+
+
+def unservable_reason(name: str, onnx_type: str) -> str:
+    """Why an output cannot be served, in words, with the way out."""
+    what = "a sequence of maps (scikit-learn's ZipMap)" if onnx_type.startswith("seq(map") else onnx_type
+    return (f"output '{name}' is {what}, which tierdeck cannot serve: leave it out of the stage's outputs, or "
+            "re-export the model without it (skl2onnx: options={id(model): {'zipmap': False}})")
 
 
 def check_model_file(path: Path, memory_cap_bytes: int) -> None:
@@ -96,16 +115,19 @@ class Stage:
     previous_version: str = ""
     activated_unix_ms: int = 0
     inputs: list[ctl.TensorSpec] = field(default_factory=list)
-    outputs: list[ctl.TensorSpec] = field(default_factory=list)
+    outputs: list[ctl.TensorSpec] = field(default_factory=list)  # what this stage fetches and serves
+    model_outputs: list[ctl.TensorSpec] = field(default_factory=list)  # every tensor output of the model
+    unservable: dict[str, str] = field(default_factory=dict)  # non-tensor outputs (e.g. ZipMap), never fetched
     rule: Rule | None = None
     bucket: TokenBucket | None = None
     forwarder: Forwarder | None = None
     # Escalated rows this version already answered (exactly-once); never shared with another version.
     seen_rows: SeenRows = field(default_factory=SeenRows)
+    scores_warned: bool = False  # "values above 1 under a probabilities rule" logged once
 
     def __post_init__(self) -> None:
         self.inputs = _specs(self.session.get_inputs())
-        self.outputs = _specs(self.session.get_outputs())
+        self.model_outputs, self.unservable = _output_specs(self.session.get_outputs())
         self.apply_policy()
 
     @property
@@ -124,13 +146,22 @@ class Stage:
         self.stats.score_kind = self.rule.score_kind if self.rule else ""
         budget = self.manifest.budget
         self.bucket = TokenBucket(budget.max_escalations_per_s) if budget.max_escalations_per_s > 0 else None
-        names = [o.name for o in self.outputs]
+        names = [o.name for o in self.model_outputs]
         problems: list[str] = []
+        wanted = [n for n in self.manifest.output_names if n not in self.unservable]
+        problems += [unservable_reason(n, self.unservable[n]) for n in self.manifest.output_names
+                     if n in self.unservable]
+        if self.rule is not None and self.rule.output in self.unservable:
+            problems.append(unservable_reason(self.rule.output, self.unservable[self.rule.output]))
         for declared, actual, kind in ((self.manifest.input_names, [i.name for i in self.inputs], "input"),
-                                       (self.manifest.output_names, names, "output")):
+                                       (wanted, names, "output")):
             missing = [n for n in declared if n not in actual]
             if missing:
                 problems.append(f"manifest names {kind}s {missing} that the model does not have ({actual})")
+        # Fetch only what the stage needs: the declared outputs and the rule's (all tensor outputs if none
+        # is declared); an output the agent cannot encode is never fetched, so it cannot block the model.
+        keep = set(wanted) | ({self.rule.output} if self.rule is not None else set())
+        self.outputs = [o for o in self.model_outputs if not self.manifest.output_names or o.name in keep]
         if self.rule is not None:
             spec = next((o for o in self.outputs if o.name == self.rule.output), None)
             classes = spec.shape[-1] if spec is not None and len(spec.shape) > 1 and spec.shape[-1] > 0 else None
@@ -166,21 +197,38 @@ class Stage:
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
         """Run the model (blocking: call from the compute executor); returns outputs and seconds spent."""
         start = time.perf_counter()
-        outputs = self.session.run(None, feeds)
+        outputs = self.session.run([o.name for o in self.outputs], feeds)
         return [np.asarray(o) for o in outputs], time.perf_counter() - start
 
     def warm_up(self) -> None:
-        """One inference on zeros (dynamic dims = 1) so the first real request does not pay for setup."""
-        feeds = {}
-        for spec in self.inputs:
-            shape = [d if d >= 0 else 1 for d in spec.shape]
-            dtype = np.dtype(object) if spec.datatype == "BYTES" else None
-            feeds[spec.name] = (np.full(shape, b"", dtype=object) if dtype is not None
-                                else np.zeros(shape, dtype=_numpy_dtype(spec.datatype)))
-        try:
-            self.session.run(None, feeds)
-        except Exception as exc:
-            raise ModelRejected("warmup", f"warm-up inference failed: {exc}") from exc
+        """Inferences on zeros and on ones (dynamic dims = 1): setup is paid before the first real request,
+        and a confidence_below rule on an output that is not probabilities is refused (ModelRejected)."""
+        seen: dict[str, list[np.ndarray]] = {}
+        for fill in (0, 1):
+            feeds = {}
+            for spec in self.inputs:
+                shape = [d if d >= 0 else 1 for d in spec.shape]
+                feeds[spec.name] = (np.full(shape, b"" if fill == 0 else b"1", dtype=object)
+                                    if spec.datatype == "BYTES" else np.full(shape, fill, _numpy_dtype(spec.datatype)))
+            try:
+                outputs, _ = self.run({n: _to_ort(n, a) for n, a in feeds.items()})
+            except Exception as exc:
+                raise ModelRejected("warmup", f"warm-up inference failed: {exc}") from exc
+            for spec, out in zip(self.outputs, outputs, strict=True):
+                seen.setdefault(spec.name, []).append(out.reshape(-1))
+        self.check_scores({n: np.concatenate(parts) for n, parts in seen.items()})
+
+    def check_scores(self, named: dict[str, np.ndarray]) -> None:
+        """Refuse a confidence_below rule whose output cannot hold probabilities (seen on a warm-up run)."""
+        rule = self.rule
+        if rule is None or rule.confidence_below is None or rule.scores != "probabilities" or rule.output not in named:
+            return
+        why = not_probabilities(named[rule.output])
+        if why:
+            raise ModelRejected("validate", f"rule output '{rule.output}' cannot be probabilities: {why}. "
+                                "A confidence_below rule needs probabilities: point it at the float [N, C] "
+                                "probability output, or say the output is 'logits' (softmax is applied) or "
+                                "'raw' (then use score_above)")
 
     def info(self) -> ctl.StageInfo:
         """The stage as ListStages reports it."""

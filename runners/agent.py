@@ -486,6 +486,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         assert stage.rule is not None
         rule, stats = stage.rule, stage.stats
         outcome = evaluate(rule, output)
+        if rule.scores == "probabilities" and rule.confidence_below is not None and not stage.scores_warned \
+                and len(outcome.top_prob) and float(outcome.top_prob.max()) > 1.0001:
+            stage.scores_warned = True
+            log.warning("stage %s: rule output '%s' gives values above 1 (%.3g): they are not probabilities, so "
+                        "confidence_below compares the wrong thing; set the rule's scores to 'logits' or 'raw'",
+                        stage.stage_id, rule.output, float(outcome.top_prob.max()))
         stats.record_scores(outcome.score, time.monotonic())
         decisions = [Decision(outcome.label(rule, r), float(outcome.top_prob[r]), stage.stage_id,
                               outcome.action[r] != ESCALATE) for r in range(len(outcome.action))]
@@ -656,6 +662,7 @@ class ControlService(ctl_grpc.NodeControlServicer):
             updated.manifest = manifest
             try:
                 updated.apply_policy()
+                await asyncio.get_running_loop().run_in_executor(agent.compute, updated.warm_up)
             except ModelRejected as exc:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
                 raise

@@ -89,3 +89,59 @@ def write_pipeline(folder: Path, stages: list[dict[str, Any]], name: str = "digi
     target = folder / f"{name}.pipeline.json"
     target.write_text(json.dumps(doc, indent=2))
     return target
+
+
+# ----- hand-written graphs (onnx.helper) for the shapes skl2onnx does not make -------------------------------
+
+def _linear_weights(seed: int, features: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Weights of a multinomial logistic regression on the digits set (fitted with scikit-learn)."""
+    from sklearn.linear_model import LogisticRegression
+
+    x, y, _, _ = digits()
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(len(x), 400 if seed else len(x), replace=False)
+    model = LogisticRegression(max_iter=1000, C=5.0).fit(x[pick][:, :features], y[pick])
+    return model.coef_.T.astype(np.float32), model.intercept_.astype(np.float32)
+
+
+def graph_model(path: Path, kind: str, seed: int) -> Path:
+    """A digits classifier as a raw ONNX graph. kind: `logits` (no softmax: scores, not probabilities),
+    `two_inputs` (inputs `a` and `b`, 32 features each, softmax output `probs`), `uint8` (input `img`
+    UINT8 [N, 64] of 0..16 pixel values, softmax output `probs`)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w, b = _linear_weights(seed)
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
+    if kind == "logits":
+        nodes = [helper.make_node("MatMul", ["X", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["logits"])]
+        inputs = [helper.make_tensor_value_info("X", TensorProto.FLOAT, ["N", 64])]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 10])]
+    elif kind == "two_inputs":
+        nodes = [helper.make_node("Concat", ["a", "b"], ["X"], axis=1),
+                 helper.make_node("MatMul", ["X", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["logits"]),
+                 helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+        inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", 32]) for n in ("a", "b")]
+        outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])]
+    elif kind == "uint8":
+        inits.append(numpy_helper.from_array(np.array(1 / 16, np.float32), "scale"))
+        nodes = [helper.make_node("Cast", ["img"], ["f"], to=TensorProto.FLOAT),
+                 helper.make_node("Mul", ["f", "scale"], ["X"]),
+                 helper.make_node("MatMul", ["X", "W"], ["xw"]), helper.make_node("Add", ["xw", "B"], ["logits"]),
+                 helper.make_node("Softmax", ["logits"], ["probs"], axis=-1)]
+        inputs = [helper.make_tensor_value_info("img", TensorProto.UINT8, ["N", 64])]
+        outputs = [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 10])]
+    else:
+        raise ValueError(kind)
+    graph = helper.make_graph(nodes, kind, inputs, outputs, initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def run_model(path: Path, feeds: dict[str, np.ndarray], output: str) -> np.ndarray:
+    """One output of a model computed by onnxruntime directly."""
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run([output], feeds)[0])

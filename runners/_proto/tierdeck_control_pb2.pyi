@@ -115,20 +115,22 @@ class NodeInfo(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_free_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., memory_cap_bytes: _Optional[int] = ..., power_budget_watts: _Optional[float] = ..., config_counter: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., boot_id: _Optional[str] = ..., insecure: _Optional[bool] = ..., enrolled: _Optional[bool] = ..., fingerprint: _Optional[str] = ..., active_streams: _Optional[int] = ...) -> None: ...
 
 class EscalationRule(_message.Message):
-    __slots__ = ("output", "labels", "confidence_below", "class_in", "score_above", "drop_class")
+    __slots__ = ("output", "labels", "confidence_below", "class_in", "score_above", "drop_class", "scores")
     OUTPUT_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_BELOW_FIELD_NUMBER: _ClassVar[int]
     CLASS_IN_FIELD_NUMBER: _ClassVar[int]
     SCORE_ABOVE_FIELD_NUMBER: _ClassVar[int]
     DROP_CLASS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
     output: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     confidence_below: float
     class_in: _containers.RepeatedScalarFieldContainer[str]
     score_above: float
     drop_class: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, output: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., confidence_below: _Optional[float] = ..., class_in: _Optional[_Iterable[str]] = ..., score_above: _Optional[float] = ..., drop_class: _Optional[_Iterable[str]] = ...) -> None: ...
+    scores: str
+    def __init__(self, output: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., confidence_below: _Optional[float] = ..., class_in: _Optional[_Iterable[str]] = ..., score_above: _Optional[float] = ..., drop_class: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ...) -> None: ...
 
 class NextHop(_message.Message):
     __slots__ = ("address", "model", "model_version", "labels", "timeout_s", "node_id")

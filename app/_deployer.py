@@ -42,10 +42,11 @@ import numpy as np
 from app._fit import Requirements, check_fit, memory_estimate
 from app._records import ConsoleEvent, NodeSnapshot, NodeState, Severity, now_ms
 from app.pipeline_file import Pipeline, Rule, Stage
+from runners._forward import SMOKE
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._tensors import DATATYPES
-from runners.client import ClientTLS, DeployError, NodeClient, manifest_for
+from runners.client import ClientTLS, DeployError, NodeClient, infer_request, infer_result, manifest_for
 
 log = logging.getLogger(__name__)
 
@@ -528,7 +529,9 @@ class Deployer:
                 raise _StepFailed("verify", f"ModelReady says version {action.version} is not ready")
             if not await client.healthy(f"stage/{stage.id}", timeout=self.rpc_timeout_s):
                 raise _StepFailed("verify", f"health of stage/{stage.id} is not SERVING")
-            result = await client.infer(stage.id, smoke_inputs(stage), timeout=self.rpc_timeout_s)
+            request = infer_request(stage.id, smoke_inputs(stage))
+            request.parameters[SMOKE].bool_param = True  # kept out of the stage's counts by the agent
+            result = infer_result(await client.inference.ModelInfer(request, timeout=self.rpc_timeout_s))
         except _StepFailed as exc:
             report(node, stage.id, "verify", "failed", exc.message)
             raise

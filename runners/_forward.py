@@ -44,6 +44,9 @@ DECISION_OUTPUTS = ("decision_label", "decision_confidence", "decision_stage", "
 # can time out after the hop did the work. A new forwarder (next hop changed, stage redeployed) takes a new
 # instance id, so its counter starting at 0 can never name a row an earlier forwarder sent (runners._seen).
 ROW_IDS = "tierdeck.row_ids"
+# A smoke inference (the deployer's check after a deploy): answered through the whole chain, never counted,
+# never queued, never remembered as an escalation.
+SMOKE = "tierdeck.smoke"
 
 
 class EscalationQueue:
@@ -224,6 +227,16 @@ class Forwarder:
             self._wake.set()
         return await future
 
+    async def async_smoke(self, inputs: dict[str, np.ndarray]) -> list[Decision | None]:
+        """Send smoke rows straight to the next hop (no batching, queue, ids or counts); None where it failed."""
+        rows = len(next(iter(inputs.values())))
+        try:
+            return list(await self._call(inputs, "smoke", [], smoke=True))
+        except _HopError as exc:
+            log.warning("stage %s: smoke inference not answered by next hop %s: %s", self.stage_id,
+                        self.hop.address, exc.message)
+            return [None] * rows
+
     def _set_backlog(self, depth: int) -> None:
         self.backlog = depth
         self._stats.queue_depth = depth
@@ -300,7 +313,8 @@ class Forwarder:
             self._hop_inputs = [t.name for t in meta.inputs]
         return self._hop_inputs
 
-    async def _call(self, inputs: dict[str, np.ndarray], request_id: str, row_ids: list[str]) -> list[Decision]:
+    async def _call(self, inputs: dict[str, np.ndarray], request_id: str, row_ids: list[str],
+                    smoke: bool = False) -> list[Decision]:
         """One ModelInfer on the next hop; raises _HopError on any failure."""
         assert self._stub is not None
         try:
@@ -311,7 +325,10 @@ class Forwarder:
             request = pb.ModelInferRequest(model_name=self.hop.model, model_version=self.hop.model_version,
                                            id=request_id[:200])
             request.parameters["tierdeck.escalated_from"].string_param = self.stage_id
-            request.parameters[ROW_IDS].string_param = ",".join(row_ids)
+            if row_ids:
+                request.parameters[ROW_IDS].string_param = ",".join(row_ids)
+            if smoke:
+                request.parameters[SMOKE].bool_param = True
             if self._priority:
                 request.parameters["tierdeck.priority"].string_param = self._priority
             encode_inputs(request, list(zip(hop_names, inputs.values(), strict=True)))

@@ -33,7 +33,7 @@ import psutil
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runners import __version__
-from runners._forward import ROW_IDS, EscalationQueue, Forwarder
+from runners._forward import ROW_IDS, SMOKE, EscalationQueue, Forwarder
 from runners._identity import AccessDenied, NodeIdentity
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -408,7 +408,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if stage is None:
             await self._not_found(context, request.model_name, request.model_version)
             raise AssertionError("unreachable")
-        stats = stage.stats
+        # The deployer's smoke inference runs the real path but is not traffic: it is kept out of every count.
+        smoke = SMOKE in request.parameters and request.parameters[SMOKE].bool_param
+        stats = StageStats(stage.stage_id) if smoke else stage.stats
         stats.add("requests_total")
         try:
             feeds = stage.check_inputs(decode_inputs(request))
@@ -433,7 +435,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         else:
             run_feeds = feeds
         try:
-            named, decisions = await self._compute(stage, run_feeds, request.id) if fresh != [] else ({}, [])
+            named, decisions = await self._compute(stage, run_feeds, request.id, stats, smoke) \
+                if fresh != [] else ({}, [])
         except Exception as exc:  # onnxruntime's own exception types
             stats.add("errors_total")
             code = grpc.StatusCode.INVALID_ARGUMENT if "InvalidArgument" in type(exc).__name__ \
@@ -465,26 +468,26 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         stats.record_latency(time.perf_counter() - started, time.monotonic())
         return response
 
-    async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray],
-                       request_id: str) -> tuple[dict[str, np.ndarray], list[Decision] | None]:
+    async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray], request_id: str, stats: StageStats,
+                       smoke: bool = False) -> tuple[dict[str, np.ndarray], list[Decision] | None]:
         """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row."""
         loop = asyncio.get_running_loop()
         outputs, compute_s = await loop.run_in_executor(self.agent.compute, stage.run, feeds)
-        stage.stats.compute_seconds_total += compute_s
+        stats.compute_seconds_total += compute_s
         named = dict(zip([o.name for o in stage.outputs], outputs, strict=True))
         if stage.rule is None:
             first = next(iter(named.values()), None)
-            stage.stats.add("inferences_total", first.shape[0] if first is not None and first.ndim else 1)
+            stats.add("inferences_total", first.shape[0] if first is not None and first.ndim else 1)
             return named, None
-        decisions = await self._decide(stage, feeds, named[stage.rule.output], request_id)
-        stage.stats.add("inferences_total", len(decisions))
+        decisions = await self._decide(stage, feeds, named[stage.rule.output], request_id, stats, smoke)
+        stats.add("inferences_total", len(decisions))
         return named, decisions
 
     async def _decide(self, stage: Stage, feeds: dict[str, np.ndarray], output: np.ndarray,
-                      request_id: str) -> list[Decision]:
+                      request_id: str, stats: StageStats, smoke: bool = False) -> list[Decision]:
         """Apply the rule, forward what escalates (within the budget), and answer per row."""
         assert stage.rule is not None
-        rule, stats = stage.rule, stage.stats
+        rule = stage.rule
         outcome = evaluate(rule, output)
         if rule.scores == "probabilities" and rule.confidence_below is not None and not stage.scores_warned \
                 and len(outcome.top_prob) and float(outcome.top_prob.max()) > 1.0001:
@@ -498,7 +501,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         stats.add("dropped_total", int((outcome.action == DROPPED).sum()))
         escalate = np.flatnonzero(outcome.action == ESCALATE)
         stats.add("escalated_total", len(escalate))
-        if len(escalate) and stage.forwarder is not None:
+        if len(escalate) and stage.forwarder is not None and smoke:
+            rows = {n: np.ascontiguousarray(a[escalate]) for n, a in feeds.items()}
+            for row, answer in zip(escalate, await stage.forwarder.async_smoke(rows), strict=True):
+                if answer is not None:
+                    decisions[row] = answer
+        elif len(escalate) and stage.forwarder is not None:
             granted = stage.bucket.take(len(escalate)) if stage.bucket else len(escalate)
             stats.add("shed_total", len(escalate) - granted)
             send = escalate[:granted]

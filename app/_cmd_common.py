@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import re
 import sys
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from app._db import default_db_path
 from runners.client import ClientTLS
@@ -60,6 +62,19 @@ def interfaces_for(args: argparse.Namespace) -> list[str]:
     from discovery import all_ipv4_interfaces
 
     return all_ipv4_interfaces()
+
+
+async def async_gather_nodes(core: Any, args: argparse.Namespace, *, remembered: bool = True) -> None:
+    """Add the nodes the options name (and, when none is named, those the database remembers); browse mDNS
+    for a while when it is on."""
+    addresses = list(args.node)
+    if remembered and not (args.fleet or args.node or args.interface):
+        addresses += await asyncio.wrap_future(core.db.read(lambda db: [row["address"] for row in db.query(
+            "SELECT address FROM nodes WHERE forgotten = 0 AND address IS NOT NULL AND address != ''")]))
+    for address in addresses:
+        core.fleet.add_address(address)
+    if interfaces_for(args):
+        await asyncio.sleep(args.discover_seconds if args.discover_seconds is not None else 3.0)
 
 
 def setup_logging(verbose: bool) -> None:

@@ -9,7 +9,14 @@ import sys
 import time
 from typing import Any, TextIO
 
-from app._cmd_common import add_db_option, add_fleet_options, interfaces_for, setup_logging, tls_for
+from app._cmd_common import (
+    add_db_option,
+    add_fleet_options,
+    async_gather_nodes,
+    interfaces_for,
+    setup_logging,
+    tls_for,
+)
 from app._console import ConsoleCore
 from app._records import NodeSample, NodeSnapshot, NodeState
 
@@ -33,23 +40,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _remembered(db: Any) -> list[str]:
-    return [row["address"] for row in db.query(
-        "SELECT address FROM nodes WHERE forgotten = 0 AND address IS NOT NULL AND address != ''")]
-
-
 async def _status(args: argparse.Namespace, out: TextIO) -> int:
     interfaces = interfaces_for(args)
     core = ConsoleCore(args.db, interfaces=interfaces, fleet_file=args.fleet, tls=tls_for(args))
     async with core:
         assert core.fleet is not None
-        addresses = list(args.node)
-        if not args.no_remembered and not (args.fleet or args.node or args.interface):
-            addresses += await asyncio.wrap_future(core.db.read(_remembered))
-        for address in addresses:
-            core.fleet.add_address(address)
-        if interfaces:
-            await asyncio.sleep(args.discover_seconds if args.discover_seconds is not None else 3.0)
+        await async_gather_nodes(core, args, remembered=not args.no_remembered)
 
         def settled(nodes: list[NodeSnapshot]) -> bool:
             return all(n.state == NodeState.OFFLINE or n.node_id in core.latest for n in nodes)

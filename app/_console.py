@@ -311,6 +311,42 @@ class ConsoleCore:
             await fleet.async_refresh(node.key)
         return results
 
+    def undeploy_targets(self, stage_id: str, only: Iterable[str] = ()) -> tuple[list[NodeSnapshot], list[str]]:
+        """Nodes running `stage_id` (restricted to `only`: names, ids, keys or addresses), and in words the
+        stages elsewhere whose next hop is one of them (they would queue their escalations)."""
+        fleet = self._need_fleet()
+        wanted = set(only)
+        targets = [n for n in fleet.nodes() if any(s.stage_id == stage_id for s in n.stages)
+                   and (not wanted or wanted & {n.name, n.node_id, n.key, n.address})]
+        addresses = {n.address for n in targets}
+        feeding = [f"{s.stage_id} on {n.name} escalates to it at {s.next_hop}"
+                   for n in fleet.nodes() for s in n.stages
+                   if s.next_hop in addresses and s.next_model == stage_id and n not in targets]
+        return targets, feeding
+
+    async def async_undeploy(self, stage_id: str, targets: list[NodeSnapshot]) -> dict[str, str]:
+        """Undeploy the stage from these nodes; {node name: "" or the error}; each outcome is an audit event."""
+        fleet = self._need_fleet()
+        results: dict[str, str] = {}
+        for node in targets:
+            client = fleet.client(node.key)
+            try:
+                if client is None:
+                    raise ConnectionError("not connected")
+                await client.undeploy(stage_id, timeout=30)
+                results[node.name] = ""
+            except Exception as exc:  # grpc.aio.AioRpcError, connection errors
+                details = exc.details() if isinstance(exc, grpc.aio.AioRpcError) else ""
+                results[node.name] = details or str(exc)
+            failed = results[node.name]
+            self.publish_event(ConsoleEvent(
+                "stage_undeployed" if not failed else "undeploy_failed",
+                f"{stage_id} undeployed from {node.name}" if not failed
+                else f"{stage_id} not undeployed from {node.name}: {failed}",
+                Severity.INFO if not failed else Severity.ERROR, node.node_id, {"stage_id": stage_id}))
+            await fleet.async_refresh(node.key)
+        return results
+
     def update_policy(self, stage_id: str, rule: Rule | None = None, budget: Budget | None = None
                       ) -> concurrent.futures.Future[dict[str, str]]:
         """Thread-safe `async_update_policy`."""

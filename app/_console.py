@@ -347,6 +347,36 @@ class ConsoleCore:
             await fleet.async_refresh(node.key)
         return results
 
+    async def async_dead_letters(self, stage_id: str = "", limit: int = 100
+                                 ) -> list[tuple[NodeSnapshot, ctl.ListDeadLettersResponse]]:
+        """Per node (that runs a stage with a next hop): its dead letters, oldest first, and how many in all."""
+        fleet = self._need_fleet()
+        out = []
+        for node in fleet.nodes():
+            if not any(s.next_hop and (not stage_id or s.stage_id == stage_id) for s in node.stages):
+                continue
+            client = fleet.client(node.key)
+            if client is None:
+                continue
+            out.append((node, await client.dead_letters(stage_id, limit, timeout=10)))
+        return out
+
+    async def async_settle_dead_letters(self, node: NodeSnapshot, stage_id: str, retry: bool,
+                                        seqs: list[int] | None = None) -> int:
+        """Retry (back into the queue, toward the next hop) or discard a node's dead letters; an audit event."""
+        client = self._need_fleet().client(node.key)
+        if client is None:
+            raise ConnectionError(f"{node.name} is not connected")
+        if retry:
+            count = await client.retry_dead_letters(stage_id, seqs)
+        else:
+            count = await client.discard_dead_letters(stage_id, seqs)
+        what = "put back in the queue" if retry else "discarded"
+        self.publish_event(ConsoleEvent("dead_letters", f"{count} dead letter(s) of {stage_id} on {node.name} {what}",
+                                        Severity.INFO if retry else Severity.WARNING, node.node_id,
+                                        {"stage_id": stage_id, "count": count, "retry": retry}))
+        return count
+
     def update_policy(self, stage_id: str, rule: Rule | None = None, budget: Budget | None = None
                       ) -> concurrent.futures.Future[dict[str, str]]:
         """Thread-safe `async_update_policy`."""

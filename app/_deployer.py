@@ -201,7 +201,13 @@ def policy_fields(stage: Stage, next_stage: Stage | None, next_address: str, nex
     fields["rule"] = rule_proto(stage.rule)
     if stage.max_batch is not None:
         fields["max_batch"] = stage.max_batch
-    if next_stage is not None:
+    if next_stage is not None and next_stage.endpoint is not None:
+        e = next_stage.endpoint
+        fields["next_hop"] = ctl.NextHop(address=e.address, model=e.model, model_version=e.version,
+                                         labels=list(next_stage.rule.labels), external=True, tls_ca=e.ca_pem,
+                                         tls_cert=e.cert_pem, tls_key=e.key_pem, output=next_stage.rule.output,
+                                         input_names=[t.name for t in next_stage.inputs])
+    elif next_stage is not None:
         fields["next_hop"] = ctl.NextHop(address=next_address, model=next_stage.id,
                                          labels=list(next_stage.rule.labels), node_id=next_node_id)
     return fields
@@ -241,6 +247,14 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
     targets: dict[str, list[NodeSnapshot]] = {}
     for stage in chain:
         chosen: list[NodeSnapshot] = []
+        if stage.endpoint is not None:
+            e = stage.endpoint
+            warnings.append(f"stage {stage.id} is served by the engine at {e.address} (model {e.model}): "
+                            "nothing is uploaded there, it is only checked (ready, metadata, a smoke inference)")
+            if e.plaintext:
+                warnings.append(f"the link to the engine at {e.address} is plaintext (no tls.ca in the pipeline)")
+            targets[stage.id] = []
+            continue
         if stage.placement.tier:
             tier_nodes = [n for n in nodes if n.tier == stage.placement.tier]
             chosen = [n for n in tier_nodes if n.state in REACHABLE]
@@ -279,9 +293,12 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
     for k, stage in enumerate(chain):
         following = chain[k + 1] if k + 1 < len(chain) else None
         hops = targets[following.id] if following is not None else []
+        engine = following.endpoint if following is not None else None
         for i, node in enumerate(targets[stage.id]):
             hop = hops[i % len(hops)] if hops else None
             fields = policy_fields(stage, following, hop.address if hop else "", hop.node_id if hop else "")
+            hop_address = engine.address if engine is not None else hop.address if hop else ""
+            hop_node = f"endpoint:{engine.address}" if engine is not None else (hop.node_id or hop.key) if hop else ""
             version = stage_version(stage, fields)
             running = node.stage(stage.id)
             if running is None:
@@ -290,14 +307,13 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
                 kind, why = UNCHANGED, "same model and policy"
             elif running.sha256 != stage.sha256:
                 kind, why = UPDATE, f"model changed ({running.sha256[:8]} → {stage.sha256[:8]})"
-            elif hop is not None and running.next_hop != hop.address:
-                kind, why = UPDATE, f"next hop {running.next_hop or 'none'} → {hop.address}"
+            elif hop_address and running.next_hop != hop_address:
+                kind, why = UPDATE, f"next hop {running.next_hop or 'none'} → {hop_address}"
             else:
                 kind, why = UPDATE, "rule, budget or tensors changed"
             actions.setdefault(node.key, []).append(StageAction(
                 kind, stage.id, version, running.version if running else "", why,
-                hop.address if hop else "", (hop.node_id or hop.key) if hop else "",
-                following.id if following else ""))
+                hop_address, hop_node, following.id if following else ""))
     for node in nodes:
         if node.state not in REACHABLE:
             continue
@@ -416,6 +432,8 @@ class Deployer:
             models: dict[str, bytes] = {}
             loop = asyncio.get_running_loop()
             for stage in pipeline.chain():
+                if stage.endpoint is not None:
+                    continue
                 if stage.model_path is None:
                     raise RuntimeError(f"stage {stage.id}: the pipeline has no model path (load it from a file)")
                 models[stage.id] = await loop.run_in_executor(None, stage.model_path.read_bytes)
@@ -424,6 +442,13 @@ class Deployer:
             for k in range(len(chain) - 1, -1, -1):
                 stage = chain[k]
                 following = chain[k + 1] if k + 1 < len(chain) else None
+                if stage.endpoint is not None:
+                    try:
+                        await self._check_endpoint(stage, chain[k - 1] if k else None, report)
+                    except _StepFailed as exc:
+                        failures[f"endpoint:{stage.endpoint.address}"] = f"{stage.id}: {exc.step}: {exc.message}"
+                        break
+                    continue
                 work = [(n, a) for n in the_plan.nodes for a in n.changes
                         if a.stage_id == stage.id and a.kind in (ADD, UPDATE)]
                 results = await asyncio.gather(*(
@@ -498,6 +523,53 @@ class Deployer:
                detail: dict[str, Any] | None = None) -> None:
         if self.on_event is not None:
             self.on_event(ConsoleEvent(kind, message, severity, node_id, detail or {}))
+
+    async def _check_endpoint(self, stage: Stage, before: Stage | None, report: Callable[..., None]) -> None:
+        """An engine tierdeck does not run: ready, its metadata fits what the stage before it sends, and it
+        answers a smoke inference. Nothing is uploaded; a mismatch is refused here, never at run time."""
+        assert stage.endpoint is not None
+        e = stage.endpoint
+        node = NodePlan(f"endpoint:{e.address}", "", f"{stage.id} @ {e.address}", stage.placement.tier or "",
+                        e.address, ())
+        report(node, stage.id, "verify", "started", f"engine at {e.address}, model {e.model}: nothing uploaded")
+        tls = ClientTLS(e.ca_pem, e.key_pem, e.cert_pem) if e.ca_pem else None
+        try:
+            async with NodeClient(e.address, tls=tls, external=True) as client:
+                try:
+                    ready = (await client.inference.ServerReady(pb.ServerReadyRequest(), timeout=self.rpc_timeout_s)
+                             ).ready
+                    if not ready:
+                        raise _StepFailed("verify", f"the engine at {e.address} is not ready")
+                    model_ready = (await client.inference.ModelReady(
+                        pb.ModelReadyRequest(name=e.model, version=e.version), timeout=self.rpc_timeout_s)).ready
+                    if not model_ready:
+                        raise _StepFailed("verify", f"model {e.model!r} is not ready on the engine at {e.address}")
+                    meta = await client.inference.ModelMetadata(
+                        pb.ModelMetadataRequest(name=e.model, version=e.version), timeout=self.rpc_timeout_s)
+                    server = await client.inference.ServerMetadata(pb.ServerMetadataRequest(),
+                                                                   timeout=self.rpc_timeout_s)
+                except grpc.aio.AioRpcError as exc:
+                    raise _StepFailed("verify", f"the engine at {e.address}: {_rpc_error(exc)}") from exc
+                differences = endpoint_differences(stage, before, meta)
+                if differences:
+                    raise _StepFailed("verify", "the engine's metadata does not fit the pipeline: "
+                                                + "; ".join(differences))
+                try:
+                    feeds = smoke_inputs(stage)
+                    request = infer_request(e.model, list(feeds.items()))
+                    request.model_version = e.version
+                    result = infer_result(await client.inference.ModelInfer(request, timeout=self.rpc_timeout_s))
+                except grpc.aio.AioRpcError as exc:
+                    raise _StepFailed("verify", f"smoke inference on the engine: {_rpc_error(exc)}") from exc
+                if stage.rule.output and result.outputs and stage.rule.output not in result.outputs:
+                    raise _StepFailed("verify", f"the engine answered without output {stage.rule.output!r} "
+                                                f"(it sent {', '.join(result.outputs)})")
+        except _StepFailed as exc:
+            report(node, stage.id, "verify", "failed", exc.message)
+            raise
+        said = "lists no tensors: the pipeline's are used" if not meta.inputs else "metadata matches"
+        report(node, stage.id, "verify", "done",
+               f"{server.name or 'engine'} {server.version}: ready, {said}, smoke inference answered")
 
     async def _push(self, client: NodeClient, node: NodePlan, action: StageAction, stage: Stage,
                     following: Stage | None, model: bytes, report: Callable[..., None]) -> None:
@@ -600,6 +672,39 @@ def _operator() -> str:
         return getpass.getuser()
     except Exception:  # no user name in some containers
         return "operator"
+
+
+def endpoint_differences(stage: Stage, before: Stage | None, meta: pb.ModelMetadataResponse) -> list[str]:
+    """How an engine's ModelMetadata disagrees with the endpoint stage and what the stage before it sends
+    (empty when it fits). An engine that lists no tensors is taken at the pipeline's word."""
+    out: list[str] = []
+    sent = list(before.inputs) if before is not None else list(stage.inputs)
+    if meta.inputs:
+        if len(meta.inputs) != len(sent):
+            out.append(f"it takes {len(meta.inputs)} inputs ({', '.join(t.name for t in meta.inputs)}), the stage "
+                       f"before it escalates {len(sent)} ({', '.join(t.name for t in sent)})")
+        for mine, theirs in zip(sent, meta.inputs, strict=False):
+            if mine.datatype != theirs.datatype:
+                out.append(f"input {theirs.name!r} is {theirs.datatype} there, {mine.datatype} here")
+            if not _shapes_fit(list(mine.shape), list(theirs.shape)):
+                out.append(f"input {theirs.name!r} has shape {list(theirs.shape)} there, {list(mine.shape)} here")
+    if meta.outputs:
+        found = {t.name: t for t in meta.outputs}
+        wanted = stage.rule.output or stage.outputs[0].name
+        if wanted not in found:
+            out.append(f"it has no output {wanted!r} (outputs: {', '.join(found)})")
+        else:
+            theirs = found[wanted]
+            labels = len(stage.rule.labels)
+            if labels and theirs.shape and theirs.shape[-1] > 0 and theirs.shape[-1] != labels:
+                out.append(f"output {wanted!r} has {theirs.shape[-1]} classes there, the pipeline names {labels}")
+            if theirs.datatype in ("BYTES", "BOOL"):
+                out.append(f"output {wanted!r} is {theirs.datatype}, not class scores")
+    return out
+
+
+def _shapes_fit(a: list[int], b: list[int]) -> bool:
+    return len(a) == len(b) and all(x < 0 or y < 0 or x == y for x, y in zip(a, b, strict=True))
 
 
 def requirements_for(pipeline: Pipeline) -> dict[str, Requirements]:

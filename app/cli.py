@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sensor": ("app._cmd_sensor", "replay recorded rows (.npz) into a stage, like a sensor (an OIP client)"),
     "deploy": ("app._cmd_deploy", "deploy a pipeline file to the fleet, all or nothing (headless)"),
     "undeploy": ("app._cmd_undeploy", "remove stages that are no longer wanted from the nodes that run them"),
+    "dead-letters": ("app._cmd_dead_letters", "escalations a next hop refused, per link: list, retry or discard"),
     "status": ("app._cmd_status", "show nodes, their state, stages and latest telemetry (headless)"),
     "export": ("app._cmd_export", "export telemetry, rollups, events and deployments as CSV or JSON"),
     "console": ("widgets._cmd_console", "the operations console: fleet, pipeline canvas, deploy, live dashboard"),

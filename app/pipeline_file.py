@@ -27,6 +27,26 @@ rejected. Example (paths are relative to the pipeline file)::
       ]
     }
 
+Format version 2 adds **endpoint stages**: the last stage may be served by an engine tierdeck does not run
+(Triton, KServe, MLServer — anything that speaks the Open Inference Protocol over gRPC)::
+
+        {
+          "id": "heavy",
+          "endpoint": {"address": "10.0.0.9:8001", "model": "heavy", "version": "",
+                       "tls": {"ca": "engine-ca.pem", "cert": "client.pem", "key": "client.key"}},
+          "placement": {"tier": "cloud"},
+          "inputs":  [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 64, 64]}],
+          "outputs": [{"name": "probs", "datatype": "FP32", "shape": [-1, 5]}],
+          "rule": {"output": "probs", "labels": ["water", "cargo", "tanker", "fishing", "patrol"]}
+        }
+
+No model file and no sha256; `tls` is optional (absent = plaintext, which the deploy plan flags; paths are
+relative to the pipeline file); the rule only names the output holding the class scores and its labels
+(without it: the first output, answers labelled by class index); it must end the chain. The deployer
+uploads nothing there: it checks the engine (ServerReady, ModelReady, its metadata against these
+tensors and against what the stage before it escalates) and wires the stage before it to it. Version 1
+files are read as before.
+
 Rule semantics (the node agent implements them per input row): ``drop_class`` is checked first —
 a row whose top class is listed settles here; otherwise the row escalates when any condition that
 is set holds: ``confidence_below`` (top-class probability < t), ``class_in`` (top class listed),
@@ -50,9 +70,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +81,8 @@ import numpy as np
 import numpy.typing as npt
 
 FORMAT = "tierdeck.pipeline"
-VERSION = 1
-SUPPORTED_VERSIONS = (1,)
+VERSION = 2
+SUPPORTED_VERSIONS = (1, 2)  # version 2 added endpoint stages (a serving engine tierdeck does not run)
 TIERS = ("device", "edge", "cloud")
 PRIORITIES = ("high", "normal", "bulk")
 DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
@@ -72,7 +93,9 @@ _NO_NEXT = object()  # "next" absent: the following stage
 
 _TOP_KEYS = {"format", "version", "name", "description", "stages"}
 _STAGE_KEYS = {"id", "model", "sha256", "placement", "inputs", "outputs", "rule", "budget", "next",
-               "max_batch", "description"}
+               "max_batch", "description", "endpoint"}
+_ENDPOINT_KEYS = {"address", "model", "version", "tls"}
+_TLS_KEYS = {"ca", "cert", "key"}
 _RULE_KEYS = {"output", "labels", "confidence_below", "class_in", "score_above", "drop_class", "scores"}
 # What a rule's output holds; the agent applies softmax to logits (runners._rules.SCORES says the same).
 SCORES = ("probabilities", "logits", "raw")
@@ -123,6 +146,29 @@ class Placement:
 
     tier: str | None = None
     nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """A serving engine tierdeck does not run (Triton, KServe, MLServer) that answers a stage over OIP/gRPC.
+
+    `tls` paths (PEM files: the engine's CA, and a client certificate and key where it asks for one) are
+    resolved against the pipeline file; no `ca` means plaintext, which the deploy plan flags."""
+
+    address: str
+    model: str
+    version: str = ""
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    ca_pem: bytes = field(default=b"", repr=False)   # the files' contents, read when the pipeline was loaded
+    cert_pem: bytes = field(default=b"", repr=False)
+    key_pem: bytes = field(default=b"", repr=False)
+
+    @property
+    def plaintext(self) -> bool:
+        """True when the link to the engine is not encrypted."""
+        return self.tls_ca is None
 
 
 @dataclass(frozen=True)
@@ -198,6 +244,7 @@ class Stage:
     max_batch: int | None = None
     description: str = ""
     model_path: Path | None = None
+    endpoint: Endpoint | None = None  # served by an engine tierdeck does not run (then model/sha256 are "")
 
 
 @dataclass(frozen=True)
@@ -231,7 +278,7 @@ class Pipeline:
         stages = []
         for i, s in enumerate(self.stages):
             following = self.stages[i + 1].id if i + 1 < len(self.stages) else None
-            stages.append(stage_dict(s, s.model, following))
+            stages.append(stage_dict(s, s.model, following, self.path.parent if self.path else None))
         doc: dict[str, Any] = {"format": FORMAT, "version": self.version, "name": self.name}
         if self.description:
             doc["description"] = self.description
@@ -239,22 +286,40 @@ class Pipeline:
         return doc
 
 
-def stage_dict(s: Stage, model: str, following: str | None) -> dict[str, Any]:
-    """One stage in file form; `next` is written only when it is not `following` (the next stage in the list)."""
-    d: dict[str, Any] = {
-        "id": s.id, "model": model, "sha256": s.sha256,
+def stage_dict(s: Stage, model: str, following: str | None, base: Path | None = None) -> dict[str, Any]:
+    """One stage in file form; `next` is written only when it is not `following` (the next stage in the list).
+    An endpoint's TLS files are written relative to `base` (the folder the file is saved in) when given."""
+    d: dict[str, Any] = {"id": s.id}
+    if s.endpoint is not None:
+        d["endpoint"] = _endpoint_dict(s.endpoint, base)
+    else:
+        d.update({"model": model, "sha256": s.sha256})
+    d.update({
         "placement": {"tier": s.placement.tier} if s.placement.tier else {"nodes": list(s.placement.nodes)},
         "inputs": [_tensor_dict(t) for t in s.inputs],
         "outputs": [_tensor_dict(t) for t in s.outputs],
         "rule": _rule_dict(s.rule),
         "budget": asdict(s.budget),
-    }
+    })
+    if s.endpoint is not None and not s.rule.labels:
+        del d["rule"]  # the default: the engine's first output, answers labelled by class index
     if s.next != following:
         d["next"] = s.next
     if s.max_batch is not None:
         d["max_batch"] = s.max_batch
     if s.description:
         d["description"] = s.description
+    return d
+
+
+def _endpoint_dict(e: Endpoint, base: Path | None) -> dict[str, Any]:
+    d: dict[str, Any] = {"address": e.address, "model": e.model}
+    if e.version:
+        d["version"] = e.version
+    tls = {k: (os.path.relpath(p, base) if base is not None else str(p)) for k, p in
+           (("ca", e.tls_ca), ("cert", e.tls_cert), ("key", e.tls_key)) if p is not None}
+    if tls:
+        d["tls"] = tls
     return d
 
 
@@ -575,16 +640,13 @@ def _check_model(ck: _Checker, where: str, path: Path, stage: dict[str, Any]) ->
 
 def _stage(ck: _Checker, value: Any, where: str, base_dir: Path | None,
            check_models: bool) -> tuple[Stage | None, Any]:
+    if isinstance(value, dict) and "endpoint" in value:
+        return _endpoint_stage(ck, value, where, base_dir)
     d = ck.obj(value, where, _STAGE_KEYS, ("id", "model", "sha256", "placement", "inputs", "outputs", "rule"))
     if d is None:
         return None, _NO_NEXT
     ok = True
-    sid = None
-    if "id" in d:
-        sid = ck.string(d["id"], f"{where}.id")
-        if sid is not None and not STAGE_ID.match(sid):
-            ck.add(f"{where}.id", f"stage id {sid!r} must be 1–63 of a-z 0-9 _ . - starting with a letter or digit")
-            sid = None
+    sid = _stage_id(ck, d, where)
     model = ck.string(d["model"], f"{where}.model") if "model" in d else None
     model_path: Path | None = None
     if model is not None:
@@ -637,6 +699,86 @@ def _stage(ck: _Checker, value: Any, where: str, base_dir: Path | None,
     assert inputs is not None and outputs is not None and rule is not None and budget is not None
     return Stage(sid, model, sha, placement, inputs, outputs, rule, budget, None, max_batch, description,
                  model_path), nxt
+
+
+def _stage_id(ck: _Checker, d: dict[str, Any], where: str) -> str | None:
+    sid = ck.string(d["id"], f"{where}.id") if "id" in d else None
+    if sid is not None and not STAGE_ID.match(sid):
+        ck.add(f"{where}.id", f"stage id {sid!r} must be 1–63 of a-z 0-9 _ . - starting with a letter or digit")
+        return None
+    return sid
+
+
+def _endpoint_stage(ck: _Checker, value: dict[str, Any], where: str, base_dir: Path | None) -> tuple[Stage | None, Any]:
+    """A stage served by an engine tierdeck does not run: no model file, a label-only rule (optional)."""
+    d = ck.obj(value, where, _STAGE_KEYS - {"model", "sha256", "max_batch"},
+               ("id", "endpoint", "placement", "inputs", "outputs"))
+    if d is None:
+        return None, _NO_NEXT
+    for key in ("model", "sha256"):
+        if key in value:
+            ck.add(f"{where}.{key}", f"an endpoint stage has no {key}: the engine serves its own model")
+    sid = _stage_id(ck, d, where)
+    endpoint = None
+    e = ck.obj(d["endpoint"], f"{where}.endpoint", _ENDPOINT_KEYS, ("address", "model")) if "endpoint" in d else None
+    if e is not None and "address" in e and "model" in e:
+        address = ck.string(e["address"], f"{where}.endpoint.address")
+        if address is not None and not re.match(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):\d{1,5}$", address):
+            ck.add(f"{where}.endpoint.address", f"must be HOST:PORT of the engine's gRPC port, got {address!r}")
+            address = None
+        model = ck.string(e["model"], f"{where}.endpoint.model")
+        version = ck.string(e.get("version", ""), f"{where}.endpoint.version", nonempty=False)
+        paths: dict[str, Path | None] = {"ca": None, "cert": None, "key": None}
+        tls = ck.obj(e["tls"], f"{where}.endpoint.tls", _TLS_KEYS, ("ca",)) if "tls" in e else {}
+        for key in _TLS_KEYS & set(tls or {}):
+            name = ck.string((tls or {})[key], f"{where}.endpoint.tls.{key}")
+            if name is not None:
+                path = Path(name) if base_dir is None or Path(name).is_absolute() else base_dir / name
+                if base_dir is not None and not path.is_file():
+                    ck.add(f"{where}.endpoint.tls.{key}", f"no such file: {path}")
+                else:
+                    paths[key] = path
+        if tls and (paths["cert"] is None) != (paths["key"] is None):
+            ck.add(f"{where}.endpoint.tls", "give both cert and key (a client certificate), or neither")
+        if address is not None and model is not None and version is not None:
+            pems: dict[str, bytes] = {}
+            for key, given in paths.items():
+                try:
+                    pems[key] = given.read_bytes() if given is not None and base_dir is not None else b""
+                except OSError as exc:
+                    ck.add(f"{where}.endpoint.tls.{key}", f"cannot read {given}: {exc.strerror or exc}")
+            endpoint = Endpoint(address, model, version, paths["ca"], paths["cert"], paths["key"],
+                                pems.get("ca", b""), pems.get("cert", b""), pems.get("key", b""))
+    placement = _placement(ck, d["placement"], f"{where}.placement") if "placement" in d else None
+    if placement is not None and not placement.tier:
+        ck.add(f"{where}.placement", "an endpoint stage is placed on a tier (where the canvas shows it), not on "
+                                     "nodes: the engine scales itself")
+        placement = None
+    inputs = _tensors(ck, d["inputs"], f"{where}.inputs") if "inputs" in d else None
+    outputs = _tensors(ck, d["outputs"], f"{where}.outputs") if "outputs" in d else None
+    if "rule" in d:
+        rule = _rule(ck, d["rule"], f"{where}.rule", outputs)
+        if rule is not None and rule.escalates:
+            ck.add(f"{where}.rule", "an endpoint stage ends the chain: its rule only names the output and labels "
+                                    "(remove confidence_below/class_in/score_above)")
+            rule = None
+    else:
+        rule = Rule(outputs[0].name, ()) if outputs else None
+    nxt: Any = _NO_NEXT
+    if "next" in d:
+        nxt = d["next"]
+        if nxt is not None:
+            ck.add(f"{where}.next", "an endpoint stage ends the chain: it cannot escalate to another stage")
+            nxt = _NO_NEXT
+    budget = _budget(ck, d["budget"], f"{where}.budget") if "budget" in d else Budget()
+    description = ck.string(d.get("description", ""), f"{where}.description", nonempty=False) or ""
+    parts = (sid, endpoint, placement, inputs, outputs, rule, budget)
+    if any(p is None for p in parts):
+        return None, nxt
+    assert sid is not None and placement is not None and inputs is not None and outputs is not None
+    assert rule is not None and budget is not None
+    return Stage(sid, "", "", placement, inputs, outputs, rule, budget, None, None, description, None,
+                 endpoint), nxt
 
 
 def _resolve_hops(ck: _Checker, ids: list[str | None], nexts: list[Any]) -> list[str | None] | None:
@@ -747,11 +889,13 @@ def parse_pipeline(doc: Any, base_dir: Path | None = None, *, check_models: bool
                 if not s.rule.escalates:
                     ck.add(f"stages[{i}].rule", f"stage {s.id!r} has a next hop ({hop!r}) but its rule never "
                                                 "escalates; set confidence_below, class_in or score_above")
-            stages = [
-                Stage(s.id, s.model, s.sha256, s.placement, s.inputs, s.outputs, s.rule, s.budget, hop,
-                      s.max_batch, s.description, s.model_path)
-                for s, hop in zip(resolved, hops, strict=True)
-            ]
+            for i, (s, hop) in enumerate(zip(resolved, hops, strict=True)):
+                if s.endpoint is not None and hop is not None:
+                    ck.add(f"stages[{i}]", f"endpoint stage {s.id!r} must end the chain (it is followed by "
+                                           f"{hop!r}): put it last or give the stage before it \"next\"")
+                if s.endpoint is not None and version == 1:
+                    ck.add(f"stages[{i}].endpoint", "endpoint stages need format version 2")
+            stages = [replace(s, next=hop) for s, hop in zip(resolved, hops, strict=True)]
     if ck.problems or name is None or not stages:
         if not ck.problems:
             ck.add("", "incomplete pipeline")

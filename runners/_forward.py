@@ -72,6 +72,9 @@ class EscalationQueue:
                 error TEXT NOT NULL, payload BLOB NOT NULL);
             """
         )
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(dead_letter)")}
+        if "dead_ms" not in columns:  # queues written before dead letters were dated
+            self._db.execute("ALTER TABLE dead_letter ADD COLUMN dead_ms INTEGER NOT NULL DEFAULT 0")
 
     def depth(self, stage_id: str) -> int:
         """Rows waiting for this stage."""
@@ -117,10 +120,52 @@ class EscalationQueue:
 
     def dead_letter(self, stage_id: str, rows: list[tuple[int, str, bytes]], error: str) -> None:
         """Move rows the next hop rejects as invalid out of the way, keeping them for inspection."""
+        now = int(time.time() * 1000)
         with self._lock, self._db:
-            self._db.executemany("INSERT OR REPLACE INTO dead_letter VALUES (?,?,?,?,?)",
-                                 [(seq, stage_id, rid, error, payload) for seq, rid, payload in rows])
+            self._db.executemany(
+                "INSERT OR REPLACE INTO dead_letter(seq, stage_id, request_id, error, payload, dead_ms) "
+                "VALUES (?,?,?,?,?,?)", [(seq, stage_id, rid, error, payload, now) for seq, rid, payload in rows])
             self._db.executemany("DELETE FROM escalations WHERE seq=?", [(seq,) for seq, _, _ in rows])
+
+    def dead_letters(self, stage_id: str = "", limit: int = 100, after_seq: int = 0
+                     ) -> tuple[list[tuple[int, str, str, str, int, int]], int]:
+        """(seq, stage id, request id, error, dead_ms, payload bytes) oldest first, and how many match in all."""
+        where, args = ("stage_id=? AND ", [stage_id]) if stage_id else ("", [])
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT seq, stage_id, request_id, error, dead_ms, length(payload) FROM dead_letter "
+                f"WHERE {where}seq > ? ORDER BY seq LIMIT ?", [*args, after_seq, limit]).fetchall()
+            total = self._db.execute(f"SELECT count(*) FROM dead_letter {'WHERE stage_id=?' if stage_id else ''}",
+                                     args).fetchone()[0]
+        return [(int(a), str(b), str(c), str(d), int(e), int(f)) for a, b, c, d, e, f in rows], int(total)
+
+    def count_dead(self, stage_id: str) -> int:
+        """Dead letters kept for this stage."""
+        with self._lock:
+            return int(self._db.execute("SELECT count(*) FROM dead_letter WHERE stage_id=?", (stage_id,)).fetchone()[0])
+
+    def _selected(self, stage_id: str, seqs: list[int]) -> list[tuple[int, str, bytes]]:
+        rows = self._db.execute("SELECT seq, request_id, payload FROM dead_letter WHERE stage_id=? ORDER BY seq",
+                                (stage_id,)).fetchall()
+        wanted = set(seqs)
+        return [(int(q), str(r), bytes(p)) for q, r, p in rows if not wanted or q in wanted]
+
+    def retry_dead(self, stage_id: str, seqs: list[int]) -> int:
+        """Put dead letters (all of the stage's when `seqs` is empty) back at the end of the queue."""
+        now = int(time.time() * 1000)
+        with self._lock, self._db:
+            rows = self._selected(stage_id, seqs)
+            self._db.executemany("INSERT INTO escalations(stage_id, request_id, created_ms, payload) VALUES (?,?,?,?)",
+                                 [(stage_id, rid, now, payload) for _, rid, payload in rows])
+            self._db.executemany("DELETE FROM dead_letter WHERE seq=?", [(seq,) for seq, _, _ in rows])
+        return len(rows)
+
+    def discard_dead(self, stage_id: str, seqs: list[int]) -> int:
+        """Drop dead letters for good (all of the stage's when `seqs` is empty)."""
+        with self._lock, self._db:
+            rows = self._selected(stage_id, seqs)
+            self._db.executemany("DELETE FROM dead_letter WHERE seq=?", [(seq,) for seq, _, _ in rows])
+        return len(rows)
 
     def delivered(self, stage_id: str) -> list[tuple[int, str, str]]:
         """(seq, request id, label) of delivered rows, in order."""
@@ -180,7 +225,14 @@ class Forwarder:
         self.last_error = ""
 
     async def async_start(self, credentials: grpc.ChannelCredentials | None = None, target_name: str = "") -> None:
-        """Open the channel (mutual TLS when credentials are given) and start the batcher and delivery task."""
+        """Open the channel (mutual TLS when credentials are given) and start the batcher and delivery task.
+
+        An external hop (an engine tierdeck does not run) is dialled with its own TLS material instead of the
+        fleet's, or in plaintext when it has none."""
+        if self.hop.external:
+            credentials = grpc.ssl_channel_credentials(
+                self.hop.tls_ca, self.hop.tls_key or None, self.hop.tls_cert or None) if self.hop.tls_ca else None
+            target_name = ""
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(self.hop.address, options=CHANNEL_OPTIONS)
         else:
@@ -189,6 +241,8 @@ class Forwarder:
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
         self.backlog = await asyncio.get_running_loop().run_in_executor(self._io, self._queue.depth, self.stage_id)
         self._set_backlog(self.backlog)
+        self._stats.dead_letters = await asyncio.get_running_loop().run_in_executor(
+            self._io, self._queue.count_dead, self.stage_id)
         self._tasks = [
             asyncio.create_task(self._batcher(), name=f"forward-batcher-{self.stage_id}"),
             asyncio.create_task(self._delivery(), name=f"forward-delivery-{self.stage_id}"),
@@ -305,23 +359,34 @@ class Forwarder:
         self._stats.link_state = "down"
         self._backlog_wake.set()
 
-    async def _hop_input_names(self) -> list[str]:
+    async def _hop_input_names(self, forwarded: list[str]) -> list[str]:
         if self._hop_inputs is None:
             assert self._stub is not None
             meta = await self._stub.ModelMetadata(
                 pb.ModelMetadataRequest(name=self.hop.model, version=self.hop.model_version), timeout=self.timeout)
-            self._hop_inputs = [t.name for t in meta.inputs]
+            # Engines that say little (MLServer's default settings list no tensors): use what the pipeline
+            # declares for the hop, else the names this stage forwards.
+            self._hop_inputs = [t.name for t in meta.inputs] or list(self.hop.input_names) or forwarded
         return self._hop_inputs
+
+    def requeued(self, rows: int) -> None:
+        """Dead letters were put back in the queue: deliver them."""
+        self._set_backlog(self.backlog + rows)
+        self._backlog_wake.set()
 
     async def _call(self, inputs: dict[str, np.ndarray], request_id: str, row_ids: list[str],
                     smoke: bool = False) -> list[Decision]:
         """One ModelInfer on the next hop; raises _HopError on any failure."""
         assert self._stub is not None
+        started = time.perf_counter()
         try:
-            hop_names = await self._hop_input_names()
+            hop_names = await self._hop_input_names(list(inputs))
             if len(hop_names) != len(inputs):
-                raise _HopError(f"next hop model '{self.hop.model}' takes {len(hop_names)} inputs, "
-                                f"this stage forwards {len(inputs)}", permanent=True)
+                # A wiring fault (the deployer checks this before it wires a hop): keep the rows queued and
+                # say so, never dead-letter them for it.
+                self._hop_inputs = None
+                raise _HopError(f"next hop model '{self.hop.model}' takes {len(hop_names)} inputs "
+                                f"({', '.join(hop_names)}), this stage forwards {len(inputs)}", permanent=False)
             request = pb.ModelInferRequest(model_name=self.hop.model, model_version=self.hop.model_version,
                                            id=request_id[:200])
             request.parameters["tierdeck.escalated_from"].string_param = self.stage_id
@@ -334,8 +399,13 @@ class Forwarder:
             encode_inputs(request, list(zip(hop_names, inputs.values(), strict=True)))
             response = await self._stub.ModelInfer(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as exc:
+            self._stats.record_hop_call(time.perf_counter() - started, False, time.monotonic())
             self._hop_inputs = None if exc.code() == grpc.StatusCode.NOT_FOUND else self._hop_inputs
             raise _HopError(f"{exc.code().name}: {exc.details()}", permanent=exc.code() in _PERMANENT) from exc
+        except _HopError:
+            self._stats.record_hop_call(time.perf_counter() - started, False, time.monotonic())
+            raise
+        self._stats.record_hop_call(time.perf_counter() - started, True, time.monotonic())
         try:
             return self._decisions(response)
         except (TensorError, ValueError, IndexError) as exc:
@@ -347,8 +417,8 @@ class Forwarder:
             labels, conf, stages, final = (outputs[n].reshape(-1) for n in DECISION_OUTPUTS)
             return [Decision(_text(lab), float(c), _text(s), bool(f))
                     for lab, c, s, f in zip(labels, conf, stages, final, strict=True)]
-        # A plain OIP server (Triton, KServe, MLServer): its first output holds the class scores.
-        first = next(iter(outputs.values()))
+        # A plain OIP server (Triton, KServe, MLServer): the named output (else its first) holds the class scores.
+        first = outputs[self.hop.output] if self.hop.output in outputs else next(iter(outputs.values()))
         scores = np.asarray(first, dtype=np.float64).reshape(first.shape[0], -1)
         top = scores.argmax(axis=1)
         labels_known = list(self.hop.labels)
@@ -391,8 +461,7 @@ class Forwarder:
                     log.error("stage %s: next hop rejected %d queued escalations: %s", self.stage_id, len(rows),
                               exc.message)
                     await loop.run_in_executor(self._io, self._queue.dead_letter, self.stage_id, rows, exc.message)
-                    self._stats.add("errors_total", len(rows))
-                    self._set_backlog(max(0, self.backlog - len(rows)))
+                    self._dead_lettered(len(rows))
                     continue
                 self._mark_down(exc.message)
                 await asyncio.sleep(backoff)
@@ -400,8 +469,7 @@ class Forwarder:
                 continue
             except (TensorError, ValueError, KeyError) as exc:  # a corrupt row on disk: keep it aside
                 await loop.run_in_executor(self._io, self._queue.dead_letter, self.stage_id, rows, str(exc))
-                self._stats.add("errors_total", len(rows))
-                self._set_backlog(max(0, self.backlog - len(rows)))
+                self._dead_lettered(len(rows))
                 continue
             backoff = 0.2
             acked = [(seq, rid, d) for (seq, rid, _), d in zip(rows, decisions, strict=True)]
@@ -412,6 +480,12 @@ class Forwarder:
                          self.hop.address, self.backlog)
             self.up = True
             self._set_backlog(max(0, self.backlog - len(rows)))
+
+    def _dead_lettered(self, rows: int) -> None:
+        self._stats.add("errors_total", rows)
+        self._stats.add("dead_letter_total", rows)
+        self._stats.dead_letters += rows
+        self._set_backlog(max(0, self.backlog - rows))
 
     async def _probe(self) -> bool:
         assert self._stub is not None

@@ -20,6 +20,7 @@ _WINDOW_MAX = 200_000
 COUNTERS = (
     "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total",
     "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "duplicates_total",
+    "dead_letter_total", "hop_errors_total", "hop_calls_total",
 )
 
 
@@ -39,6 +40,8 @@ class StageStats:
     # (monotonic time, value) pairs for the interval figures.
     latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
     scores: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
+    hop_latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
+    dead_letters: int = 0  # escalations kept aside now (the queue's dead-letter table)
 
     def add(self, name: str, amount: int = 1) -> None:
         """Increase one counter."""
@@ -49,6 +52,14 @@ class StageStats:
         self.latencies.append((now, seconds * 1000.0))
         self.latency_bucket_counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self.latency_seconds_sum += seconds
+
+    def record_hop_call(self, seconds: float, ok: bool, now: float) -> None:
+        """Record one forwarded call to the next hop (what this stage, as its caller, sees of it)."""
+        self.counters["hop_calls_total"] += 1
+        if ok:
+            self.hop_latencies.append((now, seconds * 1000.0))
+        else:
+            self.counters["hop_errors_total"] += 1
 
     def record_scores(self, scores: np.ndarray, now: float) -> None:
         """Record the rule's per-row scores for the what-if histogram."""
@@ -78,7 +89,8 @@ class TelemetryWindow:
             dt = max(now - last.time, 1e-6)
             out = node.stages.add(stage_id=stats.stage_id, compute_seconds_total=stats.compute_seconds_total,
                                   queue_depth=stats.queue_depth, link_state=stats.link_state,
-                                  energy_joules_total=stats.energy_joules_total, score_kind=stats.score_kind)
+                                  energy_joules_total=stats.energy_joules_total, score_kind=stats.score_kind,
+                                  dead_letters=stats.dead_letters)
             for name in COUNTERS:
                 setattr(out, name, stats.counters[name])
             inferred = stats.counters["inferences_total"] - last.counters["inferences_total"]
@@ -92,6 +104,9 @@ class TelemetryWindow:
             if window:
                 p50, p95, p99 = np.percentile(np.asarray(window), [50, 95, 99])
                 out.latency_p50_ms, out.latency_p95_ms, out.latency_p99_ms = float(p50), float(p95), float(p99)
+            hop = [v for t, v in stats.hop_latencies if t > last.time]
+            if hop:
+                out.hop_latency_p95_ms = float(np.percentile(np.asarray(hop), 95))
             scores = np.asarray([v for t, v in stats.scores if t > last.time], dtype=np.float64)
             hist, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
             out.score_histogram.extend(int(h) for h in hist)
@@ -101,6 +116,6 @@ class TelemetryWindow:
 
 def prune(stats: StageStats, now: float) -> None:
     """Forget window entries older than the longest telemetry interval."""
-    for window in (stats.latencies, stats.scores):
+    for window in (stats.latencies, stats.scores, stats.hop_latencies):
         while window and window[0][0] < now - _WINDOW_S:
             window.popleft()

@@ -722,6 +722,46 @@ class ControlService(ctl_grpc.NodeControlServicer):
         log.info("revocation list updated: %d serials", len(serials))
         return ctl.UpdateRevocationsResponse(revoked=len(serials))
 
+    async def ListDeadLetters(self, request: ctl.ListDeadLettersRequest,
+                              context: grpc.aio.ServicerContext) -> ctl.ListDeadLettersResponse:
+        await self.agent.allow(context, "fleet")
+        rows, total = await self.agent._in_io(self.agent.queue.dead_letters, request.stage_id,
+                                              min(request.limit or 100, 1000), request.after_seq)
+        return ctl.ListDeadLettersResponse(total=total, letters=[
+            ctl.DeadLetter(seq=seq, stage_id=sid, request_id=rid, error=error, dead_unix_ms=dead_ms,
+                           payload_bytes=size) for seq, sid, rid, error, dead_ms, size in rows])
+
+    async def RetryDeadLetters(self, request: ctl.DeadLetterSelection,
+                               context: grpc.aio.ServicerContext) -> ctl.DeadLetterResult:
+        await self.agent.allow(context, "console")
+        stage = await self._dead_letter_stage(request, context, need_hop=True)
+        count = await self.agent._in_io(self.agent.queue.retry_dead, request.stage_id, list(request.seqs))
+        stage.stats.dead_letters = max(0, stage.stats.dead_letters - count)
+        if stage.forwarder is not None:
+            stage.forwarder.requeued(count)
+        log.info("stage %s: %d dead letters put back in the queue", request.stage_id, count)
+        return ctl.DeadLetterResult(count=count)
+
+    async def DiscardDeadLetters(self, request: ctl.DeadLetterSelection,
+                                 context: grpc.aio.ServicerContext) -> ctl.DeadLetterResult:
+        await self.agent.allow(context, "console")
+        stage = await self._dead_letter_stage(request, context, need_hop=False)
+        count = await self.agent._in_io(self.agent.queue.discard_dead, request.stage_id, list(request.seqs))
+        stage.stats.dead_letters = max(0, stage.stats.dead_letters - count)
+        log.info("stage %s: %d dead letters discarded", request.stage_id, count)
+        return ctl.DeadLetterResult(count=count)
+
+    async def _dead_letter_stage(self, request: ctl.DeadLetterSelection, context: grpc.aio.ServicerContext,
+                                 need_hop: bool) -> Stage:
+        stage = self.agent.stages.get(request.stage_id)
+        if stage is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"stage '{request.stage_id}' is not deployed here")
+            raise AssertionError("unreachable")
+        if need_hop and stage.forwarder is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"stage '{request.stage_id}' has no next hop to retry to")
+        return stage
+
     async def WatchTelemetry(self, request: ctl.WatchTelemetryRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[ctl.TelemetrySample]:
         await self.agent.allow(context, "fleet")

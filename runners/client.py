@@ -114,11 +114,18 @@ class NodeClient:
     """Async client of one node (control plane, data plane, health). Create inside the running loop."""
 
     def __init__(self, address: str, tls: ClientTLS | None = None, node_id: str = "",
-                 options: Sequence[tuple[str, object]] = (), root_pem: bytes = b"", target_name: str = "") -> None:
-        """Insecure unless `tls` (fleet mutual TLS; `node_id` pins the node) or `root_pem` (server-only TLS)."""
+                 options: Sequence[tuple[str, object]] = (), root_pem: bytes = b"", target_name: str = "",
+                 external: bool = False) -> None:
+        """Insecure unless `tls` (fleet mutual TLS; `node_id` pins the node) or `root_pem` (server-only TLS).
+
+        `external`: an engine tierdeck does not run; `tls` then holds its CA (and a client certificate and key
+        where it asks for one, else empty) and the engine's own host name is checked."""
         self.address = address
         all_options: list[tuple[str, object]] = [*CHANNEL_OPTIONS, *options]
-        if tls is not None or root_pem:
+        if external and tls is not None:
+            credentials = grpc.ssl_channel_credentials(tls.ca_pem, tls.key_pem or None, tls.cert_pem or None)
+            self.channel = grpc.aio.secure_channel(address, credentials, options=all_options)
+        elif tls is not None or root_pem:
             from runners._security import node_host, role_host
 
             name = target_name or (node_host(node_id) if node_id else role_host("node"))
@@ -160,6 +167,24 @@ class NodeClient:
         """Remove a stage; True if it existed."""
         reply = await self.control.Undeploy(ctl.UndeployRequest(stage_id=stage_id), timeout=timeout)
         return reply.removed
+
+    async def dead_letters(self, stage_id: str = "", limit: int = 100, after_seq: int = 0,
+                           timeout: float = 10.0) -> ctl.ListDeadLettersResponse:
+        """Escalations the next hop refused, kept aside (oldest first, paged by seq)."""
+        return await self.control.ListDeadLetters(
+            ctl.ListDeadLettersRequest(stage_id=stage_id, limit=limit, after_seq=after_seq), timeout=timeout)
+
+    async def retry_dead_letters(self, stage_id: str, seqs: list[int] | None = None, timeout: float = 30.0) -> int:
+        """Put dead letters (all of the stage's when `seqs` is empty) back in the queue; returns how many."""
+        reply = await self.control.RetryDeadLetters(ctl.DeadLetterSelection(stage_id=stage_id, seqs=seqs or []),
+                                                    timeout=timeout)
+        return int(reply.count)
+
+    async def discard_dead_letters(self, stage_id: str, seqs: list[int] | None = None, timeout: float = 30.0) -> int:
+        """Drop dead letters for good; returns how many."""
+        reply = await self.control.DiscardDeadLetters(ctl.DeadLetterSelection(stage_id=stage_id, seqs=seqs or []),
+                                                      timeout=timeout)
+        return int(reply.count)
 
     async def stages(self, timeout: float = 5.0) -> list[ctl.StageInfo]:
         """ListStages."""

@@ -121,7 +121,7 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
         "water", "cargo", "tanker", "fishing", "patrol"]}), "stages[1].rule", "its rule never escalates"),
     ("duplicate stage id", _set("stages[1].id", "detector"), "stages[1].id", "duplicate stage id 'detector'"),
     ("bad stage id", _set("stages[1].id", "Edge Classifier"), "stages[1].id", "must be 1–63 of a-z"),
-    ("unsupported version", _set("version", 2), "version", "unsupported version 2"),
+    ("unsupported version", _set("version", 3), "version", "unsupported version 3"),
     ("wrong format", _set("format", "kubeflow"), "format", "must be 'tierdeck.pipeline'"),
     ("typo in a rule key", _set("stages[0].rule.confidence_belw", 0.8), "stages[0].rule",
      "unknown key 'confidence_belw'"),
@@ -321,3 +321,82 @@ def test_fuzz_text(text: str | bytes) -> None:
         loads_pipeline(text)
     except PipelineError as exc:
         assert exc.problems
+
+
+def _endpoint_doc(doc: dict[str, Any], tls: dict[str, str] | None = None) -> dict[str, Any]:
+    """ship-finder (version 2) with its heavy stage served by an engine."""
+    doc["version"] = 2
+    heavy = doc["stages"][2]
+    del heavy["model"], heavy["sha256"]
+    heavy["endpoint"] = {"address": "127.0.0.1:8001", "model": "heavy", **({"tls": tls} if tls else {})}
+    return doc
+
+
+def test_an_endpoint_stage_loads_saves_and_round_trips(workdir: Path, doc: dict[str, Any]) -> None:
+    (workdir / "pipelines" / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    p = _load(workdir, _endpoint_doc(doc, {"ca": "ca.pem"}))
+    heavy = p.stage("heavy")
+    assert heavy.endpoint is not None and heavy.endpoint.address == "127.0.0.1:8001"
+    assert heavy.model == heavy.sha256 == "" and heavy.model_path is None and not heavy.endpoint.plaintext
+    assert heavy.endpoint.ca_pem.startswith(b"-----BEGIN") and p.version == 2
+    out = workdir / "pipelines" / "saved.pipeline.json"
+    save_pipeline(p, out)
+    saved = json.loads(out.read_text())
+    assert saved["stages"][2]["endpoint"] == {"address": "127.0.0.1:8001", "model": "heavy", "tls": {"ca": "ca.pem"}}
+    assert "model" not in saved["stages"][2] and load_pipeline(out).to_dict() == p.to_dict()
+    # Without labels the rule defaults to the engine's first output, and is not written back.
+    fresh = _endpoint_doc(json.loads(PIPELINE.read_text()))
+    del fresh["stages"][2]["rule"]
+    bare = _load(workdir, fresh).stage("heavy")
+    assert bare.rule.output == "probs" and bare.rule.labels == () and bare.endpoint.plaintext  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("change", "where", "message"), [
+    (_set("version", 1), "stages[2].endpoint", "endpoint stages need format version 2"),
+    (_set("stages[2].model", "../models/heavy.onnx"), "stages[2].model", "an endpoint stage has no model"),
+    (_set("stages[2].placement", {"nodes": ["n1"]}), "stages[2].placement", "is placed on a tier"),
+    (_set("stages[2].rule.confidence_below", 0.5), "stages[2].rule", "ends the chain"),
+    (_set("stages[2].endpoint.address", "no-port"), "stages[2].endpoint.address", "HOST:PORT"),
+    (_set("stages[2].endpoint.tls", {"ca": "missing.pem"}), "stages[2].endpoint.tls.ca", "no such file"),
+    (_set("stages[2].endpoint.tls", {"ca": "x.pem", "cert": "x.pem"}), "stages[2].endpoint.tls",
+     "both cert and key"),
+    (_set("stages[2].next", "detector"), "stages[2].next", "cannot escalate to another stage"),
+])
+def test_an_endpoint_stage_that_cannot_work_is_refused_in_words(workdir: Path, doc: dict[str, Any], change: Any,
+                                                                 where: str, message: str) -> None:
+    (workdir / "pipelines" / "x.pem").write_bytes(b"pem")
+    d = _endpoint_doc(doc)
+    change(d)
+    with pytest.raises(PipelineError) as refused:
+        _load(workdir, d)
+    assert any(p.where == where and message in p.message for p in refused.value.problems), refused.value.problems
+
+
+def test_an_endpoint_stage_must_end_the_chain(workdir: Path, doc: dict[str, Any]) -> None:
+    d = _endpoint_doc(doc)
+    d["stages"][1], d["stages"][2] = d["stages"][2], d["stages"][1]  # the engine in the middle
+    with pytest.raises(PipelineError) as refused:
+        _load(workdir, d)
+    assert any("must end the chain" in p.message for p in refused.value.problems), refused.value.problems
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_fuzz_mutated_endpoint_pipeline(workdir: Path, data: st.DataObject) -> None:
+    doc = _endpoint_doc(json.loads(PIPELINE.read_text()))
+    for _ in range(data.draw(st.integers(1, 3))):
+        paths = [p for p in _paths(doc)[1:] if p[:2] == ("stages", 2)] or _paths(doc)[1:]
+        where = data.draw(st.sampled_from(paths))
+        parent: Any = doc
+        for part in where[:-1]:
+            parent = parent[part]
+        if data.draw(st.booleans()):
+            parent[where[-1]] = data.draw(_json)
+        else:
+            del parent[where[-1]]
+    try:
+        p = parse_pipeline(doc, workdir / "pipelines")
+    except PipelineError as exc:
+        assert exc.problems and all(p.message for p in exc.problems)
+    else:
+        assert p.chain()[-1].id == p.stages[-1].id

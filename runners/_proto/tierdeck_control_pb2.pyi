@@ -133,20 +133,32 @@ class EscalationRule(_message.Message):
     def __init__(self, output: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., confidence_below: _Optional[float] = ..., class_in: _Optional[_Iterable[str]] = ..., score_above: _Optional[float] = ..., drop_class: _Optional[_Iterable[str]] = ..., scores: _Optional[str] = ...) -> None: ...
 
 class NextHop(_message.Message):
-    __slots__ = ("address", "model", "model_version", "labels", "timeout_s", "node_id")
+    __slots__ = ("address", "model", "model_version", "labels", "timeout_s", "node_id", "external", "tls_ca", "tls_cert", "tls_key", "output", "input_names")
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    EXTERNAL_FIELD_NUMBER: _ClassVar[int]
+    TLS_CA_FIELD_NUMBER: _ClassVar[int]
+    TLS_CERT_FIELD_NUMBER: _ClassVar[int]
+    TLS_KEY_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
     address: str
     model: str
     model_version: str
     labels: _containers.RepeatedScalarFieldContainer[str]
     timeout_s: float
     node_id: str
-    def __init__(self, address: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., node_id: _Optional[str] = ...) -> None: ...
+    external: bool
+    tls_ca: bytes
+    tls_cert: bytes
+    tls_key: bytes
+    output: str
+    input_names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, address: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., node_id: _Optional[str] = ..., external: _Optional[bool] = ..., tls_ca: _Optional[bytes] = ..., tls_cert: _Optional[bytes] = ..., tls_key: _Optional[bytes] = ..., output: _Optional[str] = ..., input_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Budget(_message.Message):
     __slots__ = ("max_escalations_per_s", "priority")
@@ -277,7 +289,7 @@ class WatchTelemetryRequest(_message.Message):
     def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
 
 class StageTelemetry(_message.Message):
-    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "duplicates_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram")
+    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "duplicates_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram", "dead_letter_total", "dead_letters", "hop_latency_p95_ms", "hop_errors_total", "hop_calls_total")
     STAGE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     INFERENCES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -304,6 +316,11 @@ class StageTelemetry(_message.Message):
     ENERGY_PER_INFERENCE_J_FIELD_NUMBER: _ClassVar[int]
     SCORE_KIND_FIELD_NUMBER: _ClassVar[int]
     SCORE_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTER_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
+    HOP_LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    HOP_ERRORS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    HOP_CALLS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     stage_id: str
     requests_total: int
     inferences_total: int
@@ -330,7 +347,12 @@ class StageTelemetry(_message.Message):
     energy_per_inference_j: float
     score_kind: str
     score_histogram: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., duplicates_total: _Optional[int] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ...) -> None: ...
+    dead_letter_total: int
+    dead_letters: int
+    hop_latency_p95_ms: float
+    hop_errors_total: int
+    hop_calls_total: int
+    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., duplicates_total: _Optional[int] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ..., dead_letter_total: _Optional[int] = ..., dead_letters: _Optional[int] = ..., hop_latency_p95_ms: _Optional[float] = ..., hop_errors_total: _Optional[int] = ..., hop_calls_total: _Optional[int] = ...) -> None: ...
 
 class TelemetrySample(_message.Message):
     __slots__ = ("node_id", "boot_id", "seq", "timestamp_ms", "interval_s", "cpu_percent", "rss_bytes", "power_watts", "power_source", "power_measured", "energy_joules_total", "stages", "backlog")
@@ -361,3 +383,51 @@ class TelemetrySample(_message.Message):
     stages: _containers.RepeatedCompositeFieldContainer[StageTelemetry]
     backlog: int
     def __init__(self, node_id: _Optional[str] = ..., boot_id: _Optional[str] = ..., seq: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., interval_s: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., rss_bytes: _Optional[int] = ..., power_watts: _Optional[float] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., energy_joules_total: _Optional[float] = ..., stages: _Optional[_Iterable[_Union[StageTelemetry, _Mapping]]] = ..., backlog: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersRequest(_message.Message):
+    __slots__ = ("stage_id", "limit", "after_seq")
+    STAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    stage_id: str
+    limit: int
+    after_seq: int
+    def __init__(self, stage_id: _Optional[str] = ..., limit: _Optional[int] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class DeadLetter(_message.Message):
+    __slots__ = ("seq", "stage_id", "request_id", "error", "dead_unix_ms", "payload_bytes")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    STAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    DEAD_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    stage_id: str
+    request_id: str
+    error: str
+    dead_unix_ms: int
+    payload_bytes: int
+    def __init__(self, seq: _Optional[int] = ..., stage_id: _Optional[str] = ..., request_id: _Optional[str] = ..., error: _Optional[str] = ..., dead_unix_ms: _Optional[int] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
+
+class ListDeadLettersResponse(_message.Message):
+    __slots__ = ("letters", "total")
+    LETTERS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    letters: _containers.RepeatedCompositeFieldContainer[DeadLetter]
+    total: int
+    def __init__(self, letters: _Optional[_Iterable[_Union[DeadLetter, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
+
+class DeadLetterSelection(_message.Message):
+    __slots__ = ("stage_id", "seqs")
+    STAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    stage_id: str
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, stage_id: _Optional[str] = ..., seqs: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class DeadLetterResult(_message.Message):
+    __slots__ = ("count",)
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    count: int
+    def __init__(self, count: _Optional[int] = ...) -> None: ...

@@ -85,6 +85,21 @@ class NodeControlStub:
                 request_serializer=tierdeck__control__pb2.UpdateRevocationsRequest.SerializeToString,
                 response_deserializer=tierdeck__control__pb2.UpdateRevocationsResponse.FromString,
                 _registered_method=True)
+        self.ListDeadLetters = channel.unary_unary(
+                '/tierdeck.v1.NodeControl/ListDeadLetters',
+                request_serializer=tierdeck__control__pb2.ListDeadLettersRequest.SerializeToString,
+                response_deserializer=tierdeck__control__pb2.ListDeadLettersResponse.FromString,
+                _registered_method=True)
+        self.RetryDeadLetters = channel.unary_unary(
+                '/tierdeck.v1.NodeControl/RetryDeadLetters',
+                request_serializer=tierdeck__control__pb2.DeadLetterSelection.SerializeToString,
+                response_deserializer=tierdeck__control__pb2.DeadLetterResult.FromString,
+                _registered_method=True)
+        self.DiscardDeadLetters = channel.unary_unary(
+                '/tierdeck.v1.NodeControl/DiscardDeadLetters',
+                request_serializer=tierdeck__control__pb2.DeadLetterSelection.SerializeToString,
+                response_deserializer=tierdeck__control__pb2.DeadLetterResult.FromString,
+                _registered_method=True)
 
 
 class NodeControlServicer:
@@ -154,6 +169,25 @@ class NodeControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListDeadLetters(self, request, context):
+        """Escalations the next hop refused as invalid, kept aside: list them, put them back in the queue, or drop them.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DiscardDeadLetters(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -206,6 +240,21 @@ def add_NodeControlServicer_to_server(servicer, server):
                     servicer.UpdateRevocations,
                     request_deserializer=tierdeck__control__pb2.UpdateRevocationsRequest.FromString,
                     response_serializer=tierdeck__control__pb2.UpdateRevocationsResponse.SerializeToString,
+            ),
+            'ListDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeadLetters,
+                    request_deserializer=tierdeck__control__pb2.ListDeadLettersRequest.FromString,
+                    response_serializer=tierdeck__control__pb2.ListDeadLettersResponse.SerializeToString,
+            ),
+            'RetryDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryDeadLetters,
+                    request_deserializer=tierdeck__control__pb2.DeadLetterSelection.FromString,
+                    response_serializer=tierdeck__control__pb2.DeadLetterResult.SerializeToString,
+            ),
+            'DiscardDeadLetters': grpc.unary_unary_rpc_method_handler(
+                    servicer.DiscardDeadLetters,
+                    request_deserializer=tierdeck__control__pb2.DeadLetterSelection.FromString,
+                    response_serializer=tierdeck__control__pb2.DeadLetterResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -478,6 +527,87 @@ class NodeControl:
             '/tierdeck.v1.NodeControl/UpdateRevocations',
             tierdeck__control__pb2.UpdateRevocationsRequest.SerializeToString,
             tierdeck__control__pb2.UpdateRevocationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierdeck.v1.NodeControl/ListDeadLetters',
+            tierdeck__control__pb2.ListDeadLettersRequest.SerializeToString,
+            tierdeck__control__pb2.ListDeadLettersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierdeck.v1.NodeControl/RetryDeadLetters',
+            tierdeck__control__pb2.DeadLetterSelection.SerializeToString,
+            tierdeck__control__pb2.DeadLetterResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DiscardDeadLetters(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierdeck.v1.NodeControl/DiscardDeadLetters',
+            tierdeck__control__pb2.DeadLetterSelection.SerializeToString,
+            tierdeck__control__pb2.DeadLetterResult.FromString,
             options,
             channel_credentials,
             insecure,

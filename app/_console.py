@@ -182,7 +182,9 @@ class ConsoleCore:
 
     def _on_fleet(self, event: FleetEvent) -> None:
         node = event.node
-        if event.kind == FleetEventKind.REMOVED:
+        if node.source == "endpoint":
+            pass  # an engine is watched while a pipeline names it, never remembered as a tierdeck node
+        elif event.kind == FleetEventKind.REMOVED:
             self.latest.pop(node.key, None)
             if not event.previous_key:  # forgotten (not merged into another entry)
                 self.db.save_node(node, forgotten=True)
@@ -223,6 +225,11 @@ class ConsoleCore:
         requirements = await loop.run_in_executor(None, requirements_for, pipeline)
         managed = await asyncio.wrap_future(self.db.read(lambda db: managed_stages(db, pipeline.name)))
         power = {s.node_id: s.power_watts for s in self.latest.values()}
+        for stage in pipeline.stages:  # engines tierdeck does not run are watched like nodes from now on
+            if stage.endpoint is not None:
+                e = stage.endpoint
+                fleet.add_endpoint(e.address, e.model, stage.placement.tier or "cloud", stage.id, e.version,
+                                   ClientTLS(e.ca_pem, e.key_pem, e.cert_pem) if e.ca_pem else None)
         return plan(pipeline, fleet.nodes(), requirements=requirements, power_now=power, managed=managed)
 
     async def async_apply(self, the_plan: Plan, progress: Callable[[DeployProgress], None] | None = None
@@ -286,7 +293,7 @@ class ConsoleCore:
         if budget is not None:
             request.budget.CopyFrom(ctl.Budget(max_escalations_per_s=budget.max_escalations_per_s,
                                                priority=budget.priority))
-        targets = [n for n in fleet.nodes() if any(s.stage_id == stage_id for s in n.stages)]
+        targets = [n for n in fleet.nodes() if n.source != "endpoint" and any(s.stage_id == stage_id for s in n.stages)]
         if not targets:
             raise LookupError(f"no node runs stage '{stage_id}'")
         errors: dict[str, str] = {}
@@ -316,7 +323,7 @@ class ConsoleCore:
         stages elsewhere whose next hop is one of them (they would queue their escalations)."""
         fleet = self._need_fleet()
         wanted = set(only)
-        targets = [n for n in fleet.nodes() if any(s.stage_id == stage_id for s in n.stages)
+        targets = [n for n in fleet.nodes() if n.source != "endpoint" and any(s.stage_id == stage_id for s in n.stages)
                    and (not wanted or wanted & {n.name, n.node_id, n.key, n.address})]
         addresses = {n.address for n in targets}
         feeding = [f"{s.stage_id} on {n.name} escalates to it at {s.next_hop}"

@@ -240,6 +240,7 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
     """
     problems: list[str] = []
     warnings: list[str] = []
+    nodes = [n for n in nodes if n.source != "endpoint"]  # engines are checked, never deployed to
     chain = pipeline.chain()
     ids = {s.id for s in chain}
     by_key = {n.key: n for n in nodes}

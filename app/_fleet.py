@@ -47,6 +47,7 @@ from app._records import (
 )
 from app._telemetry import Position, SampleAcceptor
 from discovery import NodeAdvert, NodeEvent, address_key, format_address, parse_address
+from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners.client import ClientTLS, NodeClient
 
@@ -97,6 +98,7 @@ class _Node:
     link_down: frozenset[str] = frozenset()
     refreshing: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    endpoint: tuple[str, str, str, ClientTLS | None] | None = None  # (model, version, stage id, TLS) of an engine
 
     def snapshot(self) -> NodeSnapshot:
         return NodeSnapshot(
@@ -216,6 +218,18 @@ class Fleet:
                 return node.key
         key = address_key(host, port)
         node = _Node(key=key, node_id="", name=name or address, tier=tier, address=address, source=source)
+        self._add(node)
+        return key
+
+    def add_endpoint(self, address: str, model: str, tier: str, stage_id: str, version: str = "",
+                     tls: ClientTLS | None = None) -> str:
+        """Watch an engine tierdeck does not run (an endpoint stage's Triton/KServe/MLServer) like a node:
+        its readiness, what it says it is, and the model's readiness. Returns its key (`endpoint:HOST:PORT`)."""
+        key = f"endpoint:{address}"
+        if key in self._nodes:
+            return key
+        node = _Node(key=key, node_id="", name=f"{stage_id} engine", tier=tier, address=address, source="endpoint")
+        node.endpoint = (model, version, stage_id, tls)
         self._add(node)
         return key
 
@@ -347,6 +361,9 @@ class Fleet:
         """Connect, stream, and reconnect with backoff until the node is forgotten."""
         if delay:
             await asyncio.sleep(delay)
+        if node.endpoint is not None:
+            await self._watch_endpoint(node)
+            return
         while not node.forgotten:
             node.attempts += 1
             try:
@@ -379,6 +396,40 @@ class Fleet:
             node.wake.clear()
             try:
                 await asyncio.wait_for(node.wake.wait(), wait)
+            except TimeoutError:
+                pass
+
+    async def _watch_endpoint(self, node: _Node, every_s: float = 2.0) -> None:
+        """An engine has no telemetry stream: poll ServerReady/ModelReady (and ServerMetadata once per session)."""
+        assert node.endpoint is not None
+        model, version, stage_id, tls = node.endpoint
+        while not node.forgotten:
+            if node.client is None:
+                node.client = NodeClient(node.address, tls=tls, external=True, options=CHANNEL_OPTIONS)
+                node.info = None
+            try:
+                if node.info is None:
+                    meta = await node.client.inference.ServerMetadata(pb.ServerMetadataRequest(),
+                                                                      timeout=self.connect_timeout_s)
+                    node.info = NodeInfoSummary(agent_version=f"{meta.name or 'engine'} {meta.version}".strip(),
+                                                platform=f"external · {meta.name or 'OIP engine'} {meta.version}",
+                                                hostname=node.address, insecure=tls is None)
+                ready = (await node.client.inference.ServerReady(pb.ServerReadyRequest(),
+                                                                 timeout=self.connect_timeout_s)).ready
+                model_ready = (await node.client.inference.ModelReady(
+                    pb.ModelReadyRequest(name=model, version=version), timeout=self.connect_timeout_s)).ready
+                node.stages = (StageSnapshot(stage_id, version or "engine", serving=model_ready,
+                                             state="ready" if model_ready else "not ready"),)
+                node.first_sample = True
+                reasons = {} if ready and model_ready else {
+                    "engine": f"model {model} is not ready" if ready else "the engine is not ready"}
+                self._set_state(node, NodeState.DEGRADED if reasons else NodeState.ONLINE, reasons)
+            except (grpc.aio.AioRpcError, TimeoutError, OSError) as exc:
+                self._set_state(node, NodeState.OFFLINE, {"offline": _rpc_reason(exc)})
+                await self._close_client(node)
+            node.wake.clear()
+            try:
+                await asyncio.wait_for(node.wake.wait(), every_s)
             except TimeoutError:
                 pass
 

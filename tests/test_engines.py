@@ -177,3 +177,32 @@ def test_an_engine_whose_metadata_disagrees_is_refused_at_deploy_with_the_differ
         engine.stop()
         device.stop()
         edge.stop()
+
+
+def test_the_console_watches_an_engine_like_a_node(tmp_path: Path) -> None:
+    from test_app_support import started_core, wait_nodes
+
+    engine = Engine("mlserver", "heavy-mlserver", MODELS / "heavy.onnx", tmp_path / "mls").start()
+    try:
+        pipeline = load_pipeline(_pipeline(tmp_path, engine))
+        with started_core(tmp_path / "console.sqlite") as core:
+            core.plan(pipeline).result(30)  # a plan (or a deploy) names the engine: the console watches it
+
+            def engine_is(state: str) -> Any:
+                return lambda nodes: any(n.source == "endpoint" and n.state.value == state for n in nodes)
+
+            nodes = wait_nodes(core, engine_is("online"), message="engine online")
+            card = next(n for n in nodes if n.source == "endpoint")
+            assert card.tier == "cloud" and card.name == "heavy engine" and card.address == engine.address
+            assert card.info is not None and card.info.platform == "external · mlserver 1.7.1"
+            assert [(s.stage_id, s.serving) for s in card.stages] == [("heavy", True)]
+            engine.kill()
+            gone = next(n for n in wait_nodes(core, engine_is("offline"), message="engine offline")
+                        if n.source == "endpoint")
+            assert gone.reason  # says why (unavailable / connection refused)
+            engine.start()
+            wait_nodes(core, engine_is("online"), message="engine back")
+            # An engine is not a node to deploy to: the plan leaves it alone.
+            assert all(not n.node_key.startswith("endpoint:") for n in core.plan(pipeline).result(30).nodes)
+    finally:
+        engine.stop()

@@ -22,7 +22,9 @@ class OnnxModel(Model):
         self.load()
 
     def load(self) -> bool:
-        self.session = ort.InferenceSession(self.path, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("ENGINE_ORT_THREADS", "1"))  # as the agent's default
+        self.session = ort.InferenceSession(self.path, sess_options=options, providers=["CPUExecutionProvider"])
         self.ready = True
         return True
 

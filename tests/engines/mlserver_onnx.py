@@ -12,7 +12,10 @@ from mlserver.types import InferenceRequest, InferenceResponse
 
 class OnnxModel(MLModel):
     async def load(self) -> bool:
-        self._session = ort.InferenceSession(self.settings.parameters.uri, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("ENGINE_ORT_THREADS", "1"))  # as the agent's default
+        self._session = ort.InferenceSession(self.settings.parameters.uri, sess_options=options,
+                                             providers=["CPUExecutionProvider"])
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:

@@ -39,6 +39,7 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 2**31 - 1),
 ]
 DECISION_OUTPUTS = ("decision_label", "decision_confidence", "decision_stage", "decision_final")
+BATCH_DELAY_S = 0.002  # longest an escalation waits for others to share its call, under concurrent traffic
 # Every escalated row carries an id unique to this forwarder instance (node, boot, stage, instance, row) so
 # that the next hop answers a re-sent row from its cache instead of running (and counting) it twice: a call
 # can time out after the hop did the work. A new forwarder (next hop changed, stage redeployed) takes a new
@@ -215,6 +216,8 @@ class Forwarder:
         self._pending: list[_Pending] = []
         self._wake = asyncio.Event()
         self._backlog_wake = asyncio.Event()
+        self._recent = 0  # escalations that arrived close together (see _batcher)
+        self._last_escalation = 0.0
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
         self._hop_inputs: list[str] | None = None
@@ -274,6 +277,9 @@ class Forwarder:
         row_ids = [f"{self._origin}{self._next_row + i}" for i in range(rows)]
         self._next_row += rows
         item = _Pending(inputs, rows, request_id, row_ids, future)
+        now = time.monotonic()
+        self._recent = self._recent + 1 if now - self._last_escalation < 4 * BATCH_DELAY_S else 1
+        self._last_escalation = now
         if self.backlog or not self.up:
             await self._store([item])
         else:
@@ -325,6 +331,10 @@ class Forwarder:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            # Under concurrent traffic, hold the first rows a moment so that more share the call (a bounded
+            # delay, like Triton's dynamic batcher); a lone escalation goes at once.
+            if self._recent >= 2 and sum(p.rows for p in self._pending) < self._max_batch:
+                await asyncio.sleep(BATCH_DELAY_S)
             while self._pending:
                 batch: list[_Pending] = []
                 rows = 0

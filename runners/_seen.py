@@ -23,22 +23,39 @@ log = logging.getLogger("tierdeck.agent")
 SEEN_ROWS_MAX = 20_000  # per stage version: re-sent escalated rows answered from here (~0.7 KB each)
 
 
+_LANES = np.random.default_rng(0x5EED).integers(1, 2**63, size=(2, 4096), dtype=np.uint64) | np.uint64(1)
+
+
 def row_digests(feeds: dict[str, np.ndarray]) -> list[bytes]:
-    """A 16-byte digest per row over every input tensor's bytes (names, dtypes and shapes included)."""
+    """A 16-byte digest per row over every input tensor's bytes (names, dtypes and shapes included).
+
+    Two weighted sums of the row's 64-bit words (mod 2**64) with fixed odd weights, vectorised over the
+    batch: this guards against a row id reused for other inputs (never adversarial: ids are unique per
+    forwarder instance) at memory speed, where a cryptographic hash per row cost ~16 µs for a 16 KB row."""
     rows = next(iter(feeds.values())).shape[0]
-    hashers = [hashlib.blake2b(digest_size=16) for _ in range(rows)]
+    total = np.zeros((rows, 2), dtype=np.uint64)
     for name, array in feeds.items():
-        head = f"{name}|{array.dtype.str}|{array.shape[1:]}".encode()
-        for r, h in enumerate(hashers):
-            h.update(head)
-            if array.dtype == object:
-                for item in array[r].reshape(-1):
-                    raw = item if isinstance(item, bytes) else str(item).encode()
-                    h.update(len(raw).to_bytes(4, "little"))
-                    h.update(raw)
-            else:
-                h.update(np.ascontiguousarray(array[r]).tobytes())
-    return [h.digest() for h in hashers]
+        if array.dtype == object:
+            flat = [b"\0".join(x if isinstance(x, bytes) else str(x).encode() for x in array[r].reshape(-1))
+                    for r in range(rows)]
+            words = [np.frombuffer(hashlib.blake2b(f, digest_size=16).digest(), dtype=np.uint64) for f in flat]
+            total ^= np.stack(words) if words else total
+        else:
+            raw = np.ascontiguousarray(array).view(np.uint8).reshape(rows, -1)
+            pad = (-raw.shape[1]) % 8
+            if pad:
+                raw = np.concatenate([raw, np.zeros((rows, pad), np.uint8)], axis=1)
+            words64 = raw.view(np.uint64)
+            weights = np.resize(_LANES, (2, words64.shape[1]))
+            with np.errstate(over="ignore"):
+                total += np.stack(
+                    [(words64 * weights[0]).sum(axis=1, dtype=np.uint64),
+                     (words64 * weights[1]).sum(axis=1, dtype=np.uint64)], axis=1)
+        head = hashlib.blake2b(f"{name}|{array.dtype.str}|{array.shape[1:]}".encode(), digest_size=16).digest()
+        with np.errstate(over="ignore"):
+            total = total * np.uint64(0x9E3779B97F4A7C15) + np.frombuffer(head, dtype=np.uint64)
+    packed = total.tobytes()
+    return [packed[16 * r:16 * r + 16] for r in range(rows)]
 
 
 class SeenRows:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from runners._telemetry import StageStats
 from runners._tensors import TensorError, check_tensor, datatype_from_ort
 
 PLATFORM = "onnx_onnxv1"
+COALESCE_ROWS = 256  # a shared run takes waiting requests until it holds this many rows
 DECISION_SPECS = (
     ctl.TensorSpec(name="decision_label", datatype="BYTES", shape=[-1]),
     ctl.TensorSpec(name="decision_confidence", datatype="FP32", shape=[-1]),
@@ -124,6 +127,11 @@ class Stage:
     # Escalated rows this version already answered (exactly-once); never shared with another version.
     seen_rows: SeenRows = field(default_factory=SeenRows)
     scores_warned: bool = False  # "values above 1 under a probabilities rule" logged once
+    # The dynamic batcher (async_run): requests waiting for a run, runs in flight, their tasks.
+    _waiting: list[tuple[dict[str, np.ndarray], asyncio.Future[tuple[list[np.ndarray], float]]]] = field(
+        default_factory=list, repr=False)
+    _active: int = field(default=0, repr=False)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
 
     def __post_init__(self) -> None:
         self.inputs = _specs(self.session.get_inputs())
@@ -193,6 +201,73 @@ class Stage:
         if self.rule is not None and len(rows) > 1:
             raise TensorError(f"input {next(iter(expected))!r}: inputs disagree on the batch size ({sorted(rows)})")
         return {name: _to_ort(name, array) for name, array in inputs.items()}
+
+    @property
+    def batchable(self) -> bool:
+        """True when every input and fetched output has a free first (batch) dimension: requests can share a run."""
+        return all(spec.shape[:1] == [-1] for spec in (*self.inputs, *self.outputs)) and \
+            all(spec.datatype != "BYTES" for spec in self.inputs)
+
+    async def async_run(self, feeds: dict[str, np.ndarray], pool: Executor,
+                        parallel: int) -> tuple[list[np.ndarray], float]:
+        """Run on the compute pool, coalescing requests that arrive while up to `parallel` runs are busy into one
+        onnxruntime call (a dynamic batcher without added delay); returns this request's outputs and its share
+        of the compute seconds."""
+        loop = asyncio.get_running_loop()
+        if not self.batchable:
+            return await loop.run_in_executor(pool, self.run, feeds)
+        future: asyncio.Future[tuple[list[np.ndarray], float]] = loop.create_future()
+        self._waiting.append((feeds, future))
+        if self._active < parallel:
+            self._active += 1
+            task = loop.create_task(self._drain(pool))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return await future
+
+    async def _drain(self, pool: Executor) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._waiting:
+                take, rows = 0, 0
+                while take < len(self._waiting) and (take == 0 or rows < COALESCE_ROWS):
+                    rows += len(next(iter(self._waiting[take][0].values())))
+                    take += 1
+                batch, self._waiting = self._waiting[:take], self._waiting[take:]
+                if len(batch) == 1:
+                    feeds, future = batch[0]
+                    try:
+                        result = await loop.run_in_executor(pool, self.run, feeds)
+                    except Exception as exc:
+                        if not future.done():
+                            future.set_exception(exc)
+                        continue
+                    if not future.done():
+                        future.set_result(result)
+                    continue
+                names = list(batch[0][0])
+                counts = [len(f[names[0]]) for f, _ in batch]
+                try:
+                    merged = {n: np.concatenate([f[n] for f, _ in batch]) for n in names}
+                    outputs, seconds = await loop.run_in_executor(pool, self.run, merged)
+                except Exception:  # one request's inputs broke the shared run: run each alone, errors to their own
+                    for feeds, future in batch:
+                        try:
+                            result = await loop.run_in_executor(pool, self.run, feeds)
+                        except Exception as exc:
+                            if not future.done():
+                                future.set_exception(exc)
+                        else:
+                            if not future.done():
+                                future.set_result(result)
+                    continue
+                offset, total = 0, sum(counts)
+                for (_, future), count in zip(batch, counts, strict=True):
+                    if not future.done():
+                        future.set_result(([o[offset:offset + count] for o in outputs], seconds * count / total))
+                    offset += count
+        finally:
+            self._active -= 1
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
         """Run the model (blocking: call from the compute executor); returns outputs and seconds spent."""

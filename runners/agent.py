@@ -103,7 +103,8 @@ class Agent:
         self.started_unix_ms = int(time.time() * 1000)
         self.stages: dict[str, Stage] = {}
         self.stats: dict[str, StageStats] = {}
-        self.compute = ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2), thread_name_prefix="compute")
+        self.compute_workers = max(2, os.cpu_count() or 2)
+        self.compute = ThreadPoolExecutor(max_workers=self.compute_workers, thread_name_prefix="compute")
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
         self.queue = EscalationQueue(config.data_dir / "queue.sqlite", config.queue_limit)
         self.identity = NodeIdentity(config.data_dir, self.node_id, config.insecure)
@@ -471,8 +472,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray], request_id: str, stats: StageStats,
                        smoke: bool = False) -> tuple[dict[str, np.ndarray], list[Decision] | None]:
         """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row."""
-        loop = asyncio.get_running_loop()
-        outputs, compute_s = await loop.run_in_executor(self.agent.compute, stage.run, feeds)
+        outputs, compute_s = await stage.async_run(feeds, self.agent.compute, self.agent.compute_workers)
         stats.compute_seconds_total += compute_s
         named = dict(zip([o.name for o in stage.outputs], outputs, strict=True))
         if stage.rule is None:

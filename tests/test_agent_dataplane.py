@@ -193,3 +193,42 @@ def test_refuses_non_loopback_without_tls(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "runners.agent", "--listen", "0.0.0.0:0", "--data-dir",
                            str(tmp_path), "--insecure", "--no-mdns"], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "--allow-insecure-network" in proc.stderr
+
+
+def test_concurrent_requests_sharing_a_run_each_get_their_own_rows_and_errors(tmp_path: Path) -> None:
+    """The stage's dynamic batcher merges requests that arrive while a run is busy: every caller must still get
+    exactly its own rows back, and a request that breaks the shared run must fail alone."""
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(5)
+    weights = rng.normal(size=(6, 3)).astype(np.float32)
+    path = classifier(tmp_path / "m.onnx", weights)
+    # A second stage whose declared input lets any width in, but whose weights take width 1 only.
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])], "strict",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "F"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])],
+        initializer=[helper.make_tensor("w", TensorProto.FLOAT, [1, 2], [1.0, 2.0])])
+    strict = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    strict.ir_version = 8
+    (tmp_path / "strict.onnx").write_bytes(strict.SerializeToString())
+    batches = [rng.normal(size=(int(n), 6)).astype(np.float32) for n in rng.integers(1, 40, size=60)]
+    with running_agent(tmp_path / "node", "--stage", f"m={path}", "--stage", f"strict={tmp_path / 'strict.onnx'}") \
+            as agent:
+        async def go() -> tuple[list[object], list[object]]:
+            async with NodeClient(agent.address) as client:
+                answers = await asyncio.gather(*(client.infer("m", {"x": b}) for b in batches))
+                mixed = await asyncio.gather(*(client.infer("strict", {"x": np.ones((3, 1 if i % 3 else 4),
+                                                                                   np.float32)})
+                                               for i in range(30)), return_exceptions=True)
+                return list(answers), list(mixed)
+
+        answers, mixed = asyncio.run(go())
+    for rows, answer in zip(batches, answers, strict=True):
+        np.testing.assert_allclose(answer.outputs["probs"], softmax(rows, weights), rtol=1e-5, atol=1e-6)  # type: ignore[attr-defined]
+    for i, result in enumerate(mixed):
+        if i % 3:
+            np.testing.assert_allclose(result.outputs["y"], np.tile([[1.0, 2.0]], (3, 1)))  # type: ignore[union-attr]
+        else:
+            assert isinstance(result, grpc.aio.AioRpcError) and result.code() in (
+                grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.INTERNAL)

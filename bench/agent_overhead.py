@@ -1,7 +1,8 @@
 """What does serving a stage through the agent cost? Raw onnxruntime loop vs the agent over gRPC.
 
 Same model, same inputs, same onnxruntime settings (1 intra-op thread), one run, interleaved
-repetitions; throughput in inputs/s and the ratio agent/raw at client batch 1 and 32.
+repetitions; throughput in inputs/s and the ratio agent/raw at client batch 1 and 32, and the agent's own
+CPU per row beyond onnxruntime's time (process CPU minus the stage's compute seconds, one client).
 Usage: python bench/agent_overhead.py [--model M.onnx] [--seconds S] [--json OUT]
 """
 
@@ -74,6 +75,36 @@ def agent_rate(stub: pb_grpc.GRPCInferenceServiceStub, name: str, x: np.ndarray,
     return total / (time.perf_counter() - start)
 
 
+def _compute_seconds(address: str) -> float:
+    """The stage's cumulative time inside onnxruntime, as the agent counts it."""
+    import asyncio
+
+    from runners.client import NodeClient
+
+    async def go() -> float:
+        async with NodeClient(address) as client:
+            stream = client.telemetry(0.1)
+            sample = await anext(stream)
+            await stream.aclose()  # type: ignore[attr-defined]
+        return next(s.compute_seconds_total for s in sample.stages if s.stage_id == "stage")
+    return asyncio.run(go())
+
+
+def overhead_us_per_row(agent: Agent, stub: pb_grpc.GRPCInferenceServiceStub, name: str, x: np.ndarray,
+                        seconds: float) -> float:
+    """The agent's CPU per row beyond onnxruntime's own time (process CPU − session.run time) at one client."""
+    import psutil
+
+    process = psutil.Process(agent.pid)
+    cpu0, ort0 = sum(process.cpu_times()[:2]), _compute_seconds(agent.address)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        stub.ModelInfer(infer_request("stage", {name: x}))
+        done += len(x)
+    cpu1, ort1 = sum(process.cpu_times()[:2]), _compute_seconds(agent.address)
+    return 1e6 * ((cpu1 - cpu0) - (ort1 - ort0)) / done
+
+
 def measure(model: Path, tmp: Path, seconds: float, repeats: int) -> list[dict[str, object]]:
     """Raw vs agent for one model at client batch 1 and 32 (interleaved repetitions, medians)."""
     options = ort.SessionOptions()
@@ -91,15 +122,17 @@ def measure(model: Path, tmp: Path, seconds: float, repeats: int) -> list[dict[s
             x = rng.random(size=[batch, *shape[1:]], dtype=np.float32)
             raw_rate(session, spec.name, x, 0.3)
             agent_rate(stub, spec.name, x, 0.3, 1)
-            raws, seq, conc = [], [], []
+            raws, seq, conc, over = [], [], [], []
             for _ in range(repeats):
                 raws.append(raw_rate(session, spec.name, x, seconds))
                 seq.append(agent_rate(stub, spec.name, x, seconds, 1))
                 conc.append(agent_rate(stub, spec.name, x, seconds, 4))
-            raw, one, four = (statistics.median(v) for v in (raws, seq, conc))
+                over.append(overhead_us_per_row(agent, stub, spec.name, x, seconds))
+            raw, one, four, extra = (statistics.median(v) for v in (raws, seq, conc, over))
             results.append({"model": model.name, "batch": batch, "raw_ms_per_batch": 1000 * batch / raw,
                             "raw_inputs_per_s": raw, "agent_inputs_per_s": one, "agent_ratio": one / raw,
-                            "agent_4_clients_inputs_per_s": four, "agent_4_clients_ratio": four / raw})
+                            "agent_4_clients_inputs_per_s": four, "agent_4_clients_ratio": four / raw,
+                            "agent_cpu_us_per_row_beyond_ort": extra})
     finally:
         channel.close()
         agent.stop()
@@ -122,9 +155,13 @@ def main() -> int:
           f"median of {args.repeats} x {args.seconds:g} s\n")
     table = print_table(
         ["model", "batch", "raw ms/batch", "raw ORT inputs/s", "agent inputs/s (1 client)", "ratio agent/raw",
-         "agent inputs/s (4 clients)", "ratio (4 clients)"],
+         "agent inputs/s (4 clients)", "ratio (4 clients)", "agent CPU µs/row beyond ORT"],
         [[r["model"], r["batch"], r["raw_ms_per_batch"], r["raw_inputs_per_s"], r["agent_inputs_per_s"],
-          r["agent_ratio"], r["agent_4_clients_inputs_per_s"], r["agent_4_clients_ratio"]] for r in results])
+          r["agent_ratio"], r["agent_4_clients_inputs_per_s"], r["agent_4_clients_ratio"],
+          r["agent_cpu_us_per_row_beyond_ort"]] for r in results])
+    per_row = {str(r["model"]): float(r["agent_cpu_us_per_row_beyond_ort"]) for r in results if r["batch"] == 32}
+    print("target <= 10 µs per row beyond onnxruntime at batch 32: "
+          + ", ".join(f"{m}: {v:.1f} ({'met' if v <= 10 else 'missed'})" for m, v in per_row.items()))
     met = {str(r["model"]): float(r["agent_ratio"]) >= 0.7 for r in results if r["batch"] == 32}
     print("\ntarget ratio >= 0.7 at batch 32 (1 client): "
           + ", ".join(f"{m}: {'met' if ok else 'missed'}" for m, ok in met.items()))

@@ -28,7 +28,7 @@ import numpy as np
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
-from runners._rules import Decision
+from runners._rules import Decision, Decisions
 from runners._telemetry import StageStats
 from runners._tensors import TensorError, decode_inputs, decode_outputs, encode_inputs
 
@@ -192,7 +192,7 @@ class _Pending:
     rows: int
     request_id: str
     row_ids: list[str]
-    future: asyncio.Future[list[Decision | None]] = field(repr=False)
+    future: asyncio.Future[Decisions | None] = field(repr=False)
 
 
 _PERMANENT = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.OUT_OF_RANGE}
@@ -270,10 +270,10 @@ class Forwarder:
         """Deadline for one forwarded batch, seconds."""
         return self.hop.timeout_s or 2.0
 
-    async def async_escalate(self, inputs: dict[str, np.ndarray], request_id: str) -> list[Decision | None]:
-        """Forward the rows; per row the next hop's decision, or None when it was queued or refused."""
+    async def async_escalate(self, inputs: dict[str, np.ndarray], request_id: str) -> Decisions | None:
+        """Forward the rows; the next hop's decisions for them, or None when they were queued or refused."""
         rows = len(next(iter(inputs.values())))
-        future: asyncio.Future[list[Decision | None]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Decisions | None] = asyncio.get_running_loop().create_future()
         row_ids = [f"{self._origin}{self._next_row + i}" for i in range(rows)]
         self._next_row += rows
         item = _Pending(inputs, rows, request_id, row_ids, future)
@@ -287,15 +287,14 @@ class Forwarder:
             self._wake.set()
         return await future
 
-    async def async_smoke(self, inputs: dict[str, np.ndarray]) -> list[Decision | None]:
-        """Send smoke rows straight to the next hop (no batching, queue, ids or counts); None where it failed."""
-        rows = len(next(iter(inputs.values())))
+    async def async_smoke(self, inputs: dict[str, np.ndarray]) -> Decisions | None:
+        """Send smoke rows straight to the next hop (no batching, queue, ids or counts); None when it failed."""
         try:
-            return list(await self._call(inputs, "smoke", [], smoke=True))
+            return await self._call(inputs, "smoke", [], smoke=True)
         except _HopError as exc:
             log.warning("stage %s: smoke inference not answered by next hop %s: %s", self.stage_id,
                         self.hop.address, exc.message)
-            return [None] * rows
+            return None
 
     def _set_backlog(self, depth: int) -> None:
         self.backlog = depth
@@ -325,7 +324,7 @@ class Forwarder:
         self._backlog_wake.set()
         for item in items:
             if not item.future.done():
-                item.future.set_result([None] * item.rows)
+                item.future.set_result(None)
 
     async def _batcher(self) -> None:
         while True:
@@ -358,7 +357,7 @@ class Forwarder:
                 offset = 0
                 for item in batch:
                     if not item.future.done():
-                        item.future.set_result(list(decisions[offset:offset + item.rows]))
+                        item.future.set_result(decisions.take(slice(offset, offset + item.rows)))
                     offset += item.rows
 
     def _mark_down(self, message: str) -> None:
@@ -385,7 +384,7 @@ class Forwarder:
         self._backlog_wake.set()
 
     async def _call(self, inputs: dict[str, np.ndarray], request_id: str, row_ids: list[str],
-                    smoke: bool = False) -> list[Decision]:
+                    smoke: bool = False) -> Decisions:
         """One ModelInfer on the next hop; raises _HopError on any failure."""
         assert self._stub is not None
         started = time.perf_counter()
@@ -421,19 +420,18 @@ class Forwarder:
         except (TensorError, ValueError, IndexError) as exc:
             raise _HopError(f"unreadable answer from next hop: {exc}", permanent=True) from exc
 
-    def _decisions(self, response: pb.ModelInferResponse) -> list[Decision]:
+    def _decisions(self, response: pb.ModelInferResponse) -> Decisions:
         outputs = decode_outputs(response)
         if all(name in outputs for name in DECISION_OUTPUTS):
-            labels, conf, stages, final = (outputs[n].reshape(-1) for n in DECISION_OUTPUTS)
-            return [Decision(_text(lab), float(c), _text(s), bool(f))
-                    for lab, c, s, f in zip(labels, conf, stages, final, strict=True)]
+            return Decisions.from_columns(*(outputs[n] for n in DECISION_OUTPUTS))
         # A plain OIP server (Triton, KServe, MLServer): the named output (else its first) holds the class scores.
         first = outputs[self.hop.output] if self.hop.output in outputs else next(iter(outputs.values()))
         scores = np.asarray(first, dtype=np.float64).reshape(first.shape[0], -1)
         top = scores.argmax(axis=1)
-        labels_known = list(self.hop.labels)
-        return [Decision(labels_known[i] if i < len(labels_known) else str(int(i)), float(scores[r, i]),
-                         self.hop.model, True) for r, i in enumerate(top)]
+        labels = list(self.hop.labels)
+        labels += [str(i) for i in range(len(labels), int(top.max()) + 1)] if len(top) else []
+        return Decisions(labels, top.astype(np.int32), scores[np.arange(len(top)), top].astype(np.float32),
+                         [self.hop.model], np.zeros(len(top), np.int32), np.ones(len(top), bool))
 
     async def _delivery(self) -> None:
         loop = asyncio.get_running_loop()
@@ -482,7 +480,7 @@ class Forwarder:
                 self._dead_lettered(len(rows))
                 continue
             backoff = 0.2
-            acked = [(seq, rid, d) for (seq, rid, _), d in zip(rows, decisions, strict=True)]
+            acked = [(seq, rid, decisions.row(k)) for k, (seq, rid, _) in enumerate(rows)]
             await loop.run_in_executor(self._io, self._queue.ack, self.stage_id, acked)
             self._stats.add("delivered_total", len(rows))
             if not self.up:
@@ -513,6 +511,3 @@ class _HopError(Exception):
         self.message = message
         self.permanent = permanent
 
-
-def _text(value: object) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

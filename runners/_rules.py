@@ -76,11 +76,6 @@ class RuleOutcome:
     top_prob: np.ndarray
     score: np.ndarray
 
-    def label(self, rule: Rule, row: int) -> str:
-        """The top class label of one row."""
-        index = int(self.top_index[row])
-        return rule.labels[index] if index < len(rule.labels) else str(index)
-
 
 def evaluate(rule: Rule, output: np.ndarray) -> RuleOutcome:
     """Apply the rule to every row of the stage output ([N] or [N, C])."""
@@ -162,3 +157,98 @@ class Decision:
     confidence: float
     stage: str
     final: bool
+
+
+@dataclass
+class Decisions:
+    """The answers for a batch of rows as arrays (no object per row): label and deciding stage are indices into
+    small tables of names, confidence and final are plain arrays."""
+
+    labels: list[str]
+    label: np.ndarray        # int32 index into `labels`, per row
+    confidence: np.ndarray   # float32
+    stages: list[str]
+    stage: np.ndarray        # int32 index into `stages`
+    final: np.ndarray        # bool
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @classmethod
+    def settled(cls, rule: Rule, outcome: RuleOutcome, stage_id: str) -> Decisions:
+        """This stage's own answers: its top class per row; final where the row does not escalate."""
+        labels = list(rule.labels)
+        top = outcome.top_index.astype(np.int32)
+        beyond = np.unique(top[top >= len(labels)])
+        if len(beyond):  # more classes than labels: name them by index
+            extra = {int(i): len(labels) + k for k, i in enumerate(beyond)}
+            labels += [str(int(i)) for i in beyond]
+            top = np.where(top >= len(rule.labels), [extra.get(int(i), 0) for i in top], top).astype(np.int32)
+        return cls(labels, top, outcome.top_prob.astype(np.float32), [stage_id],
+                   np.zeros(len(top), np.int32), outcome.action != ESCALATE)
+
+    @classmethod
+    def from_columns(cls, labels: np.ndarray, confidence: np.ndarray, stages: np.ndarray,
+                     final: np.ndarray) -> Decisions:
+        """From the four decision tensors of an OIP answer (labels and stages as BYTES or text)."""
+        label_table, label = np.unique(np.asarray(labels).reshape(-1), return_inverse=True)
+        stage_table, stage = np.unique(np.asarray(stages).reshape(-1), return_inverse=True)
+        return cls([_text(x) for x in label_table], label.astype(np.int32),
+                   np.asarray(confidence, np.float32).reshape(-1), [_text(x) for x in stage_table],
+                   stage.astype(np.int32), np.asarray(final, bool).reshape(-1))
+
+    def take(self, rows: np.ndarray | slice) -> Decisions:
+        """These rows only (the tables are shared)."""
+        return Decisions(self.labels, self.label[rows], self.confidence[rows], self.stages, self.stage[rows],
+                         self.final[rows])
+
+    def assign(self, rows: np.ndarray, other: Decisions) -> None:
+        """Overwrite `rows` with `other`'s answers (row k of other goes to rows[k]); tables are merged."""
+        self.label[rows] = _merge_table(self.labels, other.labels)[other.label]
+        self.stage[rows] = _merge_table(self.stages, other.stages)[other.stage]
+        self.confidence[rows] = other.confidence
+        self.final[rows] = other.final
+
+    @classmethod
+    def concat(cls, parts: list[Decisions]) -> Decisions:
+        """One batch from several (in order)."""
+        labels: list[str] = []
+        stages: list[str] = []
+        label = [_merge_table(labels, p.labels)[p.label] for p in parts]
+        stage = [_merge_table(stages, p.stages)[p.stage] for p in parts]
+        return cls(labels, np.concatenate(label).astype(np.int32), np.concatenate([p.confidence for p in parts]),
+                   stages, np.concatenate(stage).astype(np.int32), np.concatenate([p.final for p in parts]))
+
+    def row(self, i: int) -> Decision:
+        """One row as a Decision (for logs and the delivered-answers table)."""
+        return Decision(self.labels[self.label[i]], float(self.confidence[i]), self.stages[self.stage[i]],
+                        bool(self.final[i]))
+
+    def outputs(self) -> dict[str, object]:
+        """The four decision tensors (labels and stages as table-indexed BYTES, encoded without per-row objects)."""
+        return {"decision_label": IndexedBytes(self.labels, self.label), "decision_confidence": self.confidence,
+                "decision_stage": IndexedBytes(self.stages, self.stage), "decision_final": self.final}
+
+
+@dataclass(frozen=True)
+class IndexedBytes:
+    """A BYTES tensor given as a table of strings and an index per element (see runners._tensors)."""
+
+    table: list[str]
+    index: np.ndarray
+
+
+def _merge_table(into: list[str], names: list[str]) -> np.ndarray:
+    """Index of each of `names` in `into` (appending the new ones), as an array to map indices through."""
+    position = {n: i for i, n in enumerate(into)}
+    out = []
+    for n in names:
+        if n not in position:
+            position[n] = len(into)
+            into.append(n)
+        out.append(position[n])
+    return np.asarray(out, dtype=np.int32) if out else np.zeros(0, np.int32)
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

@@ -14,9 +14,10 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from typing import Any
 
 import numpy as np
+
+from runners._rules import Decisions
 
 log = logging.getLogger("tierdeck.agent")
 
@@ -63,7 +64,7 @@ class SeenRows:
 
     def __init__(self, limit: int = SEEN_ROWS_MAX) -> None:
         self.limit = limit
-        self._rows: OrderedDict[str, tuple[bytes, dict[str, np.ndarray], Any]] = OrderedDict()
+        self._rows: OrderedDict[str, tuple[bytes, dict[str, np.ndarray], Decisions | None]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -81,20 +82,20 @@ class SeenRows:
         return out
 
     def remember(self, row_ids: list[str], digests: list[bytes], fresh: list[int],
-                 named: dict[str, np.ndarray], decisions: list[Any] | None) -> None:
+                 named: dict[str, np.ndarray], decisions: Decisions | None) -> None:
         """Keep the answers of the rows that just ran (fresh[j] is row j of `named`)."""
         for j, i in enumerate(fresh):
             self._rows[row_ids[i]] = (digests[i], {n: a[j:j + 1].copy() for n, a in named.items()},
-                                      decisions[j] if decisions else None)
+                                      decisions.take(slice(j, j + 1)) if decisions is not None else None)
             self._rows.move_to_end(row_ids[i])
         while len(self._rows) > self.limit:
             self._rows.popitem(last=False)
 
-    def answers(self, row_ids: list[str]) -> tuple[dict[str, np.ndarray], list[Any] | None]:
+    def answers(self, row_ids: list[str]) -> tuple[dict[str, np.ndarray], Decisions | None]:
         """Every row's answer, in order (all of them must be known: call after `remember`)."""
         rows = [self._rows[rid] for rid in row_ids]
         merged = {n: np.concatenate([r[1][n] for r in rows]) for n in rows[0][1]}
-        decisions = [r[2] for r in rows]
-        if any(d is None for d in decisions):
+        parts = [r[2] for r in rows]
+        if any(d is None for d in parts):
             return merged, None
-        return merged, decisions
+        return merged, Decisions.concat([d for d in parts if d is not None])

@@ -296,9 +296,18 @@ def _encode_raw(label: str, array: np.ndarray) -> tuple[str, bytes]:
     return datatype, np.ascontiguousarray(array, dtype=wire).tobytes()
 
 
-def encode_outputs(response: pb.ModelInferResponse, outputs: Sequence[tuple[str, np.ndarray]]) -> None:
-    """Append each (name, array) to the response as an output tensor with raw contents."""
+def encode_outputs(response: pb.ModelInferResponse, outputs: Sequence[tuple[str, Any]]) -> None:
+    """Append each (name, array) to the response as an output tensor with raw contents.
+
+    A value with `table` and `index` (runners._rules.IndexedBytes) is a BYTES tensor encoded from its table:
+    each distinct string is length-prefixed once and the rows are joined in C, with no object per row."""
     for index, (name, value) in enumerate(outputs):
+        if hasattr(value, "table") and hasattr(value, "index"):
+            prefixed = np.array([len(b).to_bytes(4, "little") + b for b in (t.encode() for t in value.table)]
+                                or [b""], dtype=object)
+            response.outputs.add(name=name, datatype="BYTES", shape=[len(value.index)])
+            response.raw_output_contents.append(b"".join(prefixed[value.index].tolist()))
+            continue
         array = np.asarray(value)
         datatype, raw = _encode_raw(_label("output", name, index), array)
         response.outputs.add(name=name, datatype=datatype, shape=array.shape)

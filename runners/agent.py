@@ -39,7 +39,7 @@ from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
-from runners._rules import DROPPED, ESCALATE, Decision, evaluate
+from runners._rules import DROPPED, ESCALATE, Decisions, evaluate
 from runners._seen import row_digests
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
@@ -437,7 +437,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             run_feeds = feeds
         try:
             named, decisions = await self._compute(stage, run_feeds, request.id, stats, smoke) \
-                if fresh != [] else ({}, [])
+                if fresh != [] else ({}, None)
         except Exception as exc:  # onnxruntime's own exception types
             stats.add("errors_total")
             code = grpc.StatusCode.INVALID_ARGUMENT if "InvalidArgument" in type(exc).__name__ \
@@ -453,12 +453,10 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if flagged:
             response.parameters["tierdeck.nonfinite_inputs"].CopyFrom(_param(int(flagged)))
         if decisions is not None:
-            named["decision_label"] = np.array([d.label.encode() for d in decisions], dtype=object)
-            named["decision_confidence"] = np.array([d.confidence for d in decisions], dtype=np.float32)
-            named["decision_stage"] = np.array([d.stage.encode() for d in decisions], dtype=object)
-            named["decision_final"] = np.array([d.final for d in decisions], dtype=bool)
-            deciders = list(dict.fromkeys(d.stage for d in decisions))
-            provisional = sum(not d.final for d in decisions)
+            named.update(decisions.outputs())  # type: ignore[arg-type]
+            used, first = np.unique(decisions.stage, return_index=True)
+            deciders = [decisions.stages[i] for i in used[np.argsort(first)]]
+            provisional = int((~decisions.final).sum())
         else:
             deciders, provisional = [stage.stage_id], 0
         response.parameters["tierdeck.decided_by"].CopyFrom(_param(",".join(deciders)))
@@ -470,7 +468,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray], request_id: str, stats: StageStats,
-                       smoke: bool = False) -> tuple[dict[str, np.ndarray], list[Decision] | None]:
+                       smoke: bool = False) -> tuple[dict[str, np.ndarray], Decisions | None]:
         """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row."""
         outputs, compute_s = await stage.async_run(feeds, self.agent.compute, self.agent.compute_workers)
         stats.compute_seconds_total += compute_s
@@ -484,7 +482,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return named, decisions
 
     async def _decide(self, stage: Stage, feeds: dict[str, np.ndarray], output: np.ndarray,
-                      request_id: str, stats: StageStats, smoke: bool = False) -> list[Decision]:
+                      request_id: str, stats: StageStats, smoke: bool = False) -> Decisions:
         """Apply the rule, forward what escalates (within the budget), and answer per row."""
         assert stage.rule is not None
         rule = stage.rule
@@ -496,27 +494,24 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                         "confidence_below compares the wrong thing; set the rule's scores to 'logits' or 'raw'",
                         stage.stage_id, rule.output, float(outcome.top_prob.max()))
         stats.record_scores(outcome.score, time.monotonic())
-        decisions = [Decision(outcome.label(rule, r), float(outcome.top_prob[r]), stage.stage_id,
-                              outcome.action[r] != ESCALATE) for r in range(len(outcome.action))]
+        decisions = Decisions.settled(rule, outcome, stage.stage_id)
         stats.add("dropped_total", int((outcome.action == DROPPED).sum()))
         escalate = np.flatnonzero(outcome.action == ESCALATE)
         stats.add("escalated_total", len(escalate))
-        if len(escalate) and stage.forwarder is not None and smoke:
-            rows = {n: np.ascontiguousarray(a[escalate]) for n, a in feeds.items()}
-            for row, answer in zip(escalate, await stage.forwarder.async_smoke(rows), strict=True):
-                if answer is not None:
-                    decisions[row] = answer
-        elif len(escalate) and stage.forwarder is not None:
-            granted = stage.bucket.take(len(escalate)) if stage.bucket else len(escalate)
-            stats.add("shed_total", len(escalate) - granted)
-            send = escalate[:granted]
+        if len(escalate) and stage.forwarder is not None:
+            if smoke:
+                send = escalate
+            else:
+                granted = stage.bucket.take(len(escalate)) if stage.bucket else len(escalate)
+                stats.add("shed_total", len(escalate) - granted)
+                send = escalate[:granted]
             if len(send):
                 rows = {n: np.ascontiguousarray(a[send]) for n, a in feeds.items()}
-                answers = await stage.forwarder.async_escalate(rows, request_id)
-                for row, answer in zip(send, answers, strict=True):
-                    if answer is not None:
-                        decisions[row] = answer
-        stats.add("provisional_total", sum(not d.final for d in decisions))
+                forwarder = stage.forwarder
+                answers = await (forwarder.async_smoke(rows) if smoke else forwarder.async_escalate(rows, request_id))
+                if answers is not None:
+                    decisions.assign(send, answers)
+        stats.add("provisional_total", int((~decisions.final).sum()))
         return decisions
 
 

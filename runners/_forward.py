@@ -50,6 +50,30 @@ ROW_IDS = "tierdeck.row_ids"
 SMOKE = "tierdeck.smoke"
 
 
+def pack_row_ids(row_ids: list[str]) -> str:
+    """Row ids on the wire: `<prefix><first>+<count>` when they are consecutive numbers under one prefix (the
+    forwarder's usual batch), else comma-separated."""
+    first, last = row_ids[0], row_ids[-1]
+    prefix = first.rstrip("0123456789")
+    start = first[len(prefix):]
+    if start and last.startswith(prefix) and last[len(prefix):].isdigit() and "," not in prefix and "+" not in prefix \
+            and int(last[len(prefix):]) - int(start) == len(row_ids) - 1 \
+            and row_ids == [f"{prefix}{int(start) + k}" for k in range(len(row_ids))]:
+        return f"{prefix}{start}+{len(row_ids)}"
+    return ",".join(row_ids)
+
+
+def unpack_row_ids(text: str) -> list[str]:
+    """The inverse of pack_row_ids (malformed ranges are taken as plain ids)."""
+    if "," not in text and "+" in text:
+        head, _, count = text.rpartition("+")
+        prefix = head.rstrip("0123456789")
+        start = head[len(prefix):]
+        if start and count.isdigit() and 0 < int(count) <= 1_000_000:
+            return [f"{prefix}{int(start) + k}" for k in range(int(count))]
+    return text.split(",")
+
+
 class EscalationQueue:
     """Bounded on-disk FIFO of escalations per stage (SQLite, WAL). Blocking: call from one I/O thread."""
 
@@ -345,7 +369,8 @@ class Forwarder:
                     await self._store(batch)
                     continue
                 names = list(batch[0].inputs)
-                merged = {n: np.concatenate([b.inputs[n] for b in batch]) for n in names}
+                merged = batch[0].inputs if len(batch) == 1 else {
+                    n: np.concatenate([b.inputs[n] for b in batch]) for n in names}
                 try:
                     decisions = await self._call(merged, ",".join(b.request_id for b in batch if b.request_id),
                                                  [rid for b in batch for rid in b.row_ids])
@@ -400,7 +425,7 @@ class Forwarder:
                                            id=request_id[:200])
             request.parameters["tierdeck.escalated_from"].string_param = self.stage_id
             if row_ids:
-                request.parameters[ROW_IDS].string_param = ",".join(row_ids)
+                request.parameters[ROW_IDS].string_param = pack_row_ids(row_ids)
             if smoke:
                 request.parameters[SMOKE].bool_param = True
             if self._priority:

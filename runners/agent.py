@@ -33,7 +33,7 @@ import psutil
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from runners import __version__
-from runners._forward import ROW_IDS, SMOKE, EscalationQueue, Forwarder
+from runners._forward import ROW_IDS, SMOKE, EscalationQueue, Forwarder, unpack_row_ids
 from runners._identity import AccessDenied, NodeIdentity
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
@@ -425,7 +425,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             stats.add("errors_total")
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise AssertionError("unreachable") from exc
-        row_ids = request.parameters[ROW_IDS].string_param.split(",") if ROW_IDS in request.parameters else []
+        row_ids = unpack_row_ids(request.parameters[ROW_IDS].string_param) if ROW_IDS in request.parameters else []
         batch = next(iter(feeds.values())).shape[0] if feeds and next(iter(feeds.values())).ndim else 0
         seen = stage.seen_rows  # this version's own memory: a redeploy or policy change starts empty
         digests = row_digests(feeds) if row_ids and len(row_ids) == batch else []

@@ -11,6 +11,8 @@ import grpc
 import numpy as np
 import pytest
 from agents import AgentProcess, running_agent, start_agent
+from hypothesis import given
+from hypothesis import strategies as st
 from models import classifier, softmax
 
 from runners._proto import grpc_predict_v2_pb2 as pb
@@ -337,3 +339,17 @@ def test_a_row_id_seen_before_is_never_answered_from_memory_for_other_inputs_or_
         np.testing.assert_allclose(outputs["probs"], probs, rtol=1e-5, atol=1e-6)
         assert list(outputs["decision_label"]) == [labels[i].encode() for i in probs.argmax(axis=1)]
     assert [t.duplicates_total for _, t in steps] == [0, 0, 0, 0, 5]
+
+
+@given(prefix=st.text(alphabet="abc.-_0123456789", max_size=12), start=st.integers(0, 10**9),
+       count=st.integers(1, 50), shuffle=st.booleans())
+def test_row_ids_travel_compact_and_come_back_the_same(prefix: str, start: int, count: int, shuffle: bool) -> None:
+    from runners._forward import pack_row_ids, unpack_row_ids
+
+    ids = [f"{prefix}.{start + k}" for k in range(count)]
+    if shuffle and count > 1:
+        ids = ids[::-1]
+    packed = pack_row_ids(ids)
+    assert unpack_row_ids(packed) == ids
+    if not shuffle or count == 1:
+        assert "," not in packed and packed.endswith(f"+{count}")

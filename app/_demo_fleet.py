@@ -1,14 +1,15 @@
 """A local demo fleet: `tierdeck-node` and `tierdeck sensor` processes on loopback that die with their parent.
 
-Every child is started in its own process group with PR_SET_PDEATHSIG=SIGKILL (Linux), so when the
-console exits — closed window, Ctrl+C, or a crash or SIGKILL of the console itself — the kernel kills
-the agents and sensors too: no orphans, no ports left bound. `stop()` is the graceful path (SIGTERM,
-then SIGKILL after a grace period).
+Every child is started in its own process group and arms PR_SET_PDEATHSIG=SIGTERM itself when it
+starts (runners/_lifeline.py), so when the console exits — closed window, Ctrl+C, or a crash or SIGKILL
+of the console itself — the kernel signals the agents and sensors too: no orphans, no ports left bound.
+Children are spawned without `preexec_fn`, so CPython uses vfork/posix_spawn and gRPC's fork handlers
+never run in them (grpc/grpc#43055 crashed children forked from a process with busy channels).
+`stop()` is the graceful path (SIGTERM, then SIGKILL after a grace period).
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import logging
 import os
@@ -21,22 +22,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runners._lifeline import child_env
+
 log = logging.getLogger(__name__)
 
 # Power profiles of the estimate model per tier (watts at idle, at full CPU): a camera-side SoC,
 # an edge box, a cloud GPU server. They make the dashboard's power plots meaningful without sensors.
 POWER_PROFILES = {"device": (1.5, 6.0), "edge": (8.0, 30.0), "cloud": (90.0, 350.0)}
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """preexec_fn: own process group, and SIGKILL when the parent dies (Linux only; a no-op elsewhere)."""
-    os.setpgrp()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
 
 
 @dataclass
@@ -75,13 +67,35 @@ class DemoFleet:
             # as the console.
             raise RuntimeError("start demo processes from the main thread")
         handle = open(log_path, "w")
+        # No preexec_fn (see the module docstring): process_group=0 keeps the vfork/posix_spawn path.
         process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=handle, stdin=subprocess.DEVNULL, text=True,
-                                   preexec_fn=_die_with_parent, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+                                   process_group=0, env=child_env(dict(os.environ, PYTHONUNBUFFERED="1")))
         handle.close()
         child = Child(role, name, process, log_path)
         with self._lock:
             self.children.append(child)
         return child
+
+    def agent_argv(self, name: str, tier: str) -> list[str]:
+        """The command line of one demo agent (mDNS on the loopback interface only)."""
+        idle, peak = POWER_PROFILES[tier]
+        return [sys.executable, "-m", "runners.agent", "--name", name, "--tier", tier,
+                "--listen", "127.0.0.1:0", "--data-dir", str(self.base_dir / "nodes" / name), "--insecure",
+                "--mdns-interface", self.mdns_interface, "--idle-watts", str(idle), "--max-watts", str(peak),
+                "--log-level", "WARNING"]
+
+    def sensor_argv(self, target: str, model: str, rate: float, burst_every: float = 30.0, seed: int = 0,
+                    duration: float = 0.0) -> list[str]:
+        """The command line of one demo sensor replaying the bundled held-out patches into `model` at `target`."""
+        argv = [sys.executable, "-m", "app.cli", "sensor", "--target", target, "--model", model,
+                "--rate", str(rate), "--burst-every", str(burst_every), "--seed", str(seed)]
+        if duration:
+            argv += ["--duration", str(duration)]
+        return argv
+
+    def spawn(self, role: str, name: str, argv: list[str]) -> Child:
+        """Start one supervised child (main thread only): own process group, dies with this process."""
+        return self._spawn(role, name, argv)
 
     def start_agents(self, device: int = 4, edge: int = 2, cloud: int = 1, timeout: float = 60.0) -> list[Child]:
         """Start the agents (mDNS on the loopback interface only) and wait until each is listening."""
@@ -89,12 +103,7 @@ class DemoFleet:
         for tier, count in (("cloud", cloud), ("edge", edge), ("device", device)):
             for index in range(1, count + 1):
                 name = f"{tier}-{index}"
-                idle, peak = POWER_PROFILES[tier]
-                argv = [sys.executable, "-m", "runners.agent", "--name", name, "--tier", tier,
-                        "--listen", "127.0.0.1:0", "--data-dir", str(self.base_dir / "nodes" / name), "--insecure",
-                        "--mdns-interface", self.mdns_interface, "--idle-watts", str(idle), "--max-watts", str(peak),
-                        "--log-level", "WARNING"]
-                child = self._spawn("agent", name, argv)
+                child = self._spawn("agent", name, self.agent_argv(name, tier))
                 child.tier = tier
                 started.append(child)
         deadline = time.monotonic() + timeout
@@ -108,10 +117,7 @@ class DemoFleet:
     def start_sensor(self, target: Child, model: str, rate: float, burst_every: float = 30.0,
                      seed: int = 0, duration: float = 0.0) -> Child:
         """A `tierdeck sensor` replaying the bundled held-out patches into `model` on `target`."""
-        argv = [sys.executable, "-m", "app.cli", "sensor", "--target", target.address, "--model", model,
-                "--rate", str(rate), "--burst-every", str(burst_every), "--seed", str(seed)]
-        if duration:
-            argv += ["--duration", str(duration)]
+        argv = self.sensor_argv(target.address, model, rate, burst_every, seed, duration)
         return self._spawn("sensor", f"{target.name}", argv)
 
     def agents(self) -> list[Child]:

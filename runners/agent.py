@@ -36,6 +36,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from runners import __version__
 from runners._forward import ROW_IDS, EscalationQueue, Forwarder
 from runners._identity import AccessDenied, NodeIdentity
+from runners._lifeline import arm_from_env
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
@@ -848,6 +849,7 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `tierdeck-node`."""
+    arm_from_env()  # first: a supervisor's child dies with it (runners/_lifeline.py)
     _limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,

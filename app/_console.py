@@ -328,6 +328,15 @@ class ConsoleCore:
             return member
         return self.submit(go())
 
+    def report_process_exit(self, message: str, node_id: str = "", detail: dict[str, Any] | None = None,
+                            note: str = "") -> None:
+        """A supervised process died unexpectedly (any thread): an error event, and `note` on the node's card."""
+        def go() -> None:
+            self.publish_event(ConsoleEvent("process_exit", message, Severity.ERROR, node_id, dict(detail or {})))
+            if node_id and self.fleet is not None:
+                self.fleet.set_process_note(node_id, note or message)
+        self.call_soon(go)
+
     def plan(self, pipeline: Pipeline) -> concurrent.futures.Future[Plan]:
         """Plan a pipeline (see `async_plan`)."""
         return self.submit(self.async_plan(pipeline))

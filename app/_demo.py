@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app._console import ConsoleCore
-from app._demo_fleet import DemoFleet
+from app._demo_fleet import ChildExit, DemoFleet
 from app._deployer import DeployResult
 from app._records import NodeSample, NodeSnapshot, NodeState
 from app.pipeline_file import Pipeline, load_pipeline
@@ -62,6 +62,15 @@ class Demo:
         self.fleet.start_agents(self.config.device, self.config.edge, self.config.cloud)
         self.core.start()
         self.core.subscribe_samples(self._on_sample)
+        self.fleet.watch(self._on_child_exit)
+
+    def _on_child_exit(self, ended: ChildExit) -> None:
+        """Watcher thread: an unexpected death becomes an error event and a reason on the node it concerns."""
+        try:
+            self.core.report_process_exit(ended.describe(), ended.node_id, ended.as_json(),
+                                          note=f"{ended.who} died: {ended.how}")
+        except RuntimeError:  # the core is not running (stopping): the summary still lists it
+            pass
 
     def _on_sample(self, sample: NodeSample) -> None:
         self.latest[sample.node_id] = sample  # loop thread; a dict assignment is atomic
@@ -131,6 +140,8 @@ class Demo:
         deployed = bool(result and result.ok)
         found = sum(1 for n in nodes if n.state in (NodeState.ONLINE, NodeState.DEGRADED))
         flowed = all(per_stage[sid]["inferences"] > 0 for sid in chain)
+        self.fleet.check_children()
+        exits = [e.as_json() for e in self.fleet.unexpected_exits]
         return {
             "nodes_expected": self.expected_nodes,
             "nodes_found": found,
@@ -141,5 +152,6 @@ class Demo:
             "stages": per_stage,
             "links": links,
             "power": power,
-            "ok": found >= self.expected_nodes and deployed and flowed,
+            "unexpected_exits": exits,
+            "ok": found >= self.expected_nodes and deployed and flowed and not exits,
         }

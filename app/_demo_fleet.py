@@ -19,6 +19,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,11 +44,65 @@ class Child:
     node_id: str = ""
     tier: str = ""
     summary: dict[str, object] = field(default_factory=dict)
+    may_exit: bool = False          # a clean exit (code 0) on its own is expected (a sensor with a duration)
+    serves: str = ""                # for a sensor: the node id it feeds
 
     @property
     def alive(self) -> bool:
         """True while the process runs."""
         return self.process.poll() is None
+
+    def log_tail(self, lines: int = 8) -> list[str]:
+        """The last lines of its log (stderr)."""
+        try:
+            with open(self.log_path, "rb") as handle:
+                handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, handle.tell() - 16384))
+                text = handle.read().decode("utf-8", "replace")
+        except OSError:
+            return []
+        return [line for line in text.splitlines() if line.strip()][-lines:]
+
+
+@dataclass(frozen=True)
+class ChildExit:
+    """A child that ended while nobody asked it to: who, how, and what its log said last."""
+
+    role: str
+    name: str
+    pid: int
+    returncode: int
+    node_id: str              # the agent's node id, or the node a sensor fed
+    log_tail: tuple[str, ...]
+    log_path: str
+
+    @property
+    def how(self) -> str:
+        """"SIGSEGV (signal 11)" or "exit code 1"."""
+        if self.returncode < 0:
+            try:
+                name = signal.Signals(-self.returncode).name
+            except ValueError:
+                name = f"signal {-self.returncode}"
+            return f"{name} (signal {-self.returncode})"
+        return f"exit code {self.returncode}"
+
+    @property
+    def who(self) -> str:
+        """"sensor for device-3" or "agent device-3"."""
+        return f"sensor for {self.name}" if self.role == "sensor" else f"{self.role} {self.name}"
+
+    def describe(self) -> str:
+        """One sentence for the event log and the node card."""
+        last = self.log_tail[-1] if self.log_tail else "(log empty)"
+        return f"{self.who} died: {self.how}; last log line: {last}"
+
+    def as_json(self) -> dict[str, object]:
+        """A plain dict for the headless summary."""
+        signame = self.how.split(" ")[0] if self.returncode < 0 else ""
+        return {"role": self.role, "name": self.name, "pid": self.pid, "returncode": self.returncode,
+                "signal": signame, "node_id": self.node_id, "log_tail": list(self.log_tail),
+                "log": self.log_path, "message": self.describe()}
 
 
 class DemoFleet:
@@ -57,7 +112,12 @@ class DemoFleet:
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="tierdeck-demo-"))
         self.mdns_interface = mdns_interface
         self.children: list[Child] = []
+        self.unexpected_exits: list[ChildExit] = []
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._reported: set[int] = set()
+        self._watchers: list[Callable[[ChildExit], None]] = []
+        self._watch_thread: threading.Thread | None = None
 
     def _spawn(self, role: str, name: str, argv: list[str]) -> Child:
         log_path = self.base_dir / "logs" / f"{role}-{name}.log"
@@ -93,9 +153,58 @@ class DemoFleet:
             argv += ["--duration", str(duration)]
         return argv
 
-    def spawn(self, role: str, name: str, argv: list[str]) -> Child:
+    def spawn(self, role: str, name: str, argv: list[str], may_exit: bool = False) -> Child:
         """Start one supervised child (main thread only): own process group, dies with this process."""
-        return self._spawn(role, name, argv)
+        child = self._spawn(role, name, argv)
+        child.may_exit = may_exit
+        return child
+
+    # ----- supervision ----------------------------------------------------------------------------
+    def watch(self, callback: Callable[[ChildExit], None], interval: float = 0.25) -> None:
+        """Call `callback` (on a watcher thread) for every child that exits unexpectedly from now on.
+
+        Unexpected: before `stop()`, with a non-zero code or a signal — or with any code for a child that
+        should run until stopped (agents, sensors without a duration).
+        """
+        self._watchers.append(callback)
+        if self._watch_thread is None:
+            self._watch_thread = threading.Thread(target=self._watch_loop, args=(interval,), name="demo-watch",
+                                                  daemon=True)
+            self._watch_thread.start()
+
+    def check_children(self) -> list[ChildExit]:
+        """Look at every child once; record, report and return the unexpected exits not seen before."""
+        if self._stopping.is_set():
+            return []
+        with self._lock:
+            children = list(self.children)
+        found = []
+        for child in children:
+            code = child.process.poll()
+            if code is None or child.process.pid in self._reported:
+                continue
+            if self._stopping.is_set():  # stop() began meanwhile: what ends now was asked to
+                break
+            self._reported.add(child.process.pid)
+            if code == 0 and child.may_exit:
+                continue
+            node_id = child.node_id or child.serves
+            ended = ChildExit(child.role, child.name, child.process.pid, code, node_id, tuple(child.log_tail()),
+                              str(child.log_path))
+            log.error("%s", ended.describe())
+            with self._lock:
+                self.unexpected_exits.append(ended)
+            found.append(ended)
+            for callback in list(self._watchers):
+                try:
+                    callback(ended)
+                except Exception:
+                    log.exception("child-exit watcher failed")
+        return found
+
+    def _watch_loop(self, interval: float) -> None:
+        while not self._stopping.wait(interval):
+            self.check_children()
 
     def start_agents(self, device: int = 4, edge: int = 2, cloud: int = 1, timeout: float = 60.0) -> list[Child]:
         """Start the agents (mDNS on the loopback interface only) and wait until each is listening."""
@@ -118,7 +227,9 @@ class DemoFleet:
                      seed: int = 0, duration: float = 0.0) -> Child:
         """A `tierdeck sensor` replaying the bundled held-out patches into `model` on `target`."""
         argv = self.sensor_argv(target.address, model, rate, burst_every, seed, duration)
-        return self._spawn("sensor", f"{target.name}", argv)
+        child = self._spawn("sensor", f"{target.name}", argv)
+        child.may_exit, child.serves = bool(duration), target.node_id
+        return child
 
     def agents(self) -> list[Child]:
         """The agent children."""
@@ -126,6 +237,8 @@ class DemoFleet:
 
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM every child (sensors first), SIGKILL what is left after `grace` seconds; collect summaries."""
+        self.check_children()  # what died before we were asked to stop is still reported
+        self._stopping.set()
         with self._lock:
             children = list(self.children)
         for role in ("sensor", "agent"):

@@ -64,6 +64,9 @@ CHANNEL_OPTIONS: list[tuple[str, object]] = [
 ]
 
 
+PROCESS_REASON = "process"  # the reason a supervisor (the demo) gives for a node: its process or input died
+
+
 class _SessionEnded(Exception):
     """The node's session ended for a reason worth telling the operator."""
 
@@ -248,6 +251,27 @@ class Fleet:
         node.task = asyncio.ensure_future(self._run(node, delay=0.0))
         return True
 
+    def set_process_note(self, node_id: str, note: str) -> bool:
+        """A supervisor's word on why a node's process or its input stopped ("" clears it); False if unknown.
+
+        Kept as one of the node's reasons (so the card and the state say it) until cleared or the node is
+        forgotten; it survives the node going offline.
+        """
+        node = self._nodes.get(node_id)
+        if node is None:
+            node = next((n for n in self._nodes.values() if n.node_id == node_id), None)
+        if node is None:
+            return False
+        if note:
+            node.reasons[PROCESS_REASON] = note
+        else:
+            node.reasons.pop(PROCESS_REASON, None)
+        if node.state in (NodeState.ONLINE, NodeState.DEGRADED):
+            self._update_reasons(node)
+        else:
+            self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
+        return True
+
     # ----- queries (loop thread) ------------------------------------------------------------------
     def nodes(self) -> list[NodeSnapshot]:
         """Snapshots of every node, in the order they became known."""
@@ -372,7 +396,8 @@ class Fleet:
                 node.reasons["telemetry"] = f"telemetry stream interrupted ({failure}); reopening"
                 self._update_reasons(node)
             else:
-                self._set_state(node, NodeState.OFFLINE, {"offline": failure})
+                kept = {k: v for k, v in node.reasons.items() if k == PROCESS_REASON}
+                self._set_state(node, NodeState.OFFLINE, {"offline": failure, **kept})
                 await self._close_client(node)
             low, high = self.backoff_s
             wait = min(high, low * 2 ** min(node.attempts - 1, 16)) if not alive else low

@@ -58,8 +58,8 @@ def test_two_hundred_children_spawned_beside_busy_channels_all_exit_cleanly(tmp_
         agent = fleet.start_agents(device=0, edge=1, cloud=0)[0]
         # The real command lines of the demo's agents and sensors, ended early by --help after the entry
         # point armed its lifeline: what is under test is the spawn, not what the child then does.
-        commands = [fleet.agent_argv(f"probe-{i}", ("device", "edge", "cloud")[i % 3]) + ["--help"]
-                    if i % 2 else fleet.sensor_argv(agent.address, "detector", 20.0, seed=i) + ["--help"]
+        commands = [[*fleet.agent_argv(f"probe-{i}", ("device", "edge", "cloud")[i % 3]), "--help"]
+                    if i % 2 else [*fleet.sensor_argv(agent.address, "detector", 20.0, seed=i), "--help"]
                     for i in range(200)]
         codes: list[int] = []
         with BusyChannels(agent.address) as busy:

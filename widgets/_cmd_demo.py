@@ -7,7 +7,7 @@ Interactive: the window opens with the example pipeline on the canvas; deploy it
 (Ctrl+D) or drag stages yourself; the sensor replays start once a deployment succeeds (`--deploy`
 deploys at start). Headless: offscreen, deploys, runs for the duration after the sensors start, saves a
 screenshot of the main window, prints a JSON summary, and exits 0 only if the whole fleet was found, the
-deploy succeeded and inputs reached every tier. Whichever way the console ends — window closed, Ctrl+C,
+deploy succeeded, inputs reached every tier and no child died unexpectedly (`unexpected_exits`). Whichever way the console ends — window closed, Ctrl+C,
 a crash or SIGKILL — the agents and sensors go with it (app/_demo_fleet.py).
 """
 

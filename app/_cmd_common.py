@@ -28,6 +28,7 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interface", action="append", default=[], metavar="IP",
                         help="browse mDNS on this IPv4 interface (repeatable); without --fleet/--node/--interface "
                              "every IPv4 interface is browsed")
+    add_fleet_id_option(parser)
     parser.add_argument("--discover-seconds", type=float, default=None, metavar="S",
                         help="how long to browse mDNS before acting (default 3 when browsing)")
     parser.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",
@@ -37,6 +38,24 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fleet-dir", type=Path, default=None, metavar="DIR",
                         help="where the fleet CA lives (with --tls; default: the user data dir)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+
+
+def add_fleet_id_option(parser: argparse.ArgumentParser) -> None:
+    """`--fleet-id ID`: show and act on only the mDNS nodes that advertise this fleet id."""
+    parser.add_argument("--fleet-id", default="", metavar="ID", type=_fleet_id,
+                        help="only the mDNS nodes started with `tierdeck-node --fleet-id ID` (other fleets and stray "
+                             "nodes on the segment are left out; nodes given by address are kept)")
+
+
+def _fleet_id(text: str) -> str:
+    from discovery import check_fleet_id
+
+    if not text:  # argparse runs the default through here too: "" = no scope
+        return ""
+    try:
+        return check_fleet_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def tls_for(args: argparse.Namespace) -> ClientTLS | None:

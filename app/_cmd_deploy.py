@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
 async def _deploy(args: argparse.Namespace, pipeline: Any, out: TextIO) -> int:
     interfaces = interfaces_for(args)
-    core = ConsoleCore(args.db, interfaces=interfaces, fleet_file=args.fleet, tls=tls_for(args))
+    core = ConsoleCore(args.db, interfaces=interfaces, fleet_file=args.fleet, tls=tls_for(args),
+                       fleet_id=args.fleet_id)
     progress: list[DeployProgress] = []
 
     def report(p: DeployProgress) -> None:

@@ -40,7 +40,8 @@ def _remembered(db: Any) -> list[str]:
 
 async def _status(args: argparse.Namespace, out: TextIO) -> int:
     interfaces = interfaces_for(args)
-    core = ConsoleCore(args.db, interfaces=interfaces, fleet_file=args.fleet, tls=tls_for(args))
+    core = ConsoleCore(args.db, interfaces=interfaces, fleet_file=args.fleet, tls=tls_for(args),
+                       fleet_id=args.fleet_id)
     async with core:
         assert core.fleet is not None
         addresses = list(args.node)

@@ -53,6 +53,7 @@ class ConsoleCore:
         db_options: dict[str, Any] | None = None,
         fleet_options: dict[str, Any] | None = None,
         tls: ClientTLS | None = None,
+        fleet_id: str = "",
     ) -> None:
         self.db_path = Path(db_path) if db_path is not None else default_db_path()
         self.telemetry_interval_s = telemetry_interval_s
@@ -62,6 +63,8 @@ class ConsoleCore:
         self.db = Database(self.db_path, retention=retention or Retention(), max_db_bytes=max_db_bytes,
                            on_error=self._db_error, on_recovered=self._db_recovered, **(db_options or {}))
         self._fleet_options = dict(fleet_options or {})
+        if fleet_id:
+            self._fleet_options["fleet_id"] = fleet_id
         self.fleet: Fleet | None = None
         self.deployer: Deployer | None = None
         self.latest: dict[str, NodeSample] = {}

@@ -7,6 +7,7 @@ the caller's (main) thread or the console core's loop; children die with the pro
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ class DemoConfig:
     pipeline: Path = PIPELINE
     base_dir: Path | None = None
     db: Path | None = None
+    fleet_id: str = ""                  # "" = a new id per run
 
 
 @dataclass
@@ -48,9 +50,12 @@ class Demo:
 
     def __post_init__(self) -> None:
         self.pipeline = load_pipeline(self.config.pipeline)
-        self.fleet = DemoFleet(self.config.base_dir)
+        # A fleet of its own: another run's nodes (or any stray node) on the same host are neither shown nor
+        # deployed to.
+        self.fleet_id = self.config.fleet_id or f"demo-{secrets.token_hex(4)}"
+        self.fleet = DemoFleet(self.config.base_dir, fleet_id=self.fleet_id)
         db = self.config.db or self.fleet.base_dir / "console.sqlite"
-        self.core = ConsoleCore(db, telemetry_interval_s=1.0, interfaces=["127.0.0.1"])
+        self.core = ConsoleCore(db, telemetry_interval_s=1.0, interfaces=["127.0.0.1"], fleet_id=self.fleet_id)
 
     @property
     def expected_nodes(self) -> int:
@@ -143,6 +148,7 @@ class Demo:
         self.fleet.check_children()
         exits = [e.as_json() for e in self.fleet.unexpected_exits]
         return {
+            "fleet_id": self.fleet_id,
             "nodes_expected": self.expected_nodes,
             "nodes_found": found,
             "nodes": [{"name": n.name, "tier": n.tier, "state": str(n.state), "address": n.address,

@@ -108,9 +108,10 @@ class ChildExit:
 class DemoFleet:
     """Starts and stops the demo's agents and sensors. Call from the main thread (see _spawn)."""
 
-    def __init__(self, base_dir: Path | None = None, mdns_interface: str = "127.0.0.1") -> None:
+    def __init__(self, base_dir: Path | None = None, mdns_interface: str = "127.0.0.1", fleet_id: str = "") -> None:
         self.base_dir = base_dir or Path(tempfile.mkdtemp(prefix="tierdeck-demo-"))
         self.mdns_interface = mdns_interface
+        self.fleet_id = fleet_id  # advertised by every agent: the console shows only this demo's nodes
         self.children: list[Child] = []
         self.unexpected_exits: list[ChildExit] = []
         self._lock = threading.Lock()
@@ -142,7 +143,7 @@ class DemoFleet:
         return [sys.executable, "-m", "runners.agent", "--name", name, "--tier", tier,
                 "--listen", "127.0.0.1:0", "--data-dir", str(self.base_dir / "nodes" / name), "--insecure",
                 "--mdns-interface", self.mdns_interface, "--idle-watts", str(idle), "--max-watts", str(peak),
-                "--log-level", "WARNING"]
+                "--log-level", "WARNING", *(["--fleet-id", self.fleet_id] if self.fleet_id else [])]
 
     def sensor_argv(self, target: str, model: str, rate: float, burst_every: float = 30.0, seed: int = 0,
                     duration: float = 0.0) -> list[str]:

@@ -124,6 +124,7 @@ class Fleet:
         overdue_factor: float = 3.0,
         on_event: ConsoleEventCallback | None = None,
         tls: ClientTLS | None = None,
+        fleet_id: str = "",
     ) -> None:
         if not 0.1 <= telemetry_interval_s <= 10.0:
             raise ValueError("telemetry_interval_s must be between 0.1 and 10 s (the agent's range)")
@@ -135,6 +136,7 @@ class Fleet:
         self.overdue_s = max(overdue_factor * telemetry_interval_s, 2.0)
         self._on_event = on_event
         self.tls = tls
+        self.fleet_id = fleet_id  # mDNS: only nodes advertising this fleet id (TXT `fleet`); "" = any
         self._nodes: dict[str, _Node] = {}
         self._forgotten: set[str] = set()
         self._subscribers: list[FleetCallback] = []
@@ -179,7 +181,7 @@ class Fleet:
         if self.interfaces:
             from discovery import Browser
 
-            self._browser = Browser(self.interfaces)
+            self._browser = Browser(self.interfaces, fleet_id=self.fleet_id)
             self._unsubscribe_browser = self._browser.subscribe(self._on_discovery)
             await self._browser.async_start()
             for advert in self._browser.nodes().values():

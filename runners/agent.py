@@ -77,6 +77,7 @@ class AgentConfig:
     queue_limit: int = 100_000
     ort_threads: int = 1
     max_message_mb: int = 256
+    fleet_id: str = ""            # advertised in TXT `fleet`: consoles scoped to a fleet show only its nodes
 
 
 def _is_loopback(host: str) -> bool:
@@ -195,7 +196,8 @@ class Agent:
                                       interfaces=interfaces, fingerprint=self.identity.fingerprint,
                                       extra_txt={"cfg": str(self.cfg),
                                                  "paired": "1" if self.identity.enrolled or self.config.insecure
-                                                 else "0"})
+                                                 else "0",
+                                                 **({"fleet": self.config.fleet_id} if self.config.fleet_id else {})})
         await self._advertiser.async_start()
 
     async def async_stop(self, grace: float = 5.0) -> None:
@@ -777,6 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-mdns", action="store_true", help="do not advertise over mDNS")
     parser.add_argument("--mdns-interface", action="append", default=[], metavar="IP",
                         help="advertise on this interface address (repeatable; default: the listen address)")
+    parser.add_argument("--fleet-id", default="", metavar="ID",
+                        help="the fleet this node belongs to, advertised over mDNS (TXT `fleet`); a console run "
+                             "with `--fleet-id ID` shows only the nodes of that fleet")
     parser.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on this port")
     parser.add_argument("--idle-watts", type=float, default=5.0, help="power model: watts at idle (estimate)")
     parser.add_argument("--max-watts", type=float, default=25.0, help="power model: watts at full CPU (estimate)")
@@ -797,6 +802,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     if args.insecure and not _is_loopback(host) and not args.allow_insecure_network:
         raise SystemExit(f"tierdeck-node: refusing to serve without TLS on non-loopback address {host}; "
                          "pass --allow-insecure-network if you really mean it")
+    if args.fleet_id:
+        from discovery import check_fleet_id
+
+        try:
+            check_fleet_id(args.fleet_id)
+        except ValueError as exc:
+            raise SystemExit(f"tierdeck-node: --fleet-id: {exc}") from None
     preload = []
     for item in args.stage:
         stage_id, _, path = item.rpartition("=")
@@ -810,6 +822,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         mdns_interfaces=args.mdns_interface, metrics_port=args.metrics_port, idle_watts=args.idle_watts,
         max_watts=args.max_watts, memory_cap_mb=args.memory_cap_mb, power_budget_watts=args.power_budget_watts,
         queue_limit=args.queue_limit, ort_threads=args.ort_threads, max_message_mb=args.max_message_mb,
+        fleet_id=args.fleet_id,
     )
 
 

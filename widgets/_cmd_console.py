@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from app._cmd_common import add_fleet_id_option
 from app.core import ConsoleCore
 from app.fleet_ca import Member
 from app.pipeline_file import Rule
@@ -34,6 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interface", action="append", default=[], metavar="IP",
                         help="browse mDNS on this IPv4 interface (repeatable); without --fleet/--node/--interface "
                              "every IPv4 interface is browsed")
+    add_fleet_id_option(parser)
     parser.add_argument("--pipeline", type=Path, metavar="FILE", help="open this pipeline file on the canvas")
     parser.add_argument("--wall", action="store_true", help="start in wall mode (full screen dashboard, large type)")
     parser.add_argument("--telemetry-interval", type=float, default=1.0, metavar="S",
@@ -110,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"tierdeck console: --node {address}: expected HOST:PORT", file=sys.stderr)
             return 2
     core = ConsoleCore(args.db, telemetry_interval_s=args.telemetry_interval, interfaces=interfaces_for(args),
-                       fleet_file=args.fleet, tls=tls).start()
+                       fleet_file=args.fleet, tls=tls, fleet_id=args.fleet_id).start()
     console = QtConsole(core)
     try:
         window = MainWindow(console, palette_models=bundled_models(args.models),

@@ -37,6 +37,14 @@ from runners import __version__
 from runners._forward import ROW_IDS, EscalationQueue, Forwarder
 from runners._identity import AccessDenied, NodeIdentity
 from runners._lifeline import arm_from_env
+from runners._limits import (
+    ResourceRefused,
+    RssWindow,
+    check_declared,
+    check_measured,
+    check_warmup_fits,
+    guarded_warmup,
+)
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
@@ -46,6 +54,7 @@ from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, loa
 from runners._store import StageStore, check_name
 from runners._telemetry import StageStats, TelemetryWindow, prune
 from runners._tensors import TensorError, decode_inputs, encode_outputs, nonfinite
+from runners.client import FAILED_STEP_KEY
 from runners.power import PowerMeter
 
 log = logging.getLogger("tierdeck.agent")
@@ -235,12 +244,17 @@ class Agent:
 
     async def build_stage(self, manifest: ctl.StageManifest, path: Path, previous: str = "",
                           activated_ms: int = 0) -> Stage:
-        """Load a model file into a ready Stage (session opened and warmed up, policy checked)."""
-        session = await asyncio.get_running_loop().run_in_executor(
-            self.compute, load_session, path, self.config.ort_threads)
+        """Load a model file into a ready Stage (session opened and warmed up, policy and memory limits checked)."""
+        loop = asyncio.get_running_loop()
+        rss = RssWindow().start()
+        session = await loop.run_in_executor(self.compute, load_session, path, self.config.ort_threads)
         stage = Stage(manifest=manifest, session=session, model_path=path, stats=self._stats_for(manifest.stage_id),
                       previous_version=previous, activated_unix_ms=activated_ms or int(time.time() * 1000))
-        await asyncio.get_running_loop().run_in_executor(self.compute, stage.warm_up)
+        # Limits (runners/_limits.py): refused at "warmup" as RESOURCE_EXHAUSTED, never an allocation crash.
+        check_warmup_fits(stage.inputs)
+        check_declared(stage.inputs, stage.outputs, manifest.max_batch, path.stat().st_size, self.memory_cap_bytes)
+        await loop.run_in_executor(self.compute, guarded_warmup, stage.warm_up)
+        check_measured(rss.growth(), self.memory_cap_bytes)
         return stage
 
     async def swap_in(self, stage: Stage) -> None:
@@ -580,6 +594,12 @@ class ControlService(ctl_grpc.NodeControlServicer):
                 await agent.config_changed()
                 log.info("deployed %s version %s", manifest.stage_id, manifest.version)
                 return ctl.DeployResponse(ok=True, stage=stage.info())
+        except ResourceRefused as exc:
+            # A proper status for any OIP/gRPC client; the step travels in the trailers for ours.
+            log.warning("deploy refused at %s: %s", exc.step, exc.message)
+            context.set_trailing_metadata(((FAILED_STEP_KEY, exc.step),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"refused at {exc.step}: {exc.message}")
+            raise
         except ModelRejected as exc:
             log.warning("deploy refused at %s: %s", exc.step, exc.message)
             return ctl.DeployResponse(ok=False, failed_step=exc.step, error=exc.message)

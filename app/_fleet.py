@@ -100,6 +100,7 @@ class _Node:
     link_down: frozenset[str] = frozenset()
     refreshing: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    pgen: str = ""  # the pairing-code generation it advertises while unenrolled (TXT `pgen`)
 
     def snapshot(self) -> NodeSnapshot:
         return NodeSnapshot(
@@ -341,7 +342,7 @@ class Fleet:
         node = self._nodes.get(advert.node_id)
         if node is None:
             node = _Node(key=advert.node_id, node_id=advert.node_id, name=advert.name, tier=advert.tier,
-                         address=advert.address, source="mdns")
+                         address=advert.address, source="mdns", pgen=advert.txt_dict().get("pgen") or "")
             self._add(node)
             return
         connected = node.state in (NodeState.CONNECTING, NodeState.ONLINE, NodeState.DEGRADED)
@@ -357,6 +358,15 @@ class Fleet:
                               f"fingerprint {advert.fingerprint[:16]}…, not the {proven[:16]}… the node proved: "
                               "ignored", advert.address)
             return
+        pgen = advert.txt_dict().get("pgen") or ""
+        if pgen and pgen != node.pgen:
+            if node.pgen:
+                self._pairing_code_changed(node, pgen, advert.address)
+            node.pgen = pgen
+        elif not pgen and node.pgen:  # enrolled now: no code any more
+            node.pgen = ""
+            if node.reasons.pop("pairing", None) is not None:
+                self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
         if advert.address and advert.address != node.address and node.state == NodeState.OFFLINE:
             node.address = advert.address
             self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
@@ -586,6 +596,18 @@ class Fleet:
                 why = f": {'; '.join(node.reasons.values())}" if node.reasons else ""
                 self._console_event("node_state", f"{node.name} is {state}{why}", severity, node.node_id,
                                     {"from": str(previous), "to": str(state), "address": node.address})
+        else:
+            self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
+
+    def _pairing_code_changed(self, node: _Node, generation: str, address: str) -> None:
+        """An unenrolled node made a new pairing code: the code the operator read is no longer good."""
+        message = (f"the pairing code of {node.name} changed (generation {generation}): read the new code on the "
+                   "node (its stdout JSON line or its log) before enrolling it")
+        self._console_event("pairing_code_changed", message, Severity.WARNING, node.node_id,
+                            {"generation": generation, "address": address})
+        node.reasons["pairing"] = message
+        if node.state in (NodeState.ONLINE, NodeState.DEGRADED):
+            self._update_reasons(node)
         else:
             self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
 

@@ -50,6 +50,7 @@ from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
 from runners._rules import DROPPED, ESCALATE, Decision, evaluate
+from runners._security import peer_address
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
 from runners._telemetry import StageStats, TelemetryWindow, prune
@@ -86,6 +87,7 @@ class AgentConfig:
     queue_limit: int = 100_000
     ort_threads: int = 1
     max_message_mb: int = 256
+    pairing_rotate_after: int = 1000  # wrong pairing proofs (all peers) before a new code is made
     fleet_id: str = ""            # advertised in TXT `fleet`: consoles scoped to a fleet show only its nodes
 
 
@@ -119,6 +121,8 @@ class Agent:
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
         self.queue = EscalationQueue(config.data_dir / "queue.sqlite", config.queue_limit)
         self.identity = NodeIdentity(config.data_dir, self.node_id, config.insecure)
+        self.identity.on_code_changed = self._pairing_code_changed
+        self.identity.guard.rotate_after = max(1, config.pairing_rotate_after)
         self.power = PowerMeter(idle_watts=config.idle_watts, max_watts=config.max_watts)
         self.health = health.aio.HealthServicer()
         self.cfg = self.store.config_counter()
@@ -132,11 +136,13 @@ class Agent:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._advertiser: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------------------------
     async def async_start(self) -> str:
         """Load stages, start serving; returns the address actually listened on."""
+        self._loop = asyncio.get_running_loop()
         host, port = split_address(self.config.listen)
         self._server, bound = self._make_server(host, port)
         self.address = f"{host}:{bound}"
@@ -188,6 +194,15 @@ class Agent:
         if self._advertiser is not None:
             await self._advertiser.async_update(fp=self.identity.fingerprint, paired="1")
 
+    def _pairing_code_changed(self, code: str, reason: str) -> None:
+        """I/O thread: the operator's code changed — say it where they read it (stdout JSON), and advertise it."""
+        print(json.dumps({"event": "pairing_code", "pairing_code": code, "generation": self.identity.code_generation,
+                          "reason": reason}), flush=True)
+        loop = self._loop
+        if loop is not None and self._advertiser is not None:
+            loop.call_soon_threadsafe(lambda: self._tasks.append(asyncio.ensure_future(
+                self._advertiser.async_update(pgen=str(self.identity.code_generation)))))
+
     async def allow(self, context: grpc.aio.ServicerContext, need: str) -> None:
         """Abort the RPC unless the verified peer may do this (see NodeIdentity.authorize)."""
         try:
@@ -206,6 +221,9 @@ class Agent:
                                       extra_txt={"cfg": str(self.cfg),
                                                  "paired": "1" if self.identity.enrolled or self.config.insecure
                                                  else "0",
+                                                 # pairing code generation: a console notices a new code
+                                                 **({"pgen": str(self.identity.code_generation)}
+                                                    if self.identity.pairing_code else {}),
                                                  **({"fleet": self.config.fleet_id} if self.config.fleet_id else {})})
         await self._advertiser.async_start()
 
@@ -708,7 +726,7 @@ class ControlService(ctl_grpc.NodeControlServicer):
                               context: grpc.aio.ServicerContext) -> ctl.BeginEnrollmentResponse:
         await self.agent.allow(context, "enrol")
         try:
-            public, nonce, node_proof = self.agent.identity.begin(request.console_nonce)
+            public, nonce, node_proof = self.agent.identity.begin(request.console_nonce, peer_address(context.peer()))
         except AccessDenied as exc:
             await context.abort(exc.code, exc.message)
             raise
@@ -723,7 +741,8 @@ class ControlService(ctl_grpc.NodeControlServicer):
         try:
             revoked = [int(s) for s in request.revoked_serials]
             fp = await agent._in_io(agent.identity.complete, request.console_nonce, request.node_nonce,
-                                    request.ca_pem, request.certificate_pem, request.console_proof, revoked)
+                                    request.ca_pem, request.certificate_pem, request.console_proof, revoked,
+                                    peer_address(context.peer()))
         except AccessDenied as exc:
             log.warning("enrolment refused: %s", exc.message)
             await context.abort(exc.code, exc.message)
@@ -802,6 +821,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fleet-id", default="", metavar="ID",
                         help="the fleet this node belongs to, advertised over mDNS (TXT `fleet`); a console run "
                              "with `--fleet-id ID` shows only the nodes of that fleet")
+    parser.add_argument("--pairing-rotate-after", type=int, default=1000, help=argparse.SUPPRESS)  # tests
     parser.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on this port")
     parser.add_argument("--idle-watts", type=float, default=5.0, help="power model: watts at idle (estimate)")
     parser.add_argument("--max-watts", type=float, default=25.0, help="power model: watts at full CPU (estimate)")
@@ -842,7 +862,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         mdns_interfaces=args.mdns_interface, metrics_port=args.metrics_port, idle_watts=args.idle_watts,
         max_watts=args.max_watts, memory_cap_mb=args.memory_cap_mb, power_budget_watts=args.power_budget_watts,
         queue_limit=args.queue_limit, ort_threads=args.ort_threads, max_message_mb=args.max_message_mb,
-        fleet_id=args.fleet_id,
+        fleet_id=args.fleet_id, pairing_rotate_after=args.pairing_rotate_after,
     )
 
 

@@ -7,6 +7,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -68,6 +69,15 @@ def tls_for(args: argparse.Namespace) -> ClientTLS | None:
         return FleetCA(args.fleet_dir or default_fleet_dir()).console_tls()
     except (FleetError, OSError) as exc:
         raise ValueError(str(exc)) from exc
+
+
+def revocations_for(args: argparse.Namespace) -> Callable[[], list[int]] | None:
+    """With --tls: reads the fleet's revoked serials, for the console to push to each node it (re)connects to."""
+    if not args.tls:
+        return None
+    from app.fleet_ca import FleetCA, default_fleet_dir
+
+    return FleetCA(args.fleet_dir or default_fleet_dir()).revoked
 
 
 def interfaces_for(args: argparse.Namespace) -> list[str]:

@@ -8,7 +8,14 @@ import json
 import sys
 from typing import Any, TextIO
 
-from app._cmd_common import add_db_option, add_fleet_options, interfaces_for, setup_logging, tls_for
+from app._cmd_common import (
+    add_db_option,
+    add_fleet_options,
+    interfaces_for,
+    revocations_for,
+    setup_logging,
+    tls_for,
+)
 from app._console import ConsoleCore
 from app._deployer import DeployProgress, Plan
 from app.pipeline_file import PipelineError, load_pipeline
@@ -41,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 async def _deploy(args: argparse.Namespace, pipeline: Any, out: TextIO) -> int:
     interfaces = interfaces_for(args)
     core = ConsoleCore(args.db, interfaces=interfaces, fleet_file=args.fleet, tls=tls_for(args),
-                       fleet_id=args.fleet_id)
+                       fleet_id=args.fleet_id, revocations=revocations_for(args))
     progress: list[DeployProgress] = []
 
     def report(p: DeployProgress) -> None:

@@ -9,7 +9,14 @@ import sys
 import time
 from typing import Any, TextIO
 
-from app._cmd_common import add_db_option, add_fleet_options, interfaces_for, setup_logging, tls_for
+from app._cmd_common import (
+    add_db_option,
+    add_fleet_options,
+    interfaces_for,
+    revocations_for,
+    setup_logging,
+    tls_for,
+)
 from app._console import ConsoleCore
 from app._records import NodeSample, NodeSnapshot, NodeState
 
@@ -41,7 +48,7 @@ def _remembered(db: Any) -> list[str]:
 async def _status(args: argparse.Namespace, out: TextIO) -> int:
     interfaces = interfaces_for(args)
     core = ConsoleCore(args.db, interfaces=interfaces, fleet_file=args.fleet, tls=tls_for(args),
-                       fleet_id=args.fleet_id)
+                       fleet_id=args.fleet_id, revocations=revocations_for(args))
     async with core:
         assert core.fleet is not None
         addresses = list(args.node)

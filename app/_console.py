@@ -54,6 +54,7 @@ class ConsoleCore:
         fleet_options: dict[str, Any] | None = None,
         tls: ClientTLS | None = None,
         fleet_id: str = "",
+        revocations: Callable[[], list[int]] | None = None,
     ) -> None:
         self.db_path = Path(db_path) if db_path is not None else default_db_path()
         self.telemetry_interval_s = telemetry_interval_s
@@ -65,6 +66,8 @@ class ConsoleCore:
         self._fleet_options = dict(fleet_options or {})
         if fleet_id:
             self._fleet_options["fleet_id"] = fleet_id
+        if revocations is not None:
+            self._fleet_options["revocations"] = revocations
         self.fleet: Fleet | None = None
         self.deployer: Deployer | None = None
         self.latest: dict[str, NodeSample] = {}

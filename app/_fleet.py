@@ -100,6 +100,7 @@ class _Node:
     link_down: frozenset[str] = frozenset()
     refreshing: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    revocations_pushed: frozenset[int] | None = None
     pgen: str = ""  # the pairing-code generation it advertises while unenrolled (TXT `pgen`)
 
     def snapshot(self) -> NodeSnapshot:
@@ -126,6 +127,7 @@ class Fleet:
         on_event: ConsoleEventCallback | None = None,
         tls: ClientTLS | None = None,
         fleet_id: str = "",
+        revocations: Callable[[], list[int]] | None = None,
     ) -> None:
         if not 0.1 <= telemetry_interval_s <= 10.0:
             raise ValueError("telemetry_interval_s must be between 0.1 and 10 s (the agent's range)")
@@ -137,6 +139,9 @@ class Fleet:
         self.overdue_s = max(overdue_factor * telemetry_interval_s, 2.0)
         self._on_event = on_event
         self.tls = tls
+        # The fleet's revoked serials (read from the fleet CA, blocking): pushed on every (re)connection, so a
+        # node that was away when `fleet revoke` ran gets the list when it is back.
+        self._revocations = revocations
         self.fleet_id = fleet_id  # mDNS: only nodes advertising this fleet id (TXT `fleet`); "" = any
         self._nodes: dict[str, _Node] = {}
         self._forgotten: set[str] = set()
@@ -437,6 +442,8 @@ class Fleet:
         await self._read_node(node, client)
         if not await client.healthy("", timeout=self.connect_timeout_s):
             raise _SessionEnded("health check: not SERVING (the agent is shutting down or starting)")
+        if self.tls is not None and self._revocations is not None:
+            await self._push_revocations(node, client)
         node.first_sample = False
         stream = next(self._streams)
         node.last_sample_at = time.monotonic()
@@ -451,6 +458,24 @@ class Fleet:
         finished = watchdog if watchdog in done else stream_task
         if not finished.cancelled() and finished.exception() is not None:
             raise finished.exception()  # type: ignore[misc]
+
+    async def _push_revocations(self, node: _Node, client: NodeClient) -> None:
+        """Send the fleet's revoked list (idempotent); a failure is reported, the session goes on."""
+        assert self._revocations is not None
+        try:
+            serials = await asyncio.get_running_loop().run_in_executor(None, self._revocations)
+            await client.control.UpdateRevocations(
+                ctl.UpdateRevocationsRequest(revoked_serials=[str(s) for s in serials]),
+                timeout=self.connect_timeout_s)
+        except (grpc.aio.AioRpcError, TimeoutError, OSError, ValueError) as exc:
+            self._console_event("revocations", f"revocations could not be pushed to {node.name}: "
+                                f"{_rpc_reason(exc)}", Severity.WARNING, node.node_id)
+            return
+        pushed = frozenset(serials)
+        if pushed != node.revocations_pushed and pushed:
+            self._console_event("revocations", f"{node.name} has the fleet's {len(pushed)} revoked certificate(s)",
+                                Severity.INFO, node.node_id, {"serials": sorted(str(s) for s in pushed)})
+        node.revocations_pushed = pushed
 
     async def _read_node(self, node: _Node, client: NodeClient) -> None:
         """GetNodeInfo (identifying the node), ListStages and each stage's health."""

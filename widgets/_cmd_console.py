@@ -88,7 +88,7 @@ def make_policy_pusher(core: ConsoleCore):  # type: ignore[no-untyped-def]
 
 def run(args: argparse.Namespace) -> int:
     """Start the core, show the main window, run until it closes; returns the exit code."""
-    from app._cmd_common import interfaces_for, setup_logging, tls_for
+    from app._cmd_common import interfaces_for, revocations_for, setup_logging, tls_for
 
     setup_logging(args.verbose)
     from PySide6.QtCore import QEvent, QTimer
@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"tierdeck console: --node {address}: expected HOST:PORT", file=sys.stderr)
             return 2
     core = ConsoleCore(args.db, telemetry_interval_s=args.telemetry_interval, interfaces=interfaces_for(args),
-                       fleet_file=args.fleet, tls=tls, fleet_id=args.fleet_id).start()
+                       fleet_file=args.fleet, tls=tls, fleet_id=args.fleet_id,
+                       revocations=revocations_for(args)).start()
     console = QtConsole(core)
     try:
         window = MainWindow(console, palette_models=bundled_models(args.models),

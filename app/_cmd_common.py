@@ -8,6 +8,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interface", action="append", default=[], metavar="IP",
                         help="browse mDNS on this IPv4 interface (repeatable); without --fleet/--node/--interface "
                              "every IPv4 interface is browsed")
+    add_fleet_id_option(parser)
     parser.add_argument("--discover-seconds", type=float, default=None, metavar="S",
                         help="how long to browse mDNS before acting (default 3 when browsing)")
     parser.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",
@@ -39,6 +41,24 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fleet-dir", type=Path, default=None, metavar="DIR",
                         help="where the fleet CA lives (with --tls; default: the user data dir)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+
+
+def add_fleet_id_option(parser: argparse.ArgumentParser) -> None:
+    """`--fleet-id ID`: show and act on only the mDNS nodes that advertise this fleet id."""
+    parser.add_argument("--fleet-id", default="", metavar="ID", type=_fleet_id,
+                        help="only the mDNS nodes started with `tierdeck-node --fleet-id ID` (other fleets and stray "
+                             "nodes on the segment are left out; nodes given by address are kept)")
+
+
+def _fleet_id(text: str) -> str:
+    from discovery import check_fleet_id
+
+    if not text:  # argparse runs the default through here too: "" = no scope
+        return ""
+    try:
+        return check_fleet_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def tls_for(args: argparse.Namespace) -> ClientTLS | None:
@@ -51,6 +71,23 @@ def tls_for(args: argparse.Namespace) -> ClientTLS | None:
         return FleetCA(args.fleet_dir or default_fleet_dir()).console_tls()
     except (FleetError, OSError) as exc:
         raise ValueError(str(exc)) from exc
+
+
+def revocations_for(args: argparse.Namespace) -> Callable[[], list[int]] | None:
+    """With --tls: reads the fleet's revoked serials, for the console to push to each node it (re)connects to."""
+    if not args.tls:
+        return None
+    from app.fleet_ca import FleetCA, default_fleet_dir
+
+    return FleetCA(args.fleet_dir or default_fleet_dir()).revoked
+
+
+def core_for(args: argparse.Namespace) -> Any:
+    """The console core a headless command works through, set up from its fleet options."""
+    from app._console import ConsoleCore
+
+    return ConsoleCore(args.db, interfaces=interfaces_for(args), fleet_file=args.fleet, tls=tls_for(args),
+                       fleet_id=args.fleet_id, revocations=revocations_for(args))
 
 
 def interfaces_for(args: argparse.Namespace) -> list[str]:

@@ -18,15 +18,7 @@ from typing import Any, TextIO
 
 import grpc
 
-from app._cmd_common import (
-    add_db_option,
-    add_fleet_options,
-    async_gather_nodes,
-    interfaces_for,
-    setup_logging,
-    tls_for,
-)
-from app._console import ConsoleCore
+from app._cmd_common import add_db_option, add_fleet_options, async_gather_nodes, core_for, setup_logging
 from app._records import NodeSnapshot, NodeState
 
 
@@ -61,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
-    core = ConsoleCore(args.db, interfaces=interfaces_for(args), fleet_file=args.fleet, tls=tls_for(args))
+    core = core_for(args)
     report: list[dict[str, Any]] = []
     status = 0
     async with core:

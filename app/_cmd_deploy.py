@@ -8,8 +8,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from app._cmd_common import add_db_option, add_fleet_options, interfaces_for, setup_logging, tls_for
-from app._console import ConsoleCore
+from app._cmd_common import add_db_option, add_fleet_options, async_gather_nodes, core_for, setup_logging
 from app._deployer import DeployProgress, Plan
 from app.pipeline_file import PipelineError, load_pipeline
 
@@ -39,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _deploy(args: argparse.Namespace, pipeline: Any, out: TextIO) -> int:
-    interfaces = interfaces_for(args)
-    core = ConsoleCore(args.db, interfaces=interfaces, fleet_file=args.fleet, tls=tls_for(args))
+    core = core_for(args)
     progress: list[DeployProgress] = []
 
     def report(p: DeployProgress) -> None:
@@ -51,10 +49,7 @@ async def _deploy(args: argparse.Namespace, pipeline: Any, out: TextIO) -> int:
 
     async with core:
         assert core.fleet is not None
-        for address in args.node:
-            core.fleet.add_address(address)
-        if interfaces:
-            await asyncio.sleep(args.discover_seconds if args.discover_seconds is not None else 3.0)
+        await async_gather_nodes(core, args, remembered=False)
         await core.fleet.async_wait_settled(args.connect_timeout)
         the_plan = await core.async_plan(pipeline)
         if not args.json:

@@ -11,6 +11,7 @@ import sys
 import time
 from typing import TextIO
 
+from app._cmd_common import add_fleet_id_option
 from discovery import TIERS, Browser, NodeAdvert, NodeEvent, all_ipv4_interfaces
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how long to browse (default 3; with --watch: until interrupted)",
     )
     parser.add_argument("--fleet", metavar="FILE", help="also list the nodes of this fleet file")
+    add_fleet_id_option(parser)
     parser.add_argument("--json", action="store_true",
                         help="print JSON: a list of nodes (with --watch: one event object per line)")
     parser.add_argument("--watch", action="store_true",
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     interfaces = args.interface or all_ipv4_interfaces()
     try:
-        browser = Browser(interfaces, fleet_file=args.fleet)
+        browser = Browser(interfaces, fleet_file=args.fleet, fleet_id=args.fleet_id)
         return asyncio.run(_browse(browser, timeout, args.watch, args.json, sys.stdout))
     except (ValueError, OSError) as exc:
         print(f"tierdeck nodes: {exc}", file=sys.stderr)

@@ -9,15 +9,7 @@ import sys
 import time
 from typing import Any, TextIO
 
-from app._cmd_common import (
-    add_db_option,
-    add_fleet_options,
-    async_gather_nodes,
-    interfaces_for,
-    setup_logging,
-    tls_for,
-)
-from app._console import ConsoleCore
+from app._cmd_common import add_db_option, add_fleet_options, async_gather_nodes, core_for, setup_logging
 from app._records import NodeSample, NodeSnapshot, NodeState
 
 
@@ -41,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _status(args: argparse.Namespace, out: TextIO) -> int:
-    interfaces = interfaces_for(args)
-    core = ConsoleCore(args.db, interfaces=interfaces, fleet_file=args.fleet, tls=tls_for(args))
+    core = core_for(args)
     async with core:
         assert core.fleet is not None
         await async_gather_nodes(core, args, remembered=not args.no_remembered)

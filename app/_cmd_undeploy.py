@@ -14,15 +14,7 @@ import json
 import sys
 from typing import Any, TextIO
 
-from app._cmd_common import (
-    add_db_option,
-    add_fleet_options,
-    async_gather_nodes,
-    interfaces_for,
-    setup_logging,
-    tls_for,
-)
-from app._console import ConsoleCore
+from app._cmd_common import add_db_option, add_fleet_options, async_gather_nodes, core_for, setup_logging
 from app._records import NodeSnapshot, NodeState
 
 
@@ -50,8 +42,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _undeploy(args: argparse.Namespace, out: TextIO) -> int:
-    interfaces = interfaces_for(args)
-    core = ConsoleCore(args.db, interfaces=interfaces, fleet_file=args.fleet, tls=tls_for(args))
+    core = core_for(args)
     report: list[dict[str, Any]] = []
     status = 0
     async with core:

@@ -53,6 +53,8 @@ class ConsoleCore:
         db_options: dict[str, Any] | None = None,
         fleet_options: dict[str, Any] | None = None,
         tls: ClientTLS | None = None,
+        fleet_id: str = "",
+        revocations: Callable[[], list[int]] | None = None,
     ) -> None:
         self.db_path = Path(db_path) if db_path is not None else default_db_path()
         self.telemetry_interval_s = telemetry_interval_s
@@ -62,6 +64,10 @@ class ConsoleCore:
         self.db = Database(self.db_path, retention=retention or Retention(), max_db_bytes=max_db_bytes,
                            on_error=self._db_error, on_recovered=self._db_recovered, **(db_options or {}))
         self._fleet_options = dict(fleet_options or {})
+        if fleet_id:
+            self._fleet_options["fleet_id"] = fleet_id
+        if revocations is not None:
+            self._fleet_options["revocations"] = revocations
         self.fleet: Fleet | None = None
         self.deployer: Deployer | None = None
         self.latest: dict[str, NodeSample] = {}
@@ -400,6 +406,15 @@ class ConsoleCore:
             self._need_fleet().add_address(address)
             return member
         return self.submit(go())
+
+    def report_process_exit(self, message: str, node_id: str = "", detail: dict[str, Any] | None = None,
+                            note: str = "") -> None:
+        """A supervised process died unexpectedly (any thread): an error event, and `note` on the node's card."""
+        def go() -> None:
+            self.publish_event(ConsoleEvent("process_exit", message, Severity.ERROR, node_id, dict(detail or {})))
+            if node_id and self.fleet is not None:
+                self.fleet.set_process_note(node_id, note or message)
+        self.call_soon(go)
 
     def plan(self, pipeline: Pipeline) -> concurrent.futures.Future[Plan]:
         """Plan a pipeline (see `async_plan`)."""

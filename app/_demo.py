@@ -7,12 +7,13 @@ the caller's (main) thread or the console core's loop; children die with the pro
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from app._console import ConsoleCore
-from app._demo_fleet import DemoFleet
+from app._demo_fleet import ChildExit, DemoFleet
 from app._deployer import DeployResult
 from app._records import NodeSample, NodeSnapshot, NodeState
 from app.pipeline_file import Pipeline, load_pipeline
@@ -32,6 +33,7 @@ class DemoConfig:
     pipeline: Path = PIPELINE
     base_dir: Path | None = None
     db: Path | None = None
+    fleet_id: str = ""                  # "" = a new id per run
 
 
 @dataclass
@@ -48,9 +50,12 @@ class Demo:
 
     def __post_init__(self) -> None:
         self.pipeline = load_pipeline(self.config.pipeline)
-        self.fleet = DemoFleet(self.config.base_dir)
+        # A fleet of its own: another run's nodes (or any stray node) on the same host are neither shown nor
+        # deployed to.
+        self.fleet_id = self.config.fleet_id or f"demo-{secrets.token_hex(4)}"
+        self.fleet = DemoFleet(self.config.base_dir, fleet_id=self.fleet_id)
         db = self.config.db or self.fleet.base_dir / "console.sqlite"
-        self.core = ConsoleCore(db, telemetry_interval_s=1.0, interfaces=["127.0.0.1"])
+        self.core = ConsoleCore(db, telemetry_interval_s=1.0, interfaces=["127.0.0.1"], fleet_id=self.fleet_id)
 
     @property
     def expected_nodes(self) -> int:
@@ -62,6 +67,15 @@ class Demo:
         self.fleet.start_agents(self.config.device, self.config.edge, self.config.cloud)
         self.core.start()
         self.core.subscribe_samples(self._on_sample)
+        self.fleet.watch(self._on_child_exit)
+
+    def _on_child_exit(self, ended: ChildExit) -> None:
+        """Watcher thread: an unexpected death becomes an error event and a reason on the node it concerns."""
+        try:
+            self.core.report_process_exit(ended.describe(), ended.node_id, ended.as_json(),
+                                          note=f"{ended.who} died: {ended.how}")
+        except RuntimeError:  # the core is not running (stopping): the summary still lists it
+            pass
 
     def _on_sample(self, sample: NodeSample) -> None:
         self.latest[sample.node_id] = sample  # loop thread; a dict assignment is atomic
@@ -131,7 +145,10 @@ class Demo:
         deployed = bool(result and result.ok)
         found = sum(1 for n in nodes if n.state in (NodeState.ONLINE, NodeState.DEGRADED))
         flowed = all(per_stage[sid]["inferences"] > 0 for sid in chain)
+        self.fleet.check_children()
+        exits = [e.as_json() for e in self.fleet.unexpected_exits]
         return {
+            "fleet_id": self.fleet_id,
             "nodes_expected": self.expected_nodes,
             "nodes_found": found,
             "nodes": [{"name": n.name, "tier": n.tier, "state": str(n.state), "address": n.address,
@@ -141,5 +158,6 @@ class Demo:
             "stages": per_stage,
             "links": links,
             "power": power,
-            "ok": found >= self.expected_nodes and deployed and flowed,
+            "unexpected_exits": exits,
+            "ok": found >= self.expected_nodes and deployed and flowed and not exits,
         }

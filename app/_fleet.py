@@ -65,6 +65,9 @@ CHANNEL_OPTIONS: list[tuple[str, object]] = [
 ]
 
 
+PROCESS_REASON = "process"  # the reason a supervisor (the demo) gives for a node: its process or input died
+
+
 class _SessionEnded(Exception):
     """The node's session ended for a reason worth telling the operator."""
 
@@ -99,6 +102,8 @@ class _Node:
     refreshing: asyncio.Task[None] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     endpoint: tuple[str, str, str, ClientTLS | None] | None = None  # (model, version, stage id, TLS) of an engine
+    revocations_pushed: frozenset[int] | None = None
+    pgen: str = ""  # the pairing-code generation it advertises while unenrolled (TXT `pgen`)
 
     def snapshot(self) -> NodeSnapshot:
         return NodeSnapshot(
@@ -123,6 +128,8 @@ class Fleet:
         overdue_factor: float = 3.0,
         on_event: ConsoleEventCallback | None = None,
         tls: ClientTLS | None = None,
+        fleet_id: str = "",
+        revocations: Callable[[], list[int]] | None = None,
     ) -> None:
         if not 0.1 <= telemetry_interval_s <= 10.0:
             raise ValueError("telemetry_interval_s must be between 0.1 and 10 s (the agent's range)")
@@ -134,6 +141,10 @@ class Fleet:
         self.overdue_s = max(overdue_factor * telemetry_interval_s, 2.0)
         self._on_event = on_event
         self.tls = tls
+        # The fleet's revoked serials (read from the fleet CA, blocking): pushed on every (re)connection, so a
+        # node that was away when `fleet revoke` ran gets the list when it is back.
+        self._revocations = revocations
+        self.fleet_id = fleet_id  # mDNS: only nodes advertising this fleet id (TXT `fleet`); "" = any
         self._nodes: dict[str, _Node] = {}
         self._forgotten: set[str] = set()
         self._subscribers: list[FleetCallback] = []
@@ -178,7 +189,7 @@ class Fleet:
         if self.interfaces:
             from discovery import Browser
 
-            self._browser = Browser(self.interfaces)
+            self._browser = Browser(self.interfaces, fleet_id=self.fleet_id)
             self._unsubscribe_browser = self._browser.subscribe(self._on_discovery)
             await self._browser.async_start()
             for advert in self._browser.nodes().values():
@@ -262,6 +273,27 @@ class Fleet:
         node.task = asyncio.ensure_future(self._run(node, delay=0.0))
         return True
 
+    def set_process_note(self, node_id: str, note: str) -> bool:
+        """A supervisor's word on why a node's process or its input stopped ("" clears it); False if unknown.
+
+        Kept as one of the node's reasons (so the card and the state say it) until cleared or the node is
+        forgotten; it survives the node going offline.
+        """
+        node = self._nodes.get(node_id)
+        if node is None:
+            node = next((n for n in self._nodes.values() if n.node_id == node_id), None)
+        if node is None:
+            return False
+        if note:
+            node.reasons[PROCESS_REASON] = note
+        else:
+            node.reasons.pop(PROCESS_REASON, None)
+        if node.state in (NodeState.ONLINE, NodeState.DEGRADED):
+            self._update_reasons(node)
+        else:
+            self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
+        return True
+
     # ----- queries (loop thread) ------------------------------------------------------------------
     def nodes(self) -> list[NodeSnapshot]:
         """Snapshots of every node, in the order they became known."""
@@ -329,7 +361,7 @@ class Fleet:
         node = self._nodes.get(advert.node_id)
         if node is None:
             node = _Node(key=advert.node_id, node_id=advert.node_id, name=advert.name, tier=advert.tier,
-                         address=advert.address, source="mdns")
+                         address=advert.address, source="mdns", pgen=advert.txt_dict().get("pgen") or "")
             self._add(node)
             return
         connected = node.state in (NodeState.CONNECTING, NodeState.ONLINE, NodeState.DEGRADED)
@@ -345,6 +377,15 @@ class Fleet:
                               f"fingerprint {advert.fingerprint[:16]}…, not the {proven[:16]}… the node proved: "
                               "ignored", advert.address)
             return
+        pgen = advert.txt_dict().get("pgen") or ""
+        if pgen and pgen != node.pgen:
+            if node.pgen:
+                self._pairing_code_changed(node, pgen, advert.address)
+            node.pgen = pgen
+        elif not pgen and node.pgen:  # enrolled now: no code any more
+            node.pgen = ""
+            if node.reasons.pop("pairing", None) is not None:
+                self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
         if advert.address and advert.address != node.address and node.state == NodeState.OFFLINE:
             node.address = advert.address
             self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
@@ -389,7 +430,8 @@ class Fleet:
                 node.reasons["telemetry"] = f"telemetry stream interrupted ({failure}); reopening"
                 self._update_reasons(node)
             else:
-                self._set_state(node, NodeState.OFFLINE, {"offline": failure})
+                kept = {k: v for k, v in node.reasons.items() if k == PROCESS_REASON}
+                self._set_state(node, NodeState.OFFLINE, {"offline": failure, **kept})
                 await self._close_client(node)
             low, high = self.backoff_s
             wait = min(high, low * 2 ** min(node.attempts - 1, 16)) if not alive else low
@@ -451,6 +493,8 @@ class Fleet:
         await self._read_node(node, client)
         if not await client.healthy("", timeout=self.connect_timeout_s):
             raise _SessionEnded("health check: not SERVING (the agent is shutting down or starting)")
+        if self.tls is not None and self._revocations is not None:
+            await self._push_revocations(node, client)
         node.first_sample = False
         stream = next(self._streams)
         node.last_sample_at = time.monotonic()
@@ -465,6 +509,24 @@ class Fleet:
         finished = watchdog if watchdog in done else stream_task
         if not finished.cancelled() and finished.exception() is not None:
             raise finished.exception()  # type: ignore[misc]
+
+    async def _push_revocations(self, node: _Node, client: NodeClient) -> None:
+        """Send the fleet's revoked list (idempotent); a failure is reported, the session goes on."""
+        assert self._revocations is not None
+        try:
+            serials = await asyncio.get_running_loop().run_in_executor(None, self._revocations)
+            await client.control.UpdateRevocations(
+                ctl.UpdateRevocationsRequest(revoked_serials=[str(s) for s in serials]),
+                timeout=self.connect_timeout_s)
+        except (grpc.aio.AioRpcError, TimeoutError, OSError, ValueError) as exc:
+            self._console_event("revocations", f"revocations could not be pushed to {node.name}: "
+                                f"{_rpc_reason(exc)}", Severity.WARNING, node.node_id)
+            return
+        pushed = frozenset(serials)
+        if pushed != node.revocations_pushed and pushed:
+            self._console_event("revocations", f"{node.name} has the fleet's {len(pushed)} revoked certificate(s)",
+                                Severity.INFO, node.node_id, {"serials": sorted(str(s) for s in pushed)})
+        node.revocations_pushed = pushed
 
     async def _read_node(self, node: _Node, client: NodeClient) -> None:
         """GetNodeInfo (identifying the node), ListStages and each stage's health."""
@@ -610,6 +672,18 @@ class Fleet:
                 why = f": {'; '.join(node.reasons.values())}" if node.reasons else ""
                 self._console_event("node_state", f"{node.name} is {state}{why}", severity, node.node_id,
                                     {"from": str(previous), "to": str(state), "address": node.address})
+        else:
+            self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
+
+    def _pairing_code_changed(self, node: _Node, generation: str, address: str) -> None:
+        """An unenrolled node made a new pairing code: the code the operator read is no longer good."""
+        message = (f"the pairing code of {node.name} changed (generation {generation}): read the new code on the "
+                   "node (its stdout JSON line or its log) before enrolling it")
+        self._console_event("pairing_code_changed", message, Severity.WARNING, node.node_id,
+                            {"generation": generation, "address": address})
+        node.reasons["pairing"] = message
+        if node.state in (NodeState.ONLINE, NodeState.DEGRADED):
+            self._update_reasons(node)
         else:
             self._emit(FleetEvent(FleetEventKind.CHANGED, node.snapshot()))
 

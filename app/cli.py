@@ -7,6 +7,8 @@ import importlib
 import os
 import sys
 
+from runners._lifeline import arm_from_env
+
 # Each command lives in its own module with `configure(parser)` and `run(args) -> int`; Qt is imported
 # only inside the run() of the commands that open windows, so the headless commands work without a display.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -38,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `tierdeck` command line; returns the process exit code."""
+    arm_from_env()  # first: a child of the demo dies with it (runners/_lifeline.py)
     # gRPC's own INFO lines (e.g. about fork handlers when the demo starts its sensors) are not for operators.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()

@@ -30,6 +30,7 @@ from ._records import (
     NodeAdvert,
     NodeEvent,
     address_key,
+    check_fleet_id,
     format_address,
     parse_address,
     parse_txt,
@@ -83,8 +84,15 @@ class Browser:
         aiozc: AsyncZeroconf | None = None,
         fleet_file: str | Path | None = None,
         resolve_timeout: float = 3.0,
+        fleet_id: str = "",
     ) -> None:
-        """Prepare a browser; pass `aiozc` to share the process's AsyncZeroconf (then `interfaces` is unused)."""
+        """Prepare a browser; pass `aiozc` to share the process's AsyncZeroconf (then `interfaces` is unused).
+
+        With `fleet_id`, only advertisements carrying that fleet id (TXT `fleet`) are shown; the others —
+        another fleet's nodes, a stray node from another run — are left out (one log line each).
+        """
+        self.fleet_id = check_fleet_id(fleet_id) if fleet_id else ""
+        self._out_of_scope: dict[str, str] = {}
         self._interfaces = ipv4_only(list(interfaces), "interface") if aiozc is None else list(interfaces)
         self._shared = aiozc
         self._aiozc: AsyncZeroconf | None = None
@@ -287,6 +295,14 @@ class Browser:
         except ValueError as exc:
             self._reject(name, str(exc))
             return
+        if self.fleet_id and advert.fleet != self.fleet_id:
+            if self._out_of_scope.get(name) != advert.fleet:
+                self._out_of_scope[name] = advert.fleet
+                log.info("leaving out %r: fleet %r, not %r", name, advert.fleet or "(none)", self.fleet_id)
+            if self._by_name.pop(name, None) is not None:
+                self._publish()
+            return
+        self._out_of_scope.pop(name, None)
         if self._rejected.pop(name, None) is not None:
             log.info("advertisement %r is valid again", name)
         self._seq += 1

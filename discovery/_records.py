@@ -22,7 +22,10 @@ MAX_INSTANCE_BYTES = 63
 MAX_NAME_BYTES = 56
 
 # Longest value accepted per known key; anything longer is a malformed (or hostile) record.
-_MAX_VALUE_CHARS = {"txtvers": 3, "id": 64, "tier": 8, "ver": 32, "proto": 32, "fp": 100, "cfg": 20}
+_MAX_VALUE_CHARS = {"txtvers": 3, "id": 64, "tier": 8, "ver": 32, "proto": 32, "fp": 100, "cfg": 20, "fleet": 32}
+# `fleet` (optional, since txtvers 1 — older browsers ignore it): the scope a node belongs to, so two fleets
+# (or the demo and a stray node) on one segment stay apart. A browser scoped to a fleet shows only its nodes.
+MAX_FLEET_ID_CHARS = 32
 _ID_RE = re.compile(r"[0-9A-Za-z][0-9A-Za-z._-]*\Z")
 _TOKEN_RE = re.compile(r"[\x21-\x7e]*\Z")  # printable ASCII, no spaces
 _FP_RE = re.compile(r"[0-9A-Za-z:+/=_-]*\Z")
@@ -48,6 +51,7 @@ class NodeAdvert:
     source: Source = "mdns"
     host: str = ""
     txt: tuple[tuple[str, str | None], ...] = ()
+    fleet: str = ""
 
     def txt_dict(self) -> dict[str, str | None]:
         """The raw TXT as a dict (keys lower-case; None for a key without `=`)."""
@@ -76,6 +80,7 @@ class NodeAdvert:
             "proto": self.proto,
             "fingerprint": self.fingerprint,
             "cfg": self.cfg,
+            "fleet": self.fleet,
             "source": self.source,
             "host": self.host,
             "txt": self.txt_dict(),
@@ -89,6 +94,14 @@ class NodeEvent:
     kind: EventKind
     advert: NodeAdvert
     previous_key: str | None = None
+
+
+def check_fleet_id(fleet_id: str) -> str:
+    """A fleet id as advertised (letters, digits, `.`, `_`, `-`; at most 32); raises ValueError otherwise."""
+    if not fleet_id or len(fleet_id) > MAX_FLEET_ID_CHARS or not _ID_RE.match(fleet_id):
+        raise ValueError(f"bad fleet id {fleet_id[:40]!r}: use 1-{MAX_FLEET_ID_CHARS} letters, digits, '.', '_' "
+                         "or '-', starting with a letter or digit")
+    return fleet_id
 
 
 def address_key(host: str, port: int) -> str:
@@ -288,6 +301,11 @@ def parse_txt(
         raise ValueError(f"bad cfg counter {cfg_text[:20]!r}")
     if port is not None and not 1 <= port <= 65535:
         raise ValueError(f"absurd port {port}")
+    fleet = txt.get("fleet")
+    if "fleet" in txt:
+        if fleet is None:
+            raise ValueError("TXT key 'fleet' has no '=' value")
+        check_fleet_id(fleet)
 
     return NodeAdvert(
         node_id=node_id,
@@ -302,4 +320,5 @@ def parse_txt(
         source="mdns",
         host=host,
         txt=tuple(txt.items()),
+        fleet=fleet or "",
     )

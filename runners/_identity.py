@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -13,6 +14,7 @@ import grpc
 from runners._security import (
     ROLE_CONSOLE,
     ROLES,
+    PairingGuard,
     Peer,
     cert_pem,
     fingerprint,
@@ -33,7 +35,6 @@ from runners._security import (
 from runners._store import write_atomic
 
 log = logging.getLogger("tierdeck.identity")
-MAX_BAD_PROOFS = 5
 
 
 class AccessDenied(Exception):
@@ -53,7 +54,10 @@ class NodeIdentity:
         self.node_id = node_id
         self.insecure = insecure
         self.pairing_code = ""
-        self._bad_proofs = 0
+        self.code_generation = 0  # bumped whenever the code changes (advertised as TXT `pgen`)
+        self.guard = PairingGuard()
+        # Called (code, reason) from the I/O thread whenever a new code replaces one an operator may have read.
+        self.on_code_changed: Callable[[str, str], None] | None = None
         self._pending: dict[bytes, bytes] = {}  # node nonce -> console nonce, for begun enrolments
         self.revoked: set[int] = set()
         if insecure:
@@ -136,8 +140,15 @@ class NodeIdentity:
         return peer
 
     # -- enrolment ---------------------------------------------------------------------------------
-    def begin(self, console_nonce: bytes) -> tuple[bytes, bytes, bytes]:
-        """(public key PEM, node nonce, node proof) for a console that sent this nonce."""
+    def _check_peer(self, peer: str) -> None:
+        wait = self.guard.wait_s(peer)
+        if wait > 0:
+            raise AccessDenied(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                               f"too many wrong pairing codes from {peer or 'this peer'}: try again in {wait:.0f} s")
+
+    def begin(self, console_nonce: bytes, peer: str = "") -> tuple[bytes, bytes, bytes]:
+        """(public key PEM, node nonce, node proof) for a console that sent this nonce (`peer`: its address)."""
+        self._check_peer(peer)
         if len(console_nonce) < 16:
             raise AccessDenied(grpc.StatusCode.INVALID_ARGUMENT, "console nonce must be at least 16 bytes")
         node_nonce = secrets.token_bytes(32)
@@ -149,30 +160,46 @@ class NodeIdentity:
         return pub, node_nonce, proof(self.pairing_code, "node", data)
 
     def complete(self, console_nonce: bytes, node_nonce: bytes, ca: bytes, certificate: bytes,
-                 console_proof: bytes, revoked: list[int]) -> str:
-        """Accept the fleet CA and certificate if the console proved it knows the code; returns the fingerprint."""
+                 console_proof: bytes, revoked: list[int], peer: str = "") -> str:
+        """Accept the fleet CA and certificate if the console proved it knows the code; returns the fingerprint.
+
+        A wrong proof costs `peer` (its address) back-off, not the operator their code (see PairingGuard).
+        """
+        self._check_peer(peer)
         if self._pending.get(node_nonce) != console_nonce:
             raise AccessDenied(grpc.StatusCode.FAILED_PRECONDITION, "unknown enrolment: call BeginEnrollment first")
         data = transcript(self.node_id, public_pem(self.key), node_nonce, console_nonce, ca, certificate)
         if not proof_ok(self.pairing_code, "console", data, console_proof):
-            self._bad_proofs += 1
             del self._pending[node_nonce]
-            if self._bad_proofs >= MAX_BAD_PROOFS:
-                self.pairing_code = new_pairing_code()
-                self._bad_proofs = 0
-                self._pending.clear()
-                log.warning("too many wrong pairing codes: new pairing code %s", self.pairing_code)
-            raise AccessDenied(grpc.StatusCode.PERMISSION_DENIED, "wrong pairing code")
+            backoff, rotate = self.guard.wrong(peer)
+            log.warning("wrong pairing code from %s%s", peer or "a peer",
+                        f"; it waits {backoff:.0f} s before its next try" if backoff else "")
+            if rotate:
+                self.new_code(f"{self.guard.total_wrong} wrong pairing codes from several addresses")
+            raise AccessDenied(grpc.StatusCode.PERMISSION_DENIED, "wrong pairing code"
+                               + (f" (next try from this address in {backoff:.0f} s)" if backoff else ""))
         try:
             verify_issued(certificate, ca, self.key, self.node_id)
         except ValueError as exc:
             raise AccessDenied(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from exc
+        self.guard.succeeded(peer)
         self.set_revoked(revoked)
         write_atomic(self.dir / "ca.pem", ca)
         write_atomic(self.dir / "node.pem", certificate)
         self.pairing_code = ""
         self._pending.clear()
         return fingerprint(certificate)
+
+    def new_code(self, reason: str) -> str:
+        """Replace the pairing code (unenrolled nodes only); tell `on_code_changed`; returns the new code."""
+        self.pairing_code = new_pairing_code()
+        self.code_generation += 1
+        self.guard.rotated()
+        self._pending.clear()
+        log.warning("new pairing code %s (%s)", self.pairing_code, reason)
+        if self.on_code_changed is not None:
+            self.on_code_changed(self.pairing_code, reason)
+        return self.pairing_code
 
     def set_revoked(self, serials: list[int]) -> None:
         """Replace the revoked list (persisted)."""

@@ -15,8 +15,12 @@ Enrolment design (why someone on the LAN without the code gets nothing):
   ``console_proof = HMAC(K, "console" | transcript | CA | certificate)``. The node accepts a CA only
   with a valid console proof, so nobody without the code can make a node trust their CA (impersonate
   the console). The node checks that the certificate is for its own key and id and is signed by that CA.
-* Online guessing is cut off: after 5 bad proofs the node makes a new code. Offline guessing from a
-  recorded node proof means searching 2^80 codes: out of reach.
+* Online guessing is slowed per peer (``PairingGuard``): a few wrong proofs are free, then each
+  address waits 1 s, 2 s, 4 s, … (at most an hour) before it may try again. The operator's code is
+  not rotated because of one peer, so a stranger cannot lock the operator out by sending wrong
+  proofs; only after 1,000 wrong proofs in all (many addresses: a distributed guess) does the node
+  make a new code, print it on its stdout JSON line and advertise a new ``pgen``, which the console
+  shows. Offline guessing from a recorded node proof means searching 2^80 codes: out of reach.
 * After enrolment every connection is mutual TLS with certificates from the fleet CA. Node
   certificates carry the SANs ``<node id>.node.tierdeck`` and ``node.tierdeck``; a client that dials
   with ``grpc.ssl_target_name_override=<claimed id>.node.tierdeck`` connects only to the node that
@@ -30,6 +34,9 @@ import datetime as dt
 import hashlib
 import hmac
 import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -173,6 +180,50 @@ def peer_from_pem(pem: bytes) -> Peer:
     except x509.ExtensionNotFound:
         pass
     return Peer(role=role, name=str(names[0].value) if names else "", serial=cert.serial_number, node_id=node_id)
+
+
+class PairingGuard:
+    """Wrong pairing proofs per peer: `free` of them, then exponential back-off; a rotation only for many peers."""
+
+    def __init__(self, free: int = 3, base_s: float = 1.0, max_s: float = 3600.0, rotate_after: int = 1000,
+                 max_peers: int = 4096, clock: Callable[[], float] = time.monotonic) -> None:
+        self.free, self.base_s, self.max_s, self.rotate_after = free, base_s, max_s, rotate_after
+        self.max_peers = max_peers
+        self.clock = clock
+        self.total_wrong = 0      # since the current code was made
+        self._peers: OrderedDict[str, tuple[int, float]] = OrderedDict()  # peer -> (wrong proofs, blocked until)
+
+    def wait_s(self, peer: str) -> float:
+        """Seconds `peer` must wait before its next attempt (0 = it may try now)."""
+        entry = self._peers.get(peer)
+        return max(0.0, entry[1] - self.clock()) if entry else 0.0
+
+    def wrong(self, peer: str) -> tuple[float, bool]:
+        """Count a wrong proof from `peer`; returns (its back-off in seconds, whether the code must rotate)."""
+        count = self._peers.pop(peer, (0, 0.0))[0] + 1
+        backoff = 0.0 if count <= self.free else min(self.max_s, self.base_s * 2 ** (count - self.free - 1))
+        self._peers[peer] = (count, self.clock() + backoff)
+        while len(self._peers) > self.max_peers:  # bounded memory; the oldest entries go first
+            self._peers.popitem(last=False)
+        self.total_wrong += 1
+        return backoff, self.total_wrong >= self.rotate_after
+
+    def rotated(self) -> None:
+        """A new code was made: the count toward the next rotation starts again (per-peer back-offs stay)."""
+        self.total_wrong = 0
+
+    def succeeded(self, peer: str) -> None:
+        """The peer proved the code."""
+        self._peers.pop(peer, None)
+
+
+def peer_address(peer: str) -> str:
+    """A gRPC peer string ("ipv4:10.1.0.7:50512", "ipv6:[::1]:5") without its port: whom to rate-limit."""
+    if peer.startswith("ipv6:[") and "]" in peer:
+        return peer[: peer.index("]") + 1]
+    if peer.startswith("ipv4:"):
+        return peer.rpartition(":")[0]
+    return peer
 
 
 def new_pairing_code() -> str:

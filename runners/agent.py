@@ -35,16 +35,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from runners import __version__
 from runners._forward import ROW_IDS, SMOKE, EscalationQueue, Forwarder, unpack_row_ids
 from runners._identity import AccessDenied, NodeIdentity
+from runners._lifeline import arm_from_env
+from runners._limits import (
+    ResourceRefused,
+    RssWindow,
+    check_declared,
+    check_measured,
+    check_warmup_fits,
+    guarded_warmup,
+)
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
 from runners._rules import DROPPED, ESCALATE, Decisions, evaluate
+from runners._security import peer_address
 from runners._seen import row_digests
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
 from runners._telemetry import StageStats, TelemetryWindow, prune
 from runners._tensors import TensorError, decode_inputs, encode_outputs, nonfinite
+from runners.client import FAILED_STEP_KEY
 from runners.power import PowerMeter
 
 log = logging.getLogger("tierdeck.agent")
@@ -75,6 +86,8 @@ class AgentConfig:
     queue_limit: int = 100_000
     ort_threads: int = 1
     max_message_mb: int = 256
+    pairing_rotate_after: int = 1000  # wrong pairing proofs (all peers) before a new code is made
+    fleet_id: str = ""            # advertised in TXT `fleet`: consoles scoped to a fleet show only its nodes
 
 
 def _is_loopback(host: str) -> bool:
@@ -108,6 +121,8 @@ class Agent:
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
         self.queue = EscalationQueue(config.data_dir / "queue.sqlite", config.queue_limit)
         self.identity = NodeIdentity(config.data_dir, self.node_id, config.insecure)
+        self.identity.on_code_changed = self._pairing_code_changed
+        self.identity.guard.rotate_after = max(1, config.pairing_rotate_after)
         self.power = PowerMeter(idle_watts=config.idle_watts, max_watts=config.max_watts)
         self.health = health.aio.HealthServicer()
         self.cfg = self.store.config_counter()
@@ -121,11 +136,13 @@ class Agent:
         self._server: grpc.aio.Server | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._advertiser: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------------------------
     async def async_start(self) -> str:
         """Load stages, start serving; returns the address actually listened on."""
+        self._loop = asyncio.get_running_loop()
         host, port = split_address(self.config.listen)
         self._server, bound = self._make_server(host, port)
         self.address = f"{host}:{bound}"
@@ -177,6 +194,15 @@ class Agent:
         if self._advertiser is not None:
             await self._advertiser.async_update(fp=self.identity.fingerprint, paired="1")
 
+    def _pairing_code_changed(self, code: str, reason: str) -> None:
+        """I/O thread: the operator's code changed — say it where they read it (stdout JSON), and advertise it."""
+        print(json.dumps({"event": "pairing_code", "pairing_code": code, "generation": self.identity.code_generation,
+                          "reason": reason}), flush=True)
+        loop = self._loop
+        if loop is not None and self._advertiser is not None:
+            loop.call_soon_threadsafe(lambda: self._tasks.append(asyncio.ensure_future(
+                self._advertiser.async_update(pgen=str(self.identity.code_generation)))))
+
     async def allow(self, context: grpc.aio.ServicerContext, need: str) -> None:
         """Abort the RPC unless the verified peer may do this (see NodeIdentity.authorize)."""
         try:
@@ -194,7 +220,11 @@ class Agent:
                                       interfaces=interfaces, fingerprint=self.identity.fingerprint,
                                       extra_txt={"cfg": str(self.cfg),
                                                  "paired": "1" if self.identity.enrolled or self.config.insecure
-                                                 else "0"})
+                                                 else "0",
+                                                 # pairing code generation: a console notices a new code
+                                                 **({"pgen": str(self.identity.code_generation)}
+                                                    if self.identity.pairing_code else {}),
+                                                 **({"fleet": self.config.fleet_id} if self.config.fleet_id else {})})
         await self._advertiser.async_start()
 
     async def async_stop(self, grace: float = 5.0) -> None:
@@ -232,12 +262,17 @@ class Agent:
 
     async def build_stage(self, manifest: ctl.StageManifest, path: Path, previous: str = "",
                           activated_ms: int = 0) -> Stage:
-        """Load a model file into a ready Stage (session opened and warmed up, policy checked)."""
-        session = await asyncio.get_running_loop().run_in_executor(
-            self.compute, load_session, path, self.config.ort_threads)
+        """Load a model file into a ready Stage (session opened and warmed up, policy and memory limits checked)."""
+        loop = asyncio.get_running_loop()
+        rss = RssWindow().start()
+        session = await loop.run_in_executor(self.compute, load_session, path, self.config.ort_threads)
         stage = Stage(manifest=manifest, session=session, model_path=path, stats=self._stats_for(manifest.stage_id),
                       previous_version=previous, activated_unix_ms=activated_ms or int(time.time() * 1000))
-        await asyncio.get_running_loop().run_in_executor(self.compute, stage.warm_up)
+        # Limits (runners/_limits.py): refused at "warmup" as RESOURCE_EXHAUSTED, never an allocation crash.
+        check_warmup_fits(stage.inputs)
+        check_declared(stage.inputs, stage.outputs, manifest.max_batch, path.stat().st_size, self.memory_cap_bytes)
+        await loop.run_in_executor(self.compute, guarded_warmup, stage.warm_up)
+        check_measured(rss.growth(), self.memory_cap_bytes)
         return stage
 
     async def swap_in(self, stage: Stage) -> None:
@@ -570,6 +605,12 @@ class ControlService(ctl_grpc.NodeControlServicer):
                 await agent.config_changed()
                 log.info("deployed %s version %s", manifest.stage_id, manifest.version)
                 return ctl.DeployResponse(ok=True, stage=stage.info())
+        except ResourceRefused as exc:
+            # A proper status for any OIP/gRPC client; the step travels in the trailers for ours.
+            log.warning("deploy refused at %s: %s", exc.step, exc.message)
+            context.set_trailing_metadata(((FAILED_STEP_KEY, exc.step),))
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"refused at {exc.step}: {exc.message}")
+            raise
         except ModelRejected as exc:
             log.warning("deploy refused at %s: %s", exc.step, exc.message)
             return ctl.DeployResponse(ok=False, failed_step=exc.step, error=exc.message)
@@ -679,7 +720,7 @@ class ControlService(ctl_grpc.NodeControlServicer):
                               context: grpc.aio.ServicerContext) -> ctl.BeginEnrollmentResponse:
         await self.agent.allow(context, "enrol")
         try:
-            public, nonce, node_proof = self.agent.identity.begin(request.console_nonce)
+            public, nonce, node_proof = self.agent.identity.begin(request.console_nonce, peer_address(context.peer()))
         except AccessDenied as exc:
             await context.abort(exc.code, exc.message)
             raise
@@ -694,7 +735,8 @@ class ControlService(ctl_grpc.NodeControlServicer):
         try:
             revoked = [int(s) for s in request.revoked_serials]
             fp = await agent._in_io(agent.identity.complete, request.console_nonce, request.node_nonce,
-                                    request.ca_pem, request.certificate_pem, request.console_proof, revoked)
+                                    request.ca_pem, request.certificate_pem, request.console_proof, revoked,
+                                    peer_address(context.peer()))
         except AccessDenied as exc:
             log.warning("enrolment refused: %s", exc.message)
             await context.abort(exc.code, exc.message)
@@ -810,6 +852,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-mdns", action="store_true", help="do not advertise over mDNS")
     parser.add_argument("--mdns-interface", action="append", default=[], metavar="IP",
                         help="advertise on this interface address (repeatable; default: the listen address)")
+    parser.add_argument("--fleet-id", default="", metavar="ID",
+                        help="the fleet this node belongs to, advertised over mDNS (TXT `fleet`); a console run "
+                             "with `--fleet-id ID` shows only the nodes of that fleet")
+    parser.add_argument("--pairing-rotate-after", type=int, default=1000, help=argparse.SUPPRESS)  # tests
     parser.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on this port")
     parser.add_argument("--idle-watts", type=float, default=5.0, help="power model: watts at idle (estimate)")
     parser.add_argument("--max-watts", type=float, default=25.0, help="power model: watts at full CPU (estimate)")
@@ -830,6 +876,13 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
     if args.insecure and not _is_loopback(host) and not args.allow_insecure_network:
         raise SystemExit(f"tierdeck-node: refusing to serve without TLS on non-loopback address {host}; "
                          "pass --allow-insecure-network if you really mean it")
+    if args.fleet_id:
+        from discovery import check_fleet_id
+
+        try:
+            check_fleet_id(args.fleet_id)
+        except ValueError as exc:
+            raise SystemExit(f"tierdeck-node: --fleet-id: {exc}") from None
     preload = []
     for item in args.stage:
         stage_id, _, path = item.rpartition("=")
@@ -843,6 +896,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         mdns_interfaces=args.mdns_interface, metrics_port=args.metrics_port, idle_watts=args.idle_watts,
         max_watts=args.max_watts, memory_cap_mb=args.memory_cap_mb, power_budget_watts=args.power_budget_watts,
         queue_limit=args.queue_limit, ort_threads=args.ort_threads, max_message_mb=args.max_message_mb,
+        fleet_id=args.fleet_id, pairing_rotate_after=args.pairing_rotate_after,
     )
 
 
@@ -882,6 +936,7 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `tierdeck-node`."""
+    arm_from_env()  # first: a supervisor's child dies with it (runners/_lifeline.py)
     _limit_malloc_arenas()
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, stream=sys.stderr,

@@ -18,6 +18,7 @@ from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
 from runners._tensors import decode_outputs, encode_inputs
 
 CHUNK_BYTES = 1 << 20
+FAILED_STEP_KEY = "tierdeck-failed-step"  # trailer of a Deploy refused with a status (RESOURCE_EXHAUSTED)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,15 @@ class NodeClient:
 
     async def deploy(self, manifest: ctl.StageManifest, model: bytes, timeout: float = 120.0) -> ctl.StageInfo:
         """Upload and activate a stage; DeployError if the node refuses it."""
-        reply = await self.control.Deploy(deploy_requests(manifest, model), timeout=timeout)
+        try:
+            reply = await self.control.Deploy(deploy_requests(manifest, model), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise
+            trailers = dict(exc.trailing_metadata() or ())
+            step = str(trailers.get(FAILED_STEP_KEY, "warmup"))
+            details = exc.details() or ""
+            raise DeployError(step, details.removeprefix(f"refused at {step}: ")) from exc
         if not reply.ok:
             raise DeployError(reply.failed_step, reply.error)
         return reply.stage

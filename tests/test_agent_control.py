@@ -90,7 +90,8 @@ BAD_UPLOADS = {
 def serving(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
     tmp = tmp_path_factory.mktemp("bad")
     v1 = classifier(tmp / "v1.onnx", W1).read_bytes()
-    with running_agent(tmp / "node", "--memory-cap-mb", "1") as agent:
+    # 48 MiB: room for a real session's measured warm-up (runners/_limits.py), not for a 30 MiB file (x2).
+    with running_agent(tmp / "node", "--memory-cap-mb", "48") as agent:
         async def deploy() -> None:
             async with NodeClient(agent.address) as client:
                 await client.deploy(manifest_for("det", v1, "1"), v1)
@@ -123,7 +124,7 @@ def test_bad_upload_is_refused_and_previous_keeps_serving(serving: AgentProcess,
         model = proto.SerializeToString()
         manifest = manifest_for("det", model, "2")
     elif case == "too_big_for_memory_cap":
-        model = good + b"\0" * (1 << 20)
+        model = good + b"\0" * (30 << 20)
         manifest = manifest_for("det", model, "2")
     elif case == "rule_on_unknown_class":
         manifest = manifest_for("det", good, "2",

@@ -114,3 +114,30 @@ def test_sigkill_of_the_console_takes_the_fleet_down(tmp_path: Path) -> None:
         assert _descendants_alive(pids) == [], "agents or sensors outlived the killed console"
     finally:
         proc.kill()
+
+
+@pytest.mark.slow
+def test_headless_demo_with_a_child_killed_mid_run_says_not_ok_and_names_it(tmp_path: Path) -> None:
+    out = tmp_path / "demo.json"
+    proc = subprocess.Popen([*DEMO, "--headless", "--duration", "15", "--device", "1", "--edge", "1", "--cloud", "1",
+                             "--rate", "5", "--json", str(out), "--data-dir", str(tmp_path / "fleet")], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    try:
+        sensor = None
+        deadline = time.monotonic() + 240
+        while sensor is None and time.monotonic() < deadline and proc.poll() is None:
+            sensor = next((pid for pid, cmd in _cmdlines(proc.pid).items() if " sensor " in cmd), None)
+            time.sleep(0.3)
+        assert sensor is not None, "the sensor never started"
+        time.sleep(2.0)
+        os.kill(sensor, signal.SIGSEGV)
+        _, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["ok"] is False and summary["deploy_ok"] is True
+    assert [(e["role"], e["name"], e["signal"], e["pid"]) for e in summary["unexpected_exits"]] == [
+        ("sensor", "device-1", "SIGSEGV", sensor)]
+    assert "sensor for device-1 died: SIGSEGV" in stderr

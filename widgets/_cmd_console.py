@@ -16,6 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
+from app._cmd_common import add_fleet_id_option
 from app.core import ConsoleCore
 from app.fleet_ca import Member
 from app.pipeline_file import Rule
@@ -34,6 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--interface", action="append", default=[], metavar="IP",
                         help="browse mDNS on this IPv4 interface (repeatable); without --fleet/--node/--interface "
                              "every IPv4 interface is browsed")
+    add_fleet_id_option(parser)
     parser.add_argument("--pipeline", type=Path, metavar="FILE", help="open this pipeline file on the canvas")
     parser.add_argument("--wall", action="store_true", help="start in wall mode (full screen dashboard, large type)")
     parser.add_argument("--telemetry-interval", type=float, default=1.0, metavar="S",
@@ -86,7 +88,7 @@ def make_policy_pusher(core: ConsoleCore):  # type: ignore[no-untyped-def]
 
 def run(args: argparse.Namespace) -> int:
     """Start the core, show the main window, run until it closes; returns the exit code."""
-    from app._cmd_common import interfaces_for, setup_logging, tls_for
+    from app._cmd_common import interfaces_for, revocations_for, setup_logging, tls_for
 
     setup_logging(args.verbose)
     from PySide6.QtCore import QEvent, QTimer
@@ -110,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"tierdeck console: --node {address}: expected HOST:PORT", file=sys.stderr)
             return 2
     core = ConsoleCore(args.db, telemetry_interval_s=args.telemetry_interval, interfaces=interfaces_for(args),
-                       fleet_file=args.fleet, tls=tls).start()
+                       fleet_file=args.fleet, tls=tls, fleet_id=args.fleet_id,
+                       revocations=revocations_for(args)).start()
     console = QtConsole(core)
     try:
         window = MainWindow(console, palette_models=bundled_models(args.models),

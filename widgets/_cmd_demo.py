@@ -7,8 +7,10 @@ Interactive: the window opens with the example pipeline on the canvas; deploy it
 (Ctrl+D) or drag stages yourself; the sensor replays start once a deployment succeeds (`--deploy`
 deploys at start). Headless: offscreen, deploys, runs for the duration after the sensors start, saves a
 screenshot of the main window, prints a JSON summary, and exits 0 only if the whole fleet was found, the
-deploy succeeded and inputs reached every tier. Whichever way the console ends — window closed, Ctrl+C,
-a crash or SIGKILL — the agents and sensors go with it (app/_demo_fleet.py).
+deploy succeeded, inputs reached every tier and no child died unexpectedly (`unexpected_exits`).
+Whichever way the console ends — window closed, Ctrl+C, a crash or SIGKILL — the agents and sensors go
+with it (app/_demo_fleet.py). The demo is a fleet of its own: its agents advertise a fleet id made for
+this run and the console shows and deploys to only those (another run's nodes on the host are left out).
 """
 
 from __future__ import annotations

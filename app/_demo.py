@@ -115,7 +115,7 @@ class Demo:
         nodes = self.core.nodes().result(10)
         chain = [s.id for s in self.pipeline.chain()]
         per_stage: dict[str, dict[str, int]] = {sid: {"inferences": 0, "escalated": 0, "forwarded": 0,
-                                                      "delivered": 0, "dropped": 0, "nodes_ready": 0}
+                                                      "delivered": 0, "dropped": 0, "errors": 0, "nodes_ready": 0}
                                                 for sid in chain}
         power = {}
         for node in nodes:
@@ -135,6 +135,7 @@ class Demo:
                     row["forwarded"] += st.forwarded_total
                     row["delivered"] += st.delivered_total
                     row["dropped"] += st.dropped_total
+                    row["errors"] += st.errors_total
         links = []
         for lower, upper in itertools.pairwise(chain):
             s = per_stage[lower]
@@ -144,7 +145,15 @@ class Demo:
         result = self.deploy_result
         deployed = bool(result and result.ok)
         found = sum(1 for n in nodes if n.state in (NodeState.ONLINE, NodeState.DEGRADED))
-        flowed = all(per_stage[sid]["inferences"] > 0 for sid in chain)
+        # Inputs answered at every tier (the deployer's smoke inferences are not counted by the agents); a stage
+        # served by an engine tierdeck does not run counts as reached when the stage before it got answers from it.
+        answered = {}
+        for k, sid in enumerate(chain):
+            if self.pipeline.stage(sid).endpoint is not None and k:
+                answered[sid] = per_stage[chain[k - 1]]["forwarded"] + per_stage[chain[k - 1]]["delivered"] > 0
+            else:
+                answered[sid] = per_stage[sid]["inferences"] > 0
+        flowed = all(answered.values())
         self.fleet.check_children()
         exits = [e.as_json() for e in self.fleet.unexpected_exits]
         return {
@@ -159,5 +168,7 @@ class Demo:
             "links": links,
             "power": power,
             "unexpected_exits": exits,
+            "answered_at_every_tier": flowed,
+            "not_answered": [sid for sid, ok in answered.items() if not ok],
             "ok": found >= self.expected_nodes and deployed and flowed and not exits,
         }

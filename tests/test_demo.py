@@ -78,7 +78,7 @@ def test_headless_demo_finds_the_fleet_deploys_and_flows(tmp_path: Path) -> None
     for link in summary["links"]:
         assert 0.0 < link["escalation_rate"] <= 1.0
         assert link["escalation_rate"] == pytest.approx(link["escalated"] / link["inferences"])
-    # What one tier escalated is what the next tier ran, plus the deployer's one smoke row per node; the
+    # What one tier escalated is what the next tier ran (smoke inferences are not counted); the
     # nodes' latest samples are up to one telemetry interval apart while the sensors still run.
     reached = stages["detector"]["forwarded"] + stages["detector"]["delivered"]
     assert abs(stages["classifier"]["inferences"] - reached) <= 2 + 0.1 * reached
@@ -141,3 +141,26 @@ def test_headless_demo_with_a_child_killed_mid_run_says_not_ok_and_names_it(tmp_
     assert [(e["role"], e["name"], e["signal"], e["pid"]) for e in summary["unexpected_exits"]] == [
         ("sensor", "device-1", "SIGSEGV", sensor)]
     assert "sensor for device-1 died: SIGSEGV" in stderr
+
+
+@pytest.mark.slow
+def test_a_demo_whose_inputs_are_never_answered_is_not_ok(tmp_path: Path) -> None:
+    """An operator's pipeline (digits classifiers) under the demo's maritime sensors: nothing is answered at any
+    tier, so the headless summary must say ok = false and why, not report success."""
+    from byo_models import DIGITS, big_classifier, small_classifier, stage_entry, write_pipeline
+
+    stages = [stage_entry("digits_small", small_classifier(tmp_path / "small.onnx"),
+                          {"output": "probabilities", "labels": DIGITS, "confidence_below": 0.9}, {"tier": "device"}),
+              stage_entry("digits_big", big_classifier(tmp_path / "big.onnx"),
+                          {"output": "probabilities", "labels": DIGITS}, {"tier": "cloud"})]
+    pipeline = write_pipeline(tmp_path, stages)
+    out = tmp_path / "summary.json"
+    done = subprocess.run([*DEMO, "--headless", "--deploy", "--duration", "8", "--device", "1", "--edge", "0",
+                           "--cloud", "1", "--pipeline", str(pipeline), "--json", str(out),
+                           "--data-dir", str(tmp_path / "fleet")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=240)
+    summary = json.loads(out.read_text())
+    assert summary["deploy_ok"], summary["deploy_reason"]
+    assert done.returncode != 0 and not summary["ok"]
+    assert not summary["answered_at_every_tier"] and summary["not_answered"] == ["digits_small", "digits_big"]
+    assert summary["stages"]["digits_small"]["inferences"] == 0  # the deployer's smoke inference is not counted

@@ -99,8 +99,24 @@ def test(args: list[str]) -> int:
     return rc
 
 
+def _window_problem() -> str | None:
+    """Why the demo's window cannot open (no display, missing X libraries), checked before the long install."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("tierdeck_display", ROOT / "cli" / "_display.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.window_problem("demo", before_install=True, demo="python3 tasks.py demo")  # type: ignore[no-any-return]
+
+
 def demo(args: list[str]) -> int:
-    """Install the console and start the demo fleet plus console."""
+    """Install the console and start the demo fleet plus console (first: can its window open?)."""
+    if "--headless" not in args:
+        problem = _window_problem()
+        if problem:
+            print(problem, file=sys.stderr)
+            return 2
     _ensure_venv("console")
     return subprocess.run([BIN / "tierdeck", "demo", *args], cwd=ROOT).returncode
 

@@ -37,7 +37,7 @@ import sqlite_utils
 from app._records import ConsoleEvent, NodeSample, NodeSnapshot, StageSnapshot, now_ms
 from app._telemetry import Position
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 T = TypeVar("T")
 
 SCHEMA_VERSION = 1

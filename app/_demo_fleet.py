@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 # Power profiles of the estimate model per tier (watts at idle, at full CPU): a camera-side SoC,
 # an edge box, a cloud GPU server. They make the dashboard's power plots meaningful without sensors.
@@ -108,7 +108,7 @@ class DemoFleet:
     def start_sensor(self, target: Child, model: str, rate: float, burst_every: float = 30.0,
                      seed: int = 0, duration: float = 0.0) -> Child:
         """A `tierdeck sensor` replaying the bundled held-out patches into `model` on `target`."""
-        argv = [sys.executable, "-m", "app.cli", "sensor", "--target", target.address, "--model", model,
+        argv = [sys.executable, "-m", "cli", "sensor", "--target", target.address, "--model", model,
                 "--rate", str(rate), "--burst-every", str(burst_every), "--seed", str(seed)]
         if duration:
             argv += ["--duration", str(duration)]

@@ -47,7 +47,7 @@ from runners._proto import tierdeck_control_pb2 as ctl
 from runners._tensors import DATATYPES
 from runners.client import ClientTLS, DeployError, NodeClient, manifest_for
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 ADD, UPDATE, REMOVE, UNCHANGED = "add", "update", "remove", "unchanged"
 REACHABLE = (NodeState.ONLINE, NodeState.DEGRADED)

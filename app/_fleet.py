@@ -50,7 +50,7 @@ from discovery import NodeAdvert, NodeEvent, address_key, format_address, parse_
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners.client import ClientTLS, NodeClient
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 FleetCallback = Callable[[FleetEvent], None]
 SampleCallback = Callable[[NodeSample], None]

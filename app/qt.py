@@ -53,7 +53,7 @@ from app._records import ConsoleEvent, FleetEvent, FleetEventKind, NodeSample, N
 from app._telemetry import LiveTelemetry, RingBuffer
 from app.pipeline_file import Pipeline, PipelineError, Stage
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 _Index = QModelIndex | QPersistentModelIndex
 

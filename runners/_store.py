@@ -43,11 +43,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers (and a crash) see the old or the new content, nothing between."""
+def write_atomic(path: Path, data: bytes, mode: int = 0o666) -> None:
+    """Write a file so that readers (and a crash) see the old or the new content, nothing between.
+
+    `mode` (less the umask) holds from the file's creation: a key written with 0o600 is never readable by others.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as handle:
+    with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())

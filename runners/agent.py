@@ -759,6 +759,7 @@ def build_parser() -> argparse.ArgumentParser:
                     '{"event": "listening", "address": ..., "node_id": ...} on stdout once serving; logs go to '
                     "stderr. SIGTERM/SIGINT shut down gracefully.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--name", default=socket.gethostname(), help="node name shown to operators")
     parser.add_argument("--tier", choices=TIERS, default="edge", help="the tier this node serves")
     parser.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT",

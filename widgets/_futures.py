@@ -16,7 +16,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Qt, Signal, Slot
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 
 class FutureBridge(QObject):

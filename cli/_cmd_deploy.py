@@ -8,10 +8,10 @@ import json
 import sys
 from typing import Any, TextIO
 
-from app._cmd_common import add_db_option, add_fleet_options, interfaces_for, setup_logging, tls_for
 from app._console import ConsoleCore
 from app._deployer import DeployProgress, Plan
 from app.pipeline_file import PipelineError, load_pipeline
+from cli._common import add_db_option, add_fleet_options, interfaces_for, setup_logging, tls_for
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from resources.scenes import HELDOUT_PATH, to_model_input
+from resources.scenes import HELDOUT_PATH, load_heldout, to_model_input
 from runners.client import ClientTLS, NodeClient
 
 
@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def replay(args: argparse.Namespace) -> dict[str, object]:
     """The replay loop; returns counts of what was sent and how it was answered."""
-    with np.load(args.data) as data:
-        images, labels = data["images"], data["labels"]
+    images, labels = load_heldout(args.data)
     order = np.random.default_rng(args.seed).permutation(len(images))
     vessels = order[labels[order] != 0]
     tls = None

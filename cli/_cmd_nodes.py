@@ -13,7 +13,7 @@ from typing import TextIO
 
 from discovery import TIERS, Browser, NodeAdvert, NodeEvent, all_ipv4_interfaces
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -9,9 +9,9 @@ import sys
 import time
 from typing import Any, TextIO
 
-from app._cmd_common import add_db_option, add_fleet_options, interfaces_for, setup_logging, tls_for
 from app._console import ConsoleCore
 from app._records import NodeSample, NodeSnapshot, NodeState
+from cli._common import add_db_option, add_fleet_options, interfaces_for, setup_logging, tls_for
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

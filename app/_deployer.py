@@ -610,7 +610,8 @@ def requirements_for(pipeline: Pipeline) -> dict[str, Requirements]:
         path = Path(stage.model_path)
         try:
             card = read_model_card(path)
-        except Exception:  # an unreadable model fails later with its own message; size is enough here
+        except Exception as exc:  # an unreadable model fails later with its own message; size is enough here
+            log.warning("fit check of stage %s uses the file size only: %s", stage.id, exc)
             size = path.stat().st_size
             out[stage.id] = Requirements(memory_estimate(size), size, stage_id=stage.id)
             continue

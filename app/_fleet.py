@@ -27,7 +27,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -595,8 +595,3 @@ def _rpc_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"
-
-
-def replace_stages(node: NodeSnapshot, stages: tuple[StageSnapshot, ...]) -> NodeSnapshot:
-    """A copy of the snapshot with other stages (used by plans and tests)."""
-    return replace(node, stages=stages)

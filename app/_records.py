@@ -214,6 +214,7 @@ class StageSample(NamedTuple):
     overflow_total: int
     provisional_total: int
     errors_total: int
+    duplicates_total: int
     # Increments since the previous sample of the same boot (the console computes them).
     inferences: int
     escalated: int

@@ -46,11 +46,11 @@ from runners._store import StageStore, check_name
 from runners._telemetry import StageStats, TelemetryWindow, prune
 from runners._tensors import TensorError, decode_inputs, encode_outputs, nonfinite
 from runners.power import PowerMeter
+from runners.protocol import TIERS
 
 log = logging.getLogger("tierdeck.agent")
 T = TypeVar("T")
 
-TIERS = ("device", "edge", "cloud")
 PROTO = "oip-v2-grpc"
 SEEN_ROWS_MAX = 20_000  # per stage: re-sent escalated rows answered from here (~0.7 KB each)
 
@@ -214,10 +214,6 @@ class Agent:
         await self._in_io(self.queue.close)
         self.io.shutdown(wait=True)
         self.compute.shutdown(wait=True)
-
-    async def wait_stopped(self) -> None:
-        """Return when async_stop has begun."""
-        await self._stopping.wait()
 
     async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)

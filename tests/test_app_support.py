@@ -96,7 +96,7 @@ def synthetic_sample(node_id: str, seq: int, ts_ms: int, *, boot_id: str = "boot
                      inferences: int = 0, escalated: int = 0, cpu: float = 10.0, power: float = 5.0,
                      energy: float = 0.0, p95: float = 1.0, stage_id: str = "s1") -> NodeSample:
     """A NodeSample with one stage, as the fleet would produce it (for database tests)."""
-    stage = StageSample(stage_id, inferences_total, inferences_total, escalated, 0, 0, 0, 0, 0, 0, 0, 0,
+    stage = StageSample(stage_id, inferences_total, inferences_total, escalated, 0, 0, 0, 0, 0, 0, 0, 0, 0,
                         inferences, escalated, 0, 0, 0, 0, 10.0, 1.0, escalated / inferences if inferences else 0.0,
                         p95 / 2, p95, p95 * 2, 0, "none", energy, 0.0, "", ())
     return NodeSample(node_id, boot_id, seq, ts_ms, 1.0, cpu, 1000, power, "estimate", False, energy, 0.0, 0,

@@ -119,7 +119,7 @@ def test_enrol_an_unenrolled_node_with_its_pairing_code(tmp_path: Path, qtbot: Q
                 dialog.open()
                 dialog.address.setText(agent.address)
                 dialog.code.setText("0000-0000-0000-0000")
-                with qtbot.waitSignal(dialog._bridge.future_done, timeout=30_000):
+                with qtbot.waitSignal(dialog._dispatcher.posted, timeout=30_000):
                     dialog.enroll_button.click()
                 qtbot.waitUntil(lambda: "Enrolment failed" in dialog.message.text(), timeout=5_000)
                 assert "does not know this pairing code" in dialog.message.text()

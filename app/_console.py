@@ -33,7 +33,7 @@ from runners.client import ClientTLS
 if TYPE_CHECKING:
     from app.fleet_ca import Member
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 T = TypeVar("T")
 EventCallback = Callable[[ConsoleEvent], None]
 

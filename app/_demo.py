@@ -1,6 +1,6 @@
 """The demo: a local fleet on loopback, the console core on it, the ship-finder pipeline, sensor replays.
 
-Used by `tierdeck demo` (widgets/_cmd_demo.py builds the window around it). Everything here runs on
+Used by `tierdeck demo` (cli/_cmd_demo.py builds the window around it). Everything here runs on
 the caller's (main) thread or the console core's loop; children die with the process (_demo_fleet).
 """
 

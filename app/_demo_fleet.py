@@ -25,7 +25,7 @@ from pathlib import Path
 
 from runners._lifeline import child_env
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 # Power profiles of the estimate model per tier (watts at idle, at full CPU): a camera-side SoC,
 # an edge box, a cloud GPU server. They make the dashboard's power plots meaningful without sensors.
@@ -148,7 +148,7 @@ class DemoFleet:
     def sensor_argv(self, target: str, model: str, rate: float, burst_every: float = 30.0, seed: int = 0,
                     duration: float = 0.0) -> list[str]:
         """The command line of one demo sensor replaying the bundled held-out patches into `model` at `target`."""
-        argv = [sys.executable, "-m", "app.cli", "sensor", "--target", target, "--model", model,
+        argv = [sys.executable, "-m", "cli", "sensor", "--target", target, "--model", model,
                 "--rate", str(rate), "--burst-every", str(burst_every), "--seed", str(seed)]
         if duration:
             argv += ["--duration", str(duration)]

@@ -48,7 +48,7 @@ from runners._proto import tierdeck_control_pb2 as ctl
 from runners._tensors import DATATYPES
 from runners.client import ClientTLS, DeployError, NodeClient, infer_request, infer_result, manifest_for
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 ADD, UPDATE, REMOVE, UNCHANGED = "add", "update", "remove", "unchanged"
 REACHABLE = (NodeState.ONLINE, NodeState.DEGRADED)
@@ -719,7 +719,8 @@ def requirements_for(pipeline: Pipeline) -> dict[str, Requirements]:
         path = Path(stage.model_path)
         try:
             card = read_model_card(path)
-        except Exception:  # an unreadable model fails later with its own message; size is enough here
+        except Exception as exc:  # an unreadable model fails later with its own message; size is enough here
+            log.warning("fit check of stage %s uses the file size only: %s", stage.id, exc)
             size = path.stat().st_size
             out[stage.id] = Requirements(memory_estimate(size), size, stage_id=stage.id)
             continue

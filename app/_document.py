@@ -2,8 +2,7 @@
 
 Every edit is an object with `redo(doc)` and `undo(doc)` that restore the document exactly, so the
 canvas can wrap each one in a QUndoCommand (QUndoStack lives in QtGui, which app/ may not import;
-`widgets/` owns the stack, app/ owns the edits). `UndoHistory` is the same stack in plain Python
-for headless use and tests.
+`widgets/` owns the stack, app/ owns the edits).
 
 The document keeps stages in hop order (the order of the arrows on the canvas): each stage's next
 hop is the following stage, the last one has none. Model files are kept by absolute path
@@ -12,6 +11,7 @@ hop is the following stage, the last one has none. Model files are kept by absol
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -34,6 +34,9 @@ from app.pipeline_file import (
     parse_pipeline,
     stage_dict,
 )
+from runners._store import write_atomic
+
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 ChangeCallback = Callable[["DocumentChange"], None]
 
@@ -204,7 +207,8 @@ def open_document(path: Path | str) -> tuple[Pipeline, dict[str, ModelCard]]:
         if s.model_path is not None:
             try:
                 cards[s.id] = read_model_card(s.model_path)
-            except Exception:  # the loader already validated the file; a card is a nicety
+            except Exception as exc:  # the loader already validated the file; a card is a nicety
+                log.warning("no model card for stage %s (%s): %s", s.id, s.model_path, exc)
                 continue
     return pipeline, cards
 
@@ -213,10 +217,8 @@ def save_document(doc_dict: dict[str, Any], path: Path | str) -> None:
     """Write a pipeline document (from `PipelineDocument.to_dict(Path(path).parent)`) atomically."""
     import json
 
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(doc_dict, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    write_atomic(Path(path), (json.dumps(doc_dict, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
+                 make_parents=False)
 
 
 def stage_from_card(card: ModelCard, stage_id: str, placement: Placement, rule: Rule | None = None,
@@ -370,36 +372,3 @@ class SetBudget(_ReplaceField):
 
     def _new(self, stage: Stage) -> Stage:
         return replace(stage, budget=self.budget)
-
-
-class UndoHistory:
-    """A plain-Python undo stack of Edits (what QUndoStack does for the canvas)."""
-
-    def __init__(self, doc: PipelineDocument) -> None:
-        self.doc = doc
-        self._done: list[Edit] = []
-        self._undone: list[Edit] = []
-
-    def push(self, edit: Edit) -> None:
-        """Apply an edit and remember it."""
-        edit.redo(self.doc)
-        self._done.append(edit)
-        self._undone.clear()
-
-    def undo(self) -> bool:
-        """Revert the last edit; False when there is none."""
-        if not self._done:
-            return False
-        edit = self._done.pop()
-        edit.undo(self.doc)
-        self._undone.append(edit)
-        return True
-
-    def redo(self) -> bool:
-        """Re-apply the last undone edit; False when there is none."""
-        if not self._undone:
-            return False
-        edit = self._undone.pop()
-        edit.redo(self.doc)
-        self._done.append(edit)
-        return True

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app._records import NodeSnapshot, NodeState
+from runners.protocol import ONNX_DATATYPES
 
 MEMORY_FACTOR = 3.0
 AGENT_CAP_FACTOR = 2.0
@@ -65,10 +66,6 @@ def memory_estimate(size_bytes: int) -> int:
     return int(size_bytes * MEMORY_FACTOR) + SESSION_OVERHEAD
 
 
-_ONNX_DATATYPES = {1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64",
-                   8: "BYTES", 9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64", 16: "BF16"}
-
-
 def read_model_card(path: Path | str) -> ModelCard:
     """Read a model file's size, sha256, inputs, outputs, opset and tierdeck metadata (blocking: disk)."""
     import onnx
@@ -85,7 +82,7 @@ def read_model_card(path: Path | str) -> ModelCard:
                 continue
             tt = v.type.tensor_type
             dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
-            out.append(TensorInfo(v.name, _ONNX_DATATYPES.get(tt.elem_type, str(tt.elem_type)), dims))
+            out.append(TensorInfo(v.name, ONNX_DATATYPES.get(tt.elem_type, str(tt.elem_type)), dims))
         return tuple(out)
 
     meta = {m.key: m.value for m in model.metadata_props}

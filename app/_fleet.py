@@ -27,7 +27,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +51,7 @@ from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners.client import ClientTLS, NodeClient
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 FleetCallback = Callable[[FleetEvent], None]
 SampleCallback = Callable[[NodeSample], None]
@@ -720,8 +720,3 @@ def _rpc_reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     return f"{type(exc).__name__}: {exc}"
-
-
-def replace_stages(node: NodeSnapshot, stages: tuple[StageSnapshot, ...]) -> NodeSnapshot:
-    """A copy of the snapshot with other stages (used by plans and tests)."""
-    return replace(node, stages=stages)

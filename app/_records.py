@@ -214,6 +214,10 @@ class StageSample(NamedTuple):
     overflow_total: int
     provisional_total: int
     errors_total: int
+    duplicates_total: int
+    dead_letter_total: int
+    hop_errors_total: int
+    hop_calls_total: int
     # Increments since the previous sample of the same boot (the console computes them).
     inferences: int
     escalated: int
@@ -234,6 +238,9 @@ class StageSample(NamedTuple):
     energy_per_inference_j: float
     score_kind: str
     score_histogram: tuple[int, ...]
+    # The next hop as this stage sees it: escalations kept aside now, latency p95 of its forwarded calls.
+    dead_letters: int = 0
+    hop_latency_p95_ms: float = 0.0
 
 
 class NodeSample(NamedTuple):

@@ -15,9 +15,10 @@ import numpy.typing as npt
 
 from app._records import NodeSample, StageSample
 from runners._proto import tierdeck_control_pb2 as ctl
+from runners.protocol import STAGE_COUNTERS
 
-_COUNTERS = ("requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total",
-             "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total")
+# StageSample's counter fields are these, in this order (tests/test_app_telemetry.py checks it).
+_COUNTERS = STAGE_COUNTERS
 # Counters whose increments are stored with each sample (indexes into _COUNTERS).
 _DELTA_INDEXES = tuple(_COUNTERS.index(name) for name in (
     "inferences_total", "escalated_total", "dropped_total", "errors_total", "shed_total", "overflow_total"))
@@ -97,7 +98,8 @@ class SampleAcceptor:
                 st.stage_id, *totals, *deltas,
                 st.inferences_per_s, st.escalated_per_s, st.escalation_rate, st.latency_p50_ms,
                 st.latency_p95_ms, st.latency_p99_ms, st.queue_depth, st.link_state, st.energy_joules_total,
-                st.energy_per_inference_j, st.score_kind, tuple(st.score_histogram),
+                st.energy_per_inference_j, st.score_kind, tuple(st.score_histogram), st.dead_letters,
+                st.hop_latency_p95_ms,
             ))
         energy_delta = max(0.0, msg.energy_joules_total - pos.energy_total)
         pos.energy_total = msg.energy_joules_total

@@ -44,7 +44,6 @@ from app._document import (
     SetBudget,
     SetPlacement,
     SetRule,
-    UndoHistory,
     open_document,
     save_document,
     stage_from_card,
@@ -74,15 +73,17 @@ from app._records import (
     StageSnapshot,
 )
 from app._telemetry import NODE_COLUMNS, STAGE_COLUMNS, LiveTelemetry, RingBuffer, SampleAcceptor
+from app._wiring import Enroller, PolicyPusher, bundled_models, make_enroller, make_policy_pusher
 
 __all__ = [
-    "ADD", "MEMORY_FACTOR", "NODE_COLUMNS", "REMOVE", "STAGE_COLUMNS", "UNCHANGED", "UPDATE",
-    "ConsoleCore", "ConsoleEvent", "Database", "DeployProgress", "DeployResult", "Deployer", "DocumentChange",
-    "Edit", "FitResult", "Fleet", "FleetEvent", "FleetEventKind", "InsertStage", "IoLoop", "LiveTelemetry",
-    "ModelCard", "MoveStage", "NodeInfoSummary", "NodeOutcome", "NodePlan", "NodeSample", "NodeSnapshot",
-    "NodeState", "PipelineDocument", "Plan", "RemoveStage", "Requirements", "Retention", "RingBuffer",
+    "ADD", "MEMORY_FACTOR", "NODE_COLUMNS", "REMOVE", "STAGE_COLUMNS", "UNCHANGED", "UPDATE", "ConsoleCore",
+    "ConsoleEvent", "Database", "DeployProgress", "DeployResult", "Deployer", "DocumentChange", "Edit", "Enroller",
+    "FitResult", "Fleet", "FleetEvent", "FleetEventKind", "InsertStage", "IoLoop", "LiveTelemetry", "ModelCard",
+    "MoveStage", "NodeInfoSummary", "NodeOutcome", "NodePlan", "NodeSample", "NodeSnapshot", "NodeState",
+    "PipelineDocument", "Plan", "PolicyPusher", "RemoveStage", "Requirements", "Retention", "RingBuffer",
     "SampleAcceptor", "SetBudget", "SetPlacement", "SetRule", "Severity", "StageAction", "StageSample",
-    "StageSnapshot", "TensorInfo", "UndoHistory", "check_fit", "default_db_path", "deployment_rows", "event_rows",
-    "history", "last_positions", "memory_estimate", "open_document", "plan", "read_model_card", "requirements_for",
-    "rollup_rows", "save_document", "stage_from_card", "telemetry_rows",
+    "StageSnapshot", "TensorInfo", "bundled_models", "check_fit", "default_db_path", "deployment_rows",
+    "event_rows", "history", "last_positions", "make_enroller", "make_policy_pusher", "memory_estimate",
+    "open_document", "plan", "read_model_card", "requirements_for", "rollup_rows", "save_document", "stage_from_card",
+    "telemetry_rows",
 ]

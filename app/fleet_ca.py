@@ -86,14 +86,12 @@ class FleetCA:
         directory.mkdir(parents=True, exist_ok=True)
         os.chmod(directory, 0o700)
         key, cert = create_ca(name)
-        write_atomic(directory / "ca.key", key_pem(key))
-        os.chmod(directory / "ca.key", 0o600)
+        write_atomic(directory / "ca.key", key_pem(key), mode=0o600)
         write_atomic(directory / "ca.pem", cert_pem(cert))
         fleet = cls(directory)
         console_key = new_key()
         console = issue(key, cert, console_key.public_key(), ROLE_CONSOLE, "tierdeck console")
-        write_atomic(directory / "console.key", key_pem(console_key))
-        os.chmod(directory / "console.key", 0o600)
+        write_atomic(directory / "console.key", key_pem(console_key), mode=0o600)
         write_atomic(directory / "console.pem", cert_pem(console))
         return fleet
 
@@ -128,8 +126,7 @@ class FleetCA:
         key = new_key()
         cert = issue(self.ca_key, self.ca_cert, key.public_key(), ROLE_CLIENT, name)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_atomic(out_dir / "key.pem", key_pem(key))
-        os.chmod(out_dir / "key.pem", 0o600)
+        write_atomic(out_dir / "key.pem", key_pem(key), mode=0o600)
         write_atomic(out_dir / "cert.pem", cert_pem(cert))
         write_atomic(out_dir / "ca.pem", self.ca_pem)
         member = Member(str(cert.serial_number), ROLE_CLIENT, name, fingerprint=fingerprint(cert_pem(cert)),

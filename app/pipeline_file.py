@@ -72,7 +72,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -80,13 +80,13 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from runners._store import write_atomic
+from runners.protocol import DATATYPES, ONNX_DATATYPES, TIERS
+
 FORMAT = "tierdeck.pipeline"
 VERSION = 2
 SUPPORTED_VERSIONS = (1, 2)  # version 2 added endpoint stages (a serving engine tierdeck does not run)
-TIERS = ("device", "edge", "cloud")
 PRIORITIES = ("high", "normal", "bulk")
-DATATYPES = ("BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
-             "FP16", "FP32", "FP64", "BF16", "BYTES")
 STAGE_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _NO_NEXT = object()  # "next" absent: the following stage
@@ -103,9 +103,6 @@ _FLOAT_DATATYPES = {"FP16", "FP32", "FP64", "BF16"}
 _BUDGET_KEYS = {"max_escalations_per_s", "priority"}
 _TENSOR_KEYS = {"name", "datatype", "shape"}
 
-# ONNX TensorProto element types → OIP datatypes.
-_ONNX_DATATYPES = {1: "FP32", 2: "UINT8", 3: "INT8", 4: "UINT16", 5: "INT16", 6: "INT32", 7: "INT64",
-                   8: "BYTES", 9: "BOOL", 10: "FP16", 11: "FP64", 12: "UINT32", 13: "UINT64", 16: "BF16"}
 
 
 @dataclass(frozen=True)
@@ -621,7 +618,7 @@ def _check_model(ck: _Checker, where: str, path: Path, stage: dict[str, Any]) ->
                                               "without it (skl2onnx: options={id(model): {'zipmap': False}})")
                 continue
             ttype = available[name].type.tensor_type
-            want = _ONNX_DATATYPES.get(ttype.elem_type, f"onnx type {ttype.elem_type}")
+            want = ONNX_DATATYPES.get(ttype.elem_type, f"onnx type {ttype.elem_type}")
             if isinstance(t.get("datatype"), str) and t["datatype"] in DATATYPES and t["datatype"] != want:
                 ck.add(f"{where}.{key}[{i}].datatype", f"{path.name} says {want} for {what} {name!r}, "
                                                        f"the pipeline says {t['datatype']}")
@@ -938,12 +935,4 @@ def dumps_pipeline(pipeline: Pipeline) -> str:
 
 def save_pipeline(pipeline: Pipeline, path: Path | str) -> None:
     """Write the pipeline to `path` (model paths are written as they are: relative to the file)."""
-    Path(path).write_text(dumps_pipeline(pipeline), encoding="utf-8")
-
-
-def iter_problems(doc: Any, base_dir: Path | None = None, *, check_models: bool = True) -> Iterator[Problem]:
-    """Every problem in a decoded document (none for a valid pipeline): for the canvas' live checks."""
-    try:
-        parse_pipeline(doc, base_dir, check_models=check_models)
-    except PipelineError as exc:
-        yield from exc.problems
+    write_atomic(Path(path), dumps_pipeline(pipeline).encode("utf-8"), make_parents=False)

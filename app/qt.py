@@ -1,6 +1,6 @@
 """Qt adapters over the console core (QtCore only): models that live on the GUI thread and only observe.
 
-How updates cross threads: the core calls its listeners on the I/O loop thread; `_Dispatcher` (a
+How updates cross threads: the core calls its listeners on the I/O loop thread; `Dispatcher` (a
 QObject on the GUI thread) re-emits each one through a queued signal to its bound `@Slot` method,
 which runs the model update on the GUI thread (never a lambda receiver: PySide6 >= 6.8 segfaulted
 on receiver-less cross-thread signals, PYSIDE-3124). Telemetry is coalesced: samples collect on
@@ -53,13 +53,17 @@ from app._records import ConsoleEvent, FleetEvent, FleetEventKind, NodeSample, N
 from app._telemetry import LiveTelemetry, RingBuffer
 from app.pipeline_file import Pipeline, PipelineError, Stage
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 _Index = QModelIndex | QPersistentModelIndex
 
 
-class _Dispatcher(QObject):
-    """Runs callables on the GUI thread: `post(fn, *args)` from any thread → queued signal → bound slot."""
+class Dispatcher(QObject):
+    """Runs callables on the GUI thread: `post(fn, *args)` from any thread → queued signal → bound slot.
+
+    The one bridge from worker threads to the GUI (never a receiver-less lambda: PySide6 >= 6.8 segfaulted
+    on those, PYSIDE-3124); the views use it for the futures of their intents too (`when_done`).
+    """
 
     posted = Signal(object)
 
@@ -81,8 +85,11 @@ class _Dispatcher(QObject):
 
     def when_done(self, future: concurrent.futures.Future[Any], on_result: Callable[[Any], object],
                   on_error: Callable[[BaseException], object]) -> None:
-        """Deliver a future's result (or exception) to a GUI-thread callback."""
+        """Deliver a future's result (or exception, CancelledError included) to a GUI-thread callback."""
         def done(f: concurrent.futures.Future[Any]) -> None:
+            if f.cancelled():
+                self.post(on_error, concurrent.futures.CancelledError())
+                return
             exc = f.exception()
             if exc is not None:
                 self.post(on_error, exc)
@@ -159,10 +166,6 @@ class FleetModel(QAbstractListModel):
     def by_tier(self, tier: str) -> list[NodeSnapshot]:
         """Nodes of one tier."""
         return [n for n in self._rows if n.tier == tier]
-
-    def row_of(self, key: str) -> int:
-        """Row of a node, -1 if unknown."""
-        return self._index.get(key, -1)
 
     # intents (return at once; results arrive as signals)
     def add_address(self, address: str, tier: str = "", name: str = "") -> concurrent.futures.Future[str]:
@@ -438,7 +441,7 @@ class PipelineModel(QObject):
 
     def __init__(self, console: QtConsole | None = None, document: PipelineDocument | None = None) -> None:
         super().__init__(console)
-        self._dispatcher = console.dispatcher if console is not None else _Dispatcher(self)
+        self._dispatcher = console.dispatcher if console is not None else Dispatcher(self)
         self._files = console.files if console is not None else ThreadPoolExecutor(1, "tierdeck-files")
         self.document = document or PipelineDocument()
         self.document.subscribe(self._on_change)
@@ -555,7 +558,7 @@ class QtConsole(QObject):
         super().__init__(parent)
         self.core = core
         self.flush_interval_s = 1.0 / flush_hz
-        self.dispatcher = _Dispatcher(self)
+        self.dispatcher = Dispatcher(self)
         self.files = ThreadPoolExecutor(1, thread_name_prefix="tierdeck-files")
         self.fleet = FleetModel(self)
         self.telemetry = TelemetryModel(self, ring_capacity)

@@ -105,7 +105,7 @@ def soak(seconds: float, flap_every: float, flap_down: float, rate: float, batch
                   for tier, _ in TIERS}
         addresses = {tier: agents[tier].address for tier, _ in TIERS}
         try:
-            deploy = [py, "-m", "app.cli", "deploy", str(PIPELINE), "--db", str(tmp / "console.sqlite"), "--json"]
+            deploy = [py, "-m", "cli", "deploy", str(PIPELINE), "--db", str(tmp / "console.sqlite"), "--json"]
             for tier, _ in reversed(TIERS):
                 deploy += ["--node", addresses[tier]]
             _run(client.wrap(deploy), 300)
@@ -114,7 +114,7 @@ def soak(seconds: float, flap_every: float, flap_down: float, rate: float, batch
             baseline = json.loads(_run(client.wrap(collect), 120))
             sampler = Sampler({tier: agents[tier].proc.pid for tier, _ in TIERS})
             sampler.start()
-            sensor = subprocess.Popen(client.wrap([py, "-m", "app.cli", "sensor", "--target", addresses["device"],
+            sensor = subprocess.Popen(client.wrap([py, "-m", "cli", "sensor", "--target", addresses["device"],
                                                    "--model", "detector", "--rate", str(rate), "--batch",
                                                    str(batch), "--duration", str(seconds), "--burst-every", "20",
                                                    "--burst-seconds", "4"]),

@@ -52,10 +52,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from PySide6.QtCore import QEventLoop, QSettings, QTimer
     from PySide6.QtWidgets import QApplication
 
-    from app.core import ConsoleCore, NodeState
+    from app.core import ConsoleCore, NodeState, bundled_models
     from app.qt import QtConsole
     from widgets import MainWindow, apply_theme
-    from widgets._cmd_console import bundled_models
 
     app = QApplication.instance() or QApplication([])
     apply_theme(app)

@@ -13,7 +13,7 @@ from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_QUERY, _FLAGS_QR_RESP
 
 from ._records import DEFAULT_PROTO, SERVICE_TYPE, TIERS, build_txt, clip_name, host_name_for
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 
 def ipv4_only(addresses: list[str], what: str) -> list[str]:

@@ -36,7 +36,7 @@ from ._records import (
     parse_txt,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 NodeCallback = Callable[[NodeEvent], None]
 

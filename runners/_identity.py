@@ -66,8 +66,7 @@ class NodeIdentity:
         os.chmod(self.dir, 0o700)
         key_file = self.dir / "node.key"
         if not key_file.exists():
-            write_atomic(key_file, key_pem(new_key()))
-            os.chmod(key_file, 0o600)
+            write_atomic(key_file, key_pem(new_key()), mode=0o600)
         self.key = load_key(key_file.read_bytes())
         if not (self.dir / "bootstrap.pem").exists():
             write_atomic(self.dir / "bootstrap.pem", cert_pem(self_signed(self.key, node_id)))

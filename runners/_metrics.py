@@ -9,11 +9,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from runners._telemetry import LATENCY_BUCKETS
+from runners.protocol import STAGE_COUNTERS
 
 if TYPE_CHECKING:
     from runners.agent import Agent
 
-_STAGE_COUNTERS = {
+_HELP = {
     "requests_total": "Inference requests served by the stage",
     "inferences_total": "Input rows run through the stage's model",
     "escalated_total": "Rows the escalation rule sent up",
@@ -26,7 +27,12 @@ _STAGE_COUNTERS = {
     "provisional_total": "Rows answered provisional",
     "errors_total": "Failed requests",
     "duplicates_total": "Re-sent escalated rows answered from the cache instead of re-run",
+    "dead_letter_total": "Escalations the next hop refused as invalid, set aside (see tierdeck dead-letters)",
+    "hop_errors_total": "Forwarded calls to the next hop that failed",
+    "hop_calls_total": "Forwarded calls to the next hop",
 }
+# Every counter of the descriptor, in its order; one without a help text fails here, at import.
+_STAGE_COUNTERS = {name: _HELP[name] for name in STAGE_COUNTERS}
 
 
 class AgentCollector:

@@ -43,15 +43,24 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write a file so that readers (and a crash) see the old or the new content, nothing between."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def write_atomic(path: Path, data: bytes, mode: int = 0o666, *, make_parents: bool = True) -> None:
+    """Write a file so that readers (and a crash) see the old or the new content, nothing between.
+
+    `mode` (less the umask) holds from the file's creation: a key written with 0o600 is never readable by others.
+    Without `make_parents` a missing folder is an error (FileNotFoundError), as for an operator's export.
+    """
+    if make_parents:
+        path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves neither a half file nor a stray temporary
+        raise
     _fsync_dir(path.parent)
 
 

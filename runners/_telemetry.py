@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runners._proto import tierdeck_control_pb2 as ctl
+from runners.protocol import STAGE_COUNTERS
 
 HISTOGRAM_BINS = 20
 # Prometheus latency buckets, seconds.
@@ -17,11 +18,7 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 _WINDOW_S = 15.0  # longest telemetry interval (10 s) plus slack
 _WINDOW_MAX = 200_000
 
-COUNTERS = (
-    "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total",
-    "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "duplicates_total",
-    "dead_letter_total", "hop_errors_total", "hop_calls_total",
-)
+COUNTERS = STAGE_COUNTERS  # from the control-plane descriptor (runners/protocol.py)
 
 
 @dataclass

@@ -57,11 +57,11 @@ from runners._telemetry import StageStats, TelemetryWindow, prune
 from runners._tensors import TensorError, decode_inputs, encode_outputs, nonfinite
 from runners.client import FAILED_STEP_KEY
 from runners.power import PowerMeter
+from runners.protocol import TIERS
 
 log = logging.getLogger("tierdeck.agent")
 T = TypeVar("T")
 
-TIERS = ("device", "edge", "cloud")
 PROTO = "oip-v2-grpc"
 
 
@@ -244,10 +244,6 @@ class Agent:
         await self._in_io(self.queue.close)
         self.io.shutdown(wait=True)
         self.compute.shutdown(wait=True)
-
-    async def wait_stopped(self) -> None:
-        """Return when async_stop has begun."""
-        await self._stopping.wait()
 
     async def _in_io(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
@@ -835,6 +831,7 @@ def build_parser() -> argparse.ArgumentParser:
                     '{"event": "listening", "address": ..., "node_id": ...} on stdout once serving; logs go to '
                     "stderr. SIGTERM/SIGINT shut down gracefully.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--name", default=socket.gethostname(), help="node name shown to operators")
     parser.add_argument("--tier", choices=TIERS, default="edge", help="the tier this node serves")
     parser.add_argument("--listen", default="127.0.0.1:50051", metavar="HOST:PORT",

@@ -37,7 +37,7 @@ from typing import Any
 
 __all__ = ["SOURCES", "PowerMeter", "PowerReading"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 SOURCES: tuple[str, ...] = ("rapl", "hwmon", "battery", "nvml", "estimate")
 

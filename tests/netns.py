@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 # The agent's console script lives next to the interpreter of the venv the tests run in.
 AGENT = [PYTHON, "-c", "import sys; from runners.agent import main; sys.exit(main())"]
-WATCH = [PYTHON, "-m", "app.cli", "nodes", "--watch", "--json"]
+WATCH = [PYTHON, "-m", "cli", "nodes", "--watch", "--json"]
 
 
 class NetnsUnavailable(RuntimeError):

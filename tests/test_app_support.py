@@ -23,6 +23,7 @@ from app._records import NodeSample, NodeSnapshot, NodeState, StageSample
 from app.pipeline_file import load_pipeline
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners.client import NodeClient
+from runners.protocol import STAGE_COUNTERS
 
 RNG = np.random.default_rng(11)
 W_DEVICE = RNG.normal(size=(4, 2)).astype(np.float32)
@@ -96,7 +97,9 @@ def synthetic_sample(node_id: str, seq: int, ts_ms: int, *, boot_id: str = "boot
                      inferences: int = 0, escalated: int = 0, cpu: float = 10.0, power: float = 5.0,
                      energy: float = 0.0, p95: float = 1.0, stage_id: str = "s1") -> NodeSample:
     """A NodeSample with one stage, as the fleet would produce it (for database tests)."""
-    stage = StageSample(stage_id, inferences_total, inferences_total, escalated, 0, 0, 0, 0, 0, 0, 0, 0,
+    counters = dict.fromkeys(STAGE_COUNTERS, 0) | {"requests_total": inferences_total,
+                                                   "inferences_total": inferences_total, "escalated_total": escalated}
+    stage = StageSample(stage_id, *counters.values(),
                         inferences, escalated, 0, 0, 0, 0, 10.0, 1.0, escalated / inferences if inferences else 0.0,
                         p95 / 2, p95, p95 * 2, 0, "none", energy, 0.0, "", ())
     return NodeSample(node_id, boot_id, seq, ts_ms, 1.0, cpu, 1000, power, "estimate", False, energy, 0.0, 0,

@@ -58,7 +58,7 @@ def test_refused_escalations_are_kept_listed_retried_and_discarded(tmp_path: Pat
         assert totals.dead_letter_total == 10 and totals.queue_depth == 0 and totals.delivered_total == 0
 
         def tierdeck(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "app.cli", "dead-letters", *args, "--node", edge.address,
+            return subprocess.run([sys.executable, "-m", "cli", "dead-letters", *args, "--node", edge.address,
                                    "--node", cloud.address, "--db", str(tmp_path / "c.sqlite")],
                                   capture_output=True, text=True, cwd=ROOT, timeout=120)
 

@@ -15,7 +15,7 @@ import psutil
 import pytest
 from conftest import ROOT
 
-DEMO = [sys.executable, "-m", "app.cli", "demo"]
+DEMO = [sys.executable, "-m", "cli", "demo"]
 
 
 def _descendants_alive(pids: list[int]) -> list[int]:

@@ -117,7 +117,7 @@ def test_three_nodes_claiming_one_name_at_the_same_moment_end_with_distinct_name
                 await twin.async_stop()
             await browser.async_stop()
 
-    with caplog.at_level(logging.INFO, logger="discovery._advertiser"):
+    with caplog.at_level(logging.INFO, logger="tierdeck.discovery._advertiser"):
         run(scenario())
 
 
@@ -150,7 +150,7 @@ def test_malformed_advertisements_are_ignored_with_one_log_line_each(caplog: pyt
     cases = _case(suffix)
 
     def lines_about(instance: str) -> list[str]:
-        return [r.getMessage() for r in caplog.records if r.name == "discovery._browser"
+        return [r.getMessage() for r in caplog.records if r.name == "tierdeck.discovery._browser"
                 and r.levelno >= logging.WARNING and f"'{instance}." in r.getMessage()]
 
     async def scenario() -> None:
@@ -194,7 +194,7 @@ def test_malformed_advertisements_are_ignored_with_one_log_line_each(caplog: pyt
             await hostile.async_close()
             await browser.async_stop()
 
-    with caplog.at_level(logging.WARNING, logger="discovery._browser"):
+    with caplog.at_level(logging.WARNING, logger="tierdeck.discovery._browser"):
         run(scenario())
     for case, reason in (("missing-id", "no 'id'"), ("oversized-txt", "more than 400"), ("bad-utf8", "not UTF-8"),
                          ("unknown-txtvers", "unknown txtvers"), ("duplicate-keys", "duplicate TXT key"),
@@ -247,7 +247,7 @@ def test_tierdeck_nodes_prints_json(tmp_path: Path) -> None:
         await adv.async_start()
         try:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "app.cli", "nodes", "--interface", "127.0.0.1", "--timeout", "3", "--json",
+                sys.executable, "-m", "cli", "nodes", "--interface", "127.0.0.1", "--timeout", "3", "--json",
                 "--fleet", str(fleet), cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await proc.communicate()
             assert proc.returncode == 0, err.decode()
@@ -259,7 +259,7 @@ def test_tierdeck_nodes_prints_json(tmp_path: Path) -> None:
             assert nodes["addr:10.99.0.1:50051"]["source"] == "fleet-file"
 
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "app.cli", "nodes", "--interface", "eth0", cwd=ROOT,
+                sys.executable, "-m", "cli", "nodes", "--interface", "eth0", cwd=ROOT,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await proc.communicate()
             assert proc.returncode == 2 and b"not an IP address" in err

@@ -94,7 +94,7 @@ def test_an_engine_as_the_cloud_tier_answers_and_loses_nothing_when_killed(kind:
     try:
         pipeline = _pipeline(tmp_path, engine)
         deploy = subprocess.run(
-            [sys.executable, "-m", "app.cli", "deploy", str(pipeline), "--node", device.address, "--node",
+            [sys.executable, "-m", "cli", "deploy", str(pipeline), "--node", device.address, "--node",
              edge.address, "--db", str(tmp_path / "console.sqlite"), "--json"],
             capture_output=True, text=True, cwd=ROOT, timeout=180)
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
@@ -161,7 +161,7 @@ def test_an_engine_whose_metadata_disagrees_is_refused_at_deploy_with_the_differ
     try:
         pipeline = _pipeline(tmp_path, engine)
         deploy = subprocess.run(
-            [sys.executable, "-m", "app.cli", "deploy", str(pipeline), "--node", device.address, "--node",
+            [sys.executable, "-m", "cli", "deploy", str(pipeline), "--node", device.address, "--node",
              edge.address, "--db", str(tmp_path / "console.sqlite"), "--json"],
             capture_output=True, text=True, cwd=ROOT, timeout=180)
         assert deploy.returncode == 1

@@ -37,7 +37,7 @@ def test_the_fleet_key_is_short_optional_validated_and_survives_the_wire() -> No
 
 
 def _nodes(*args: str) -> dict[str, str]:
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "nodes", "--interface", LO, "--timeout", "4", "--json",
+    proc = subprocess.run([sys.executable, "-m", "cli", "nodes", "--interface", LO, "--timeout", "4", "--json",
                            *args], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return {n["name"]: n["fleet"] for n in json.loads(proc.stdout)}
@@ -57,7 +57,7 @@ def test_two_fleets_advertising_on_loopback_are_listed_apart(tmp_path: Path) -> 
         assert mine <= set(everything)  # unscoped: every node on the segment
         assert _nodes("--fleet-id", alpha) == {f"a1-{run}": alpha, f"a2-{run}": alpha}
         assert _nodes("--fleet-id", beta) == {f"b1-{run}": beta}
-        bad = subprocess.run([sys.executable, "-m", "app.cli", "nodes", "--fleet-id", "no spaces"],
+        bad = subprocess.run([sys.executable, "-m", "cli", "nodes", "--fleet-id", "no spaces"],
                              capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert bad.returncode == 2 and "bad fleet id" in bad.stderr
     finally:

@@ -89,7 +89,7 @@ def test_a_child_whose_parent_is_already_gone_exits_at_once(tmp_path: Path) -> N
     # supervisor died between the spawn and the child's prctl().
     env = child_env(parent_pid=1)
     for argv in ([sys.executable, "-m", "runners.agent", "--data-dir", str(tmp_path), "--insecure", "--no-mdns"],
-                 [sys.executable, "-m", "app.cli", "sensor", "--target", "127.0.0.1:1", "--model", "x"]):
+                 [sys.executable, "-m", "cli", "sensor", "--target", "127.0.0.1:1", "--model", "x"]):
         proc = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=ROOT, timeout=60)
         assert proc.returncode == 1, proc.stderr
         assert "(pid 1) is gone" in proc.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,13 @@ def test_splits_record_matches_generator() -> None:
     assert record["classes"] == list(scenes.CLASSES)
     assert record["generator_version"] == scenes.GENERATOR_VERSION
     assert len(set(scenes.SPLITS.values())) == len(scenes.SPLITS)  # no two splits share a stream
+
+
+def test_without_the_heldout_file_the_same_patches_are_regenerated(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    committed_images, committed_labels = scenes.load_heldout()
+    monkeypatch.setattr(scenes, "HELDOUT_PATH", tmp_path / "heldout.npz")  # as in a wheel, which omits it
+    images, labels = scenes.load_heldout(scenes.HELDOUT_PATH)
+    assert images.tobytes() == committed_images.tobytes() and np.array_equal(labels, committed_labels)
+    with pytest.raises(FileNotFoundError):
+        scenes.load_heldout(tmp_path / "other.npz")

@@ -211,7 +211,7 @@ def test_fleet_command_line(tmp_path: Path) -> None:
     fleet_dir = tmp_path / "fleet"
 
     def tierdeck(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "app.cli", "fleet", "--fleet-dir", str(fleet_dir), *args],
+        return subprocess.run([sys.executable, "-m", "cli", "fleet", "--fleet-dir", str(fleet_dir), *args],
                               capture_output=True, text=True, cwd=ROOT, timeout=60)
 
     assert tierdeck("init").returncode == 0
@@ -227,3 +227,29 @@ def test_fleet_command_line(tmp_path: Path) -> None:
     assert out.returncode == 0 and (tmp_path / "cam" / "cert.pem").exists()
     listing = tierdeck("list")
     assert '"role": "node"' in listing.stdout and '"name": "cam-7"' in listing.stdout
+
+
+def test_private_keys_are_0600_from_their_creation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Even with umask 0 no key file is ever readable by others, not between its creation and a chmod."""
+    import os
+    import stat
+
+    from runners._identity import NodeIdentity
+
+    modes: dict[str, int] = {}
+    real_replace = os.replace
+
+    def replace(src: str | Path, dst: str | Path) -> None:
+        modes[Path(dst).name] = stat.S_IMODE(os.stat(src).st_mode)  # the file as it was written, before the rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    old_umask = os.umask(0)
+    try:
+        FleetCA.init(tmp_path / "fleet").issue_client("cam-7", tmp_path / "cam")
+        NodeIdentity(tmp_path / "node", "node-1", insecure=False)
+    finally:
+        os.umask(old_umask)
+    keys = {name: mode for name, mode in modes.items() if name.endswith((".key", "key.pem"))}
+    assert keys == {"ca.key": 0o600, "console.key": 0o600, "key.pem": 0o600, "node.key": 0o600}
+    assert modes["ca.pem"] == 0o666, "certificates stay readable"

@@ -14,7 +14,7 @@ from conftest import ROOT
 
 
 def _sensor(target: str, model: str, data: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "app.cli", "sensor", "--target", target, "--model", model, "--data", str(data),
+    cmd = [sys.executable, "-m", "cli", "sensor", "--target", target, "--model", model, "--data", str(data),
            "--rate", "400", "--batch", "8", "--duration", "1.5", "--burst-every", "0", *extra]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=60)
 

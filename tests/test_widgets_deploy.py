@@ -65,7 +65,7 @@ def test_deploy_dialog_shows_the_plan_then_progress_then_success(tmp_path: Path,
         # the what-if's "push live" seam: UpdatePolicy on the node running the stage, no redeploy
         from dataclasses import replace
 
-        from widgets._cmd_console import make_policy_pusher
+        from app.core import make_policy_pusher
 
         rule = replace(live.console.pipeline.stage("classifier").rule, confidence_below=0.7)
         future = make_policy_pusher(live.core)("classifier", rule)

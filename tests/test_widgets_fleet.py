@@ -13,11 +13,10 @@ from pytestqt.qtbot import QtBot
 from test_app_support import started_core
 from test_widgets_support import assert_not_blank, live_console, save_screenshot, wait_online
 
-from app.core import NodeState
+from app.core import NodeState, make_enroller
 from app.fleet_ca import FleetCA
 from app.qt import QtConsole
 from widgets import AddNodeDialog, EnrollDialog, NodeDetailDialog
-from widgets._cmd_console import make_enroller
 from widgets._fleet_panel import KEY_ROLE, TIER_ROLE
 
 AGENTS = {"device-1": ("device", ()), "device-2": ("device", ()), "edge-1": ("edge", ())}
@@ -120,7 +119,7 @@ def test_enrol_an_unenrolled_node_with_its_pairing_code(tmp_path: Path, qtbot: Q
                 dialog.open()
                 dialog.address.setText(agent.address)
                 dialog.code.setText("0000-0000-0000-0000")
-                with qtbot.waitSignal(dialog._bridge.future_done, timeout=30_000):
+                with qtbot.waitSignal(dialog._dispatcher.posted, timeout=30_000):
                     dialog.enroll_button.click()
                 qtbot.waitUntil(lambda: "Enrolment failed" in dialog.message.text(), timeout=5_000)
                 assert "does not know this pairing code" in dialog.message.text()

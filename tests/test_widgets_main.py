@@ -18,11 +18,11 @@ from pytestqt.qtbot import QtBot
 from test_app_support import started_core, synthetic_sample, write_pipeline
 from test_widgets_support import assert_not_blank, dispose, small_model
 
-from app.cli import build_parser
 from app.pipeline_file import Rule, load_pipeline
 from app.qt import QtConsole
+from cli import build_parser
+from cli._cmd_console import run
 from widgets import MainWindow, apply_theme, escalation_curve
-from widgets._cmd_console import run
 
 ALLOWED_WITHOUT_SHORTCUT = {"About tierdeck"}
 

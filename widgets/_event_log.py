@@ -154,7 +154,3 @@ class EventLog(QWidget):
     def _inserted(self) -> None:
         if self._follow:
             self.view.scrollToBottom()
-
-    def visible_messages(self) -> list[str]:
-        """Messages of the events shown (after filtering), oldest first."""
-        return [self.proxy.index(r, 0).data(EventLogModel.EventRole).message for r in range(self.proxy.rowCount())]

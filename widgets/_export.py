@@ -2,7 +2,7 @@
 
 The GUI thread only grabs the image (a QImage, which other threads may encode) or builds the CSV
 text; encoding and writing run on `QtConsole.files` (the same single file thread the pipeline model
-uses), and the outcome returns through `FutureBridge` to `exported` / `export_failed`.
+uses), and the outcome returns through `app.qt.Dispatcher` to `exported` / `export_failed`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,12 @@ from pathlib import Path
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtGui import QImage
 
-from widgets._futures import FutureBridge
+from app.qt import Dispatcher
+from runners._store import write_atomic
 
 
 def _write_text(path: Path, text: str) -> str:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
+    write_atomic(path, text.encode("utf-8"), make_parents=False)
     return str(path)
 
 
@@ -42,7 +41,7 @@ class ExportWriter(QObject):
         super().__init__(parent)
         self._own = executor is None
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tierdeck-export")
-        self._bridge = FutureBridge(self)
+        self._dispatcher = Dispatcher(self)
 
     def write_text(self, path: str | Path, text: str) -> None:
         """Write text (CSV) to `path` off the GUI thread."""
@@ -53,8 +52,8 @@ class ExportWriter(QObject):
         self._watch(self.executor.submit(_write_image, Path(path), QImage(image)))
 
     def _watch(self, future: concurrent.futures.Future[str]) -> None:
-        self._bridge.watch(future, lambda p: self.exported.emit(str(p)),
-                           lambda exc: self.export_failed.emit(f"{type(exc).__name__}: {exc}"))
+        self._dispatcher.when_done(future, lambda p: self.exported.emit(str(p)),
+                                   lambda exc: self.export_failed.emit(f"{type(exc).__name__}: {exc}"))
 
     def close(self) -> None:
         """Shut down an executor this writer made itself."""

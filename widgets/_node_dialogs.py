@@ -28,10 +28,9 @@ from PySide6.QtWidgets import (
 )
 
 from app.core import NodeSnapshot
-from app.qt import EventLogModel, FleetModel, TelemetryModel
+from app.qt import Dispatcher, EventLogModel, FleetModel, TelemetryModel
 from widgets import _format as fmt
 from widgets import _theme as theme
-from widgets._futures import FutureBridge
 
 Enroller = Callable[[str, str], "concurrent.futures.Future[str]"]
 
@@ -69,7 +68,7 @@ class AddNodeDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Add node by address")
         self.fleet = fleet
-        self._bridge = FutureBridge(self)
+        self._dispatcher = Dispatcher(self)
         self.address = QLineEdit(self)
         self.address.setPlaceholderText("10.0.0.7:50051")
         self.address.setAccessibleName("Node address")
@@ -118,7 +117,7 @@ class AddNodeDialog(QDialog):
         _banner(self.message, "info", "Adding…")
         future = self.fleet.add_address(self.address.text().strip(), self.tier.currentData() or "",
                                         self.name.text().strip())
-        self._bridge.watch(future, self._added, self._failed)
+        self._dispatcher.when_done(future, self._added, self._failed)
 
     def _added(self, key: object) -> None:
         self.node_added.emit(str(key))
@@ -138,7 +137,7 @@ class EnrollDialog(QDialog):
         super().__init__(parent)
         self.setWindowTitle("Enroll node")
         self.enroller = enroller
-        self._bridge = FutureBridge(self)
+        self._dispatcher = Dispatcher(self)
         self.address = QLineEdit(address, self)
         self.address.setPlaceholderText("10.0.0.7:50051")
         self.code = QLineEdit(self)
@@ -185,7 +184,7 @@ class EnrollDialog(QDialog):
             return
         self.enroll_button.setEnabled(False)
         _banner(self.message, "info", "Enrolling… (proving the pairing code both ways)")
-        self._bridge.watch(self.enroller(self.address.text().strip(), code), self._done, self._failed)
+        self._dispatcher.when_done(self.enroller(self.address.text().strip(), code), self._done, self._failed)
 
     def _done(self, message: object) -> None:
         self.enroll_button.setEnabled(True)

@@ -15,6 +15,7 @@ from PySide6.QtGui import QColor, QFont, QIcon, QPalette, QPixmap
 from PySide6.QtWidgets import QApplication
 
 import resources.theme
+from runners.protocol import TIERS as TIERS  # re-exported: the views read theme.TIERS
 
 THEME_DIR = Path(resources.theme.__file__).resolve().parent
 ICON_DIR = THEME_DIR / "icons"
@@ -37,7 +38,6 @@ TIER_STYLES = {"device": Qt.PenStyle.SolidLine, "edge": Qt.PenStyle.DashLine, "c
 # Okabe–Ito, then two light greys, for per-node and per-link curves.
 SERIES_COLOURS = ("#56b4e9", "#e69f00", "#cc79a7", "#009e73", "#f0e442", "#0072b2", "#d55e00", "#ffffff",
                   "#b0bac6")
-TIERS = ("device", "edge", "cloud")
 TIER_TITLES = {"device": "Device", "edge": "Edge", "cloud": "Cloud", "": "No tier"}
 
 STATE_ICONS = {"online": "state-online", "degraded": "state-degraded", "offline": "state-offline",

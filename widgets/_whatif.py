@@ -37,11 +37,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.pipeline_file import Rule
-from app.qt import PipelineModel, TelemetryModel
+from app.qt import Dispatcher, PipelineModel, TelemetryModel
 from widgets import _theme as theme
 from widgets._canvas import rule_text, threshold_of
 from widgets._clock import FrameClock
-from widgets._futures import FutureBridge
 
 BINS = 20
 # (stage id, rule) -> per-node results: {node name: "" on success, else the reason}
@@ -80,7 +79,7 @@ class WhatIfPanel(QWidget):
         self.hist = np.zeros(BINS)
         self.rows = 0.0
         self.rate_in = 0.0
-        self._bridge = FutureBridge(self)
+        self._dispatcher = Dispatcher(self)
         self._syncing = False
         self.field = "confidence_below"
         theme.configure_pyqtgraph()
@@ -338,7 +337,7 @@ class WhatIfPanel(QWidget):
             return
         self.push_button.setEnabled(False)
         self.status_message.emit(f"Pushing threshold {value:.3f} of {self.stage_id} to its nodes…")
-        self._bridge.watch(self.pusher(self.stage_id, rule), self._pushed, self._push_failed)
+        self._dispatcher.when_done(self.pusher(self.stage_id, rule), self._pushed, self._push_failed)
 
     def _pushed(self, results: object) -> None:
         self.push_button.setEnabled(True)

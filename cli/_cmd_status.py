@@ -9,8 +9,15 @@ import sys
 import time
 from typing import Any, TextIO
 
-from app._cmd_common import add_db_option, add_fleet_options, async_gather_nodes, core_for, setup_logging
 from app._records import NodeSample, NodeSnapshot, NodeState
+from cli._common import (
+    add_db_option,
+    add_fleet_options,
+    async_gather_nodes,
+    core_for,
+    setup_logging,
+)
+from runners.protocol import STAGE_COUNTERS
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -61,10 +68,10 @@ def _node_json(node: NodeSnapshot, sample: NodeSample | None) -> dict[str, Any]:
             "power_measured": sample.power_measured, "energy_joules_total": sample.energy_joules_total,
             "backlog": sample.backlog,
             "stages": {s.stage_id: {
-                "inferences_total": s.inferences_total, "escalated_total": s.escalated_total,
+                **{name: getattr(s, name) for name in STAGE_COUNTERS},  # every counter the agent sends
                 "inferences_per_s": s.inferences_per_s, "escalation_rate": s.escalation_rate,
                 "latency_p95_ms": s.latency_p95_ms, "queue_depth": s.queue_depth, "link_state": s.link_state,
-                "errors_total": s.errors_total} for s in sample.stages},
+                } for s in sample.stages},
         }
     else:
         row["telemetry"] = None

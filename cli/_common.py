@@ -1,9 +1,10 @@
-"""Options and helpers shared by the headless commands (deploy, status, export)."""
+"""Options and helpers shared by the commands."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import re
 import sys
@@ -15,6 +16,17 @@ from typing import Any
 
 from app._db import default_db_path
 from runners.client import ClientTLS
+
+CONSOLE_EXTRA = ("PySide6", "pyqtgraph")
+
+
+def missing_console_extra(command: str) -> str | None:
+    """One line saying how to install the console extra when `command` needs it and it is missing, else None."""
+    missing = [name for name in CONSOLE_EXTRA if importlib.util.find_spec(name) is None]
+    if not missing:
+        return None
+    return (f"tierdeck {command} needs the console extra ({', '.join(missing)} missing): "
+            "pip install 'tierdeck[console]' (from a checkout: pip install '.[console]')")
 
 
 def add_db_option(parser: argparse.ArgumentParser) -> None:

@@ -11,10 +11,10 @@ import sys
 import time
 from typing import TextIO
 
-from app._cmd_common import add_fleet_id_option
+from cli._common import add_fleet_id_option
 from discovery import TIERS, Browser, NodeAdvert, NodeEvent, all_ipv4_interfaces
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -11,8 +11,8 @@ from typing import Any, TextIO
 
 import sqlite_utils
 
-from app._cmd_common import add_db_option, parse_when
 from app._db import connect, default_db_path, deployment_rows, event_rows, rollup_rows, telemetry_rows
+from cli._common import add_db_option, parse_when
 
 TABLES = ("telemetry", "rollup", "events", "deployments")
 

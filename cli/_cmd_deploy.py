@@ -8,9 +8,15 @@ import json
 import sys
 from typing import Any, TextIO
 
-from app._cmd_common import add_db_option, add_fleet_options, async_gather_nodes, core_for, setup_logging
 from app._deployer import DeployProgress, Plan
 from app.pipeline_file import PipelineError, load_pipeline
+from cli._common import (
+    add_db_option,
+    add_fleet_options,
+    async_gather_nodes,
+    core_for,
+    setup_logging,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from app._demo import PIPELINE, Demo, DemoConfig
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -55,6 +55,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start everything, run the window (or the headless script), stop everything; returns the exit code."""
+    from cli._common import missing_console_extra
+
+    problem = missing_console_extra("demo")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    from cli._display import window_problem
+
+    problem = None if args.headless else window_problem("demo")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.headless:
@@ -62,9 +74,9 @@ def run(args: argparse.Namespace) -> int:
     from PySide6.QtCore import QEvent, QTimer
     from PySide6.QtWidgets import QApplication
 
+    from app.core import bundled_models, make_enroller, make_policy_pusher
     from app.qt import QtConsole
     from widgets import MainWindow, apply_theme
-    from widgets._cmd_console import bundled_models, make_enroller, make_policy_pusher
 
     demo = Demo(DemoConfig(device=args.device, edge=args.edge, cloud=args.cloud, rate=args.rate,
                            burst_every=args.burst_every, pipeline=args.pipeline, base_dir=args.data_dir))
@@ -101,7 +113,10 @@ def run(args: argparse.Namespace) -> int:
         timer.stop()
         if args.screenshot:
             window.show_dashboard()  # the live plots; give the frame timer a few frames to draw them
-            QTimer.singleShot(700, lambda: (window.grab().save(str(args.screenshot)), end(code)))
+            def shoot() -> None:
+                window.grab().save(str(args.screenshot))
+                end(code)
+            QTimer.singleShot(700, shoot)
         else:
             end(code)
 

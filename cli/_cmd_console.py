@@ -3,30 +3,28 @@
     tierdeck console [--db PATH] [--fleet FILE] [--node HOST:PORT ...] [--interface IP ...]
                      [--pipeline FILE] [--wall] [--tls [--fleet-dir DIR]]
 
-Enrolment and live policy changes reach the widgets as plain callables made here from the core
-(`make_enroller`, `make_policy_pusher`), so the widgets stay free of network code.
+Enrolment and live policy changes reach the widgets as plain callables made by the core
+(`app.core.make_enroller`, `make_policy_pusher`), so the widgets stay free of network code. Needs the
+console extra (PySide6, pyqtgraph); without it the command says how to install it and exits 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
 import gc
 import logging
 import sys
 from pathlib import Path
 
-from app._cmd_common import add_fleet_id_option
-from app.core import ConsoleCore
-from app.fleet_ca import Member
-from app.pipeline_file import Rule
+from app.core import ConsoleCore, bundled_models, make_enroller, make_policy_pusher
+from cli._common import add_fleet_id_option
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(f"tierdeck.{__name__}")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """Options of `tierdeck console`."""
-    from app._cmd_common import add_db_option
+    from cli._common import add_db_option
 
     add_db_option(parser)
     parser.add_argument("--fleet", metavar="FILE", help="fleet file: one HOST:PORT [TIER] [NAME] per line, or JSON")
@@ -51,45 +49,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
 
 
-def bundled_models(extra: list[Path] | None = None) -> list[Path]:
-    """The demo models shipped in resources/models, plus the ONNX files of `extra` folders."""
-    import resources.models
-
-    folders = [Path(resources.models.__file__).resolve().parent, *(extra or [])]
-    return sorted({p.resolve() for folder in folders for p in folder.glob("*.onnx")})
-
-
-def make_enroller(core: ConsoleCore, fleet_dir: Path | None = None):  # type: ignore[no-untyped-def]
-    """`(address, code) -> Future[message]` for the Enroll dialog: ConsoleCore.enroll, worded for the operator."""
-    def enroll(address: str, code: str) -> concurrent.futures.Future[str]:
-        message: concurrent.futures.Future[str] = concurrent.futures.Future()
-
-        def done(future: concurrent.futures.Future[Member]) -> None:
-            exc = future.exception()
-            if exc is not None:
-                message.set_exception(exc)
-                return
-            member = future.result()
-            message.set_result(f"Enrolled {member.name or member.node_id} ({member.node_id[:8]}) at {address}: it now "
-                               "accepts only mutual TLS with this fleet's certificates.")
-        core.enroll(address, code, fleet_dir).add_done_callback(done)
-        return message
-
-    return enroll
-
-
-def make_policy_pusher(core: ConsoleCore):  # type: ignore[no-untyped-def]
-    """`(stage id, rule) -> Future[{node name: error or ''}]` for the what-if panel: ConsoleCore.update_policy."""
-    def push(stage_id: str, rule: Rule) -> concurrent.futures.Future[dict[str, str]]:
-        return core.update_policy(stage_id, rule=rule)
-
-    return push
-
-
 def run(args: argparse.Namespace) -> int:
     """Start the core, show the main window, run until it closes; returns the exit code."""
-    from app._cmd_common import interfaces_for, revocations_for, setup_logging, tls_for
+    from cli._common import interfaces_for, missing_console_extra, revocations_for, setup_logging, tls_for
 
+    problem = missing_console_extra("console")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    from cli._display import window_problem
+
+    problem = window_problem("console")
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     setup_logging(args.verbose)
     from PySide6.QtCore import QEvent, QTimer
     from PySide6.QtWidgets import QApplication

@@ -37,6 +37,10 @@ class StageStats:
     latency_seconds_sum: float = 0.0
     queue_depth: int = 0
     link_state: str = "none"
+    runs_on: str = ""  # the provider its session runs on (runners/_providers.Placement)
+    cpu_fallback_nodes: int = 0
+    energy_source: str = "estimate"  # where energy_joules_total comes from
+    energy_measured: bool = False
     # (monotonic time, value) pairs for the interval figures.
     latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
     scores: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
@@ -81,7 +85,9 @@ class TelemetryWindow:
             dt = max(now - last.time, 1e-6)
             out = node.stages.add(stage_id=stats.stage_id, compute_seconds_total=stats.compute_seconds_total,
                                   queue_depth=stats.queue_depth, link_state=stats.link_state,
-                                  energy_joules_total=stats.energy_joules_total, score_kind=stats.score_kind)
+                                  energy_joules_total=stats.energy_joules_total, score_kind=stats.score_kind,
+                                  runs_on=stats.runs_on, cpu_fallback_nodes=stats.cpu_fallback_nodes,
+                                  energy_source=stats.energy_source, energy_measured=stats.energy_measured)
             for name in COUNTERS:
                 setattr(out, name, stats.counters[name])
             inferred = stats.counters["inferences_total"] - last.counters["inferences_total"]

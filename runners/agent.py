@@ -40,6 +40,17 @@ from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
+from runners._providers import (
+    ProviderRefused,
+    ProviderSettings,
+    check_builds,
+    check_required,
+    measure_placement,
+    node_order,
+    plan_for,
+    short_name,
+    unknown_preferences,
+)
 from runners._rules import DROPPED, ESCALATE, Decision, evaluate
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
@@ -76,6 +87,10 @@ class AgentConfig:
     queue_limit: int = 100_000
     ort_threads: int = 1
     max_message_mb: int = 256
+    providers: tuple[str, ...] = ()  # preference, full names; empty: the best the build offers
+    device_id: int = 0
+    openvino_device: str = "CPU"
+    trt_fp16: bool = False
 
 
 def _is_loopback(host: str) -> bool:
@@ -109,6 +124,21 @@ class Agent:
         self.queue = EscalationQueue(config.data_dir / "queue.sqlite", config.queue_limit)
         self.identity = NodeIdentity(config.data_dir, self.node_id, config.insecure)
         self.power = PowerMeter(idle_watts=config.idle_watts, max_watts=config.max_watts)
+        self.providers = ProviderSettings(config.providers, config.device_id, config.openvino_device,
+                                          config.trt_fp16, config.data_dir / "provider-cache")
+        self.available_providers = list(ort.get_available_providers())
+        self.provider_order = node_order(self.providers, self.available_providers)
+        self.builds = check_builds(imported_version=ort.__version__)
+        self.runtime_problems = list(self.builds.problems)
+        unknown = unknown_preferences(self.providers, self.available_providers)
+        if unknown:
+            self.runtime_problems.append(
+                f"--providers names {', '.join(map(short_name, unknown))}, which this onnxruntime build "
+                f"({self.builds.summary}) does not offer; using {', '.join(map(short_name, self.provider_order))}")
+        for problem in self.runtime_problems:
+            log.warning("onnxruntime: %s", problem)
+        log.info("execution providers: %s (build %s)", ", ".join(map(short_name, self.provider_order)),
+                 self.builds.summary)
         self.health = health.aio.HealthServicer()
         self.cfg = self.store.config_counter()
         self.address = ""
@@ -232,12 +262,25 @@ class Agent:
 
     async def build_stage(self, manifest: ctl.StageManifest, path: Path, previous: str = "",
                           activated_ms: int = 0) -> Stage:
-        """Load a model file into a ready Stage (session opened and warmed up, policy checked)."""
-        session = await asyncio.get_running_loop().run_in_executor(
-            self.compute, load_session, path, self.config.ort_threads)
+        """Load a model file into a ready Stage (session opened on its providers, warmed up, placement checked)."""
+        loop = asyncio.get_running_loop()
+        choice = manifest.providers
+        try:
+            plan = plan_for(self.providers, self.available_providers, choice.require, choice.prefer)
+        except ProviderRefused as exc:
+            raise ModelRejected("load", str(exc)) from exc
+        session = await loop.run_in_executor(self.compute, load_session, path, self.config.ort_threads, plan,
+                                             self.config.data_dir)
         stage = Stage(manifest=manifest, session=session, model_path=path, stats=self._stats_for(manifest.stage_id),
                       previous_version=previous, activated_unix_ms=activated_ms or int(time.time() * 1000))
-        await asyncio.get_running_loop().run_in_executor(self.compute, stage.warm_up)
+        stage.placement = await loop.run_in_executor(self.compute, measure_placement, session, stage.warm_up)
+        try:
+            check_required(stage.placement, plan.required)
+        except ProviderRefused as exc:
+            raise ModelRejected("load", str(exc)) from exc
+        log.info("stage %s %s %s (warm-up %.1f ms, then %.2f ms; session providers %s)", manifest.stage_id,
+                 manifest.version, stage.placement.describe(), stage.placement.warmup_first_ms,
+                 stage.placement.warmup_ms, ", ".join(map(short_name, stage.placement.session_providers)))
         return stage
 
     async def swap_in(self, stage: Stage) -> None:
@@ -245,6 +288,9 @@ class Agent:
         old = self.stages.get(stage.stage_id)
         await self.wire_next_hop(stage, old)
         self.stages[stage.stage_id] = stage
+        if stage.placement is not None:
+            stage.stats.runs_on = stage.placement.runs_on
+            stage.stats.cpu_fallback_nodes = stage.placement.cpu_fallback_nodes
         await self.health.set(f"stage/{stage.stage_id}", health_pb2.HealthCheckResponse.SERVING)
 
     async def wire_next_hop(self, stage: Stage, old: Stage | None) -> None:
@@ -317,6 +363,7 @@ class Agent:
             for sid, stats in self.stats.items():
                 if busy > 0:
                     stats.energy_joules_total += dynamic * deltas[sid] / busy
+                stats.energy_source, stats.energy_measured = reading.source, reading.measured
                 last_compute[sid] = stats.compute_seconds_total
                 prune(stats, now)
             last = now
@@ -339,7 +386,8 @@ class Agent:
             memory_cap_bytes=self.memory_cap_bytes, power_budget_watts=self.config.power_budget_watts,
             config_counter=self.cfg, started_unix_ms=self.started_unix_ms, boot_id=self.boot_id,
             insecure=self.config.insecure, enrolled=self.identity.enrolled, fingerprint=self.identity.fingerprint,
-            active_streams=self.active_streams)
+            active_streams=self.active_streams, provider_preference=self.provider_order,
+            onnxruntime_build=self.builds.summary, runtime_problems=self.runtime_problems)
 
 
 def _param(value: bool | int | str) -> pb.InferParameter:
@@ -668,7 +716,7 @@ class ControlService(ctl_grpc.NodeControlServicer):
                 manifest.next_hop.CopyFrom(request.next_hop)
             updated = Stage(manifest=stage.manifest, session=stage.session, model_path=stage.model_path,
                             stats=stage.stats, previous_version=stage.previous_version,
-                            activated_unix_ms=stage.activated_unix_ms)
+                            activated_unix_ms=stage.activated_unix_ms, placement=stage.placement)
             updated.manifest = manifest
             try:
                 updated.apply_policy()
@@ -786,6 +834,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store-and-forward bound, escalations per stage (default 100000)")
     parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads per session")
     parser.add_argument("--max-message-mb", type=int, default=256, help="largest gRPC message accepted, MiB")
+    parser.add_argument("--providers", default="", metavar="LIST",
+                        help="execution providers in order of preference, comma-separated (tensorrt, cuda, openvino, "
+                             "cpu or full onnxruntime names); default: the best the installed onnxruntime build "
+                             "offers (TensorRT, CUDA, OpenVINO, then CPU). The CPU provider always closes the list")
+    parser.add_argument("--device-id", type=int, default=0, help="GPU index for CUDA and TensorRT (default 0)")
+    parser.add_argument("--openvino-device", default="CPU", metavar="TYPE",
+                        help="OpenVINO device type: CPU, GPU, NPU, AUTO:GPU,CPU, ... (default CPU)")
+    parser.add_argument("--trt-fp16", action="store_true",
+                        help="let TensorRT build FP16 engines (faster; answers differ from FP32 in the 3rd decimal). "
+                             "Engines are cached under DATA_DIR/provider-cache")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
@@ -803,12 +861,17 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if not model.is_file():
             raise SystemExit(f"tierdeck-node: --stage {item}: no such model file")
         preload.append((stage_id or model.stem, model))
+    try:
+        providers = ProviderSettings.parse_order(args.providers) if args.providers else ()
+    except ValueError as exc:
+        raise SystemExit(f"tierdeck-node: {exc}") from exc
     return AgentConfig(
         name=args.name, tier=args.tier, data_dir=args.data_dir, listen=args.listen, preload=preload,
         insecure=bool(args.insecure), allow_insecure_network=args.allow_insecure_network, mdns=not args.no_mdns,
         mdns_interfaces=args.mdns_interface, metrics_port=args.metrics_port, idle_watts=args.idle_watts,
         max_watts=args.max_watts, memory_cap_mb=args.memory_cap_mb, power_budget_watts=args.power_budget_watts,
         queue_limit=args.queue_limit, ort_threads=args.ort_threads, max_message_mb=args.max_message_mb,
+        providers=providers, device_id=args.device_id, openvino_device=args.openvino_device, trt_fp16=args.trt_fp16,
     )
 
 
@@ -829,6 +892,9 @@ async def async_run(config: AgentConfig) -> None:
         log.warning("node is not enrolled; pairing code: %s", agent.identity.pairing_code)
     if agent.metrics_port is not None:
         line["metrics_port"] = agent.metrics_port
+    line["providers"] = list(agent.provider_order)
+    if agent.runtime_problems:
+        line["runtime_problems"] = agent.runtime_problems
     print(json.dumps(line), flush=True)
     log.info("node %s (%s, %s tier) serving on %s", agent.node_id, config.name, config.tier, address)
     await stop.wait()

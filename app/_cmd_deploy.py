@@ -12,6 +12,7 @@ from app._cmd_common import add_db_option, add_fleet_options, interfaces_for, se
 from app._console import ConsoleCore
 from app._deployer import DeployProgress, Plan
 from app.pipeline_file import PipelineError, load_pipeline
+from runners._providers import short_name
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -90,7 +91,8 @@ def _print_plan(the_plan: Plan, out: TextIO) -> None:
         for a in node.actions:
             versions = f"{a.running_version or '-'} → {a.version or '-'}"
             hop = f" → {a.next_hop}" if a.next_hop else ""
-            out.write(f"    {a.kind:<9} {a.stage_id:<14} {versions}  {a.reason}{hop}\n")
+            runs = f"  [{short_name(a.provider)}]" if a.provider else ""
+            out.write(f"    {a.kind:<9} {a.stage_id:<14} {versions}  {a.reason}{hop}{runs}\n")
     for warning in the_plan.warnings:
         out.write(f"  warning: {warning}\n")
     for problem in the_plan.problems:

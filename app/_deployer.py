@@ -39,7 +39,7 @@ from typing import Any
 import grpc
 import numpy as np
 
-from app._fit import Requirements, check_fit, memory_estimate
+from app._fit import Requirements, check_fit, expected_provider, memory_estimate
 from app._records import ConsoleEvent, NodeSnapshot, NodeState, Severity, now_ms
 from app.pipeline_file import Pipeline, Rule, Stage
 from runners._proto import grpc_predict_v2_pb2 as pb
@@ -65,12 +65,13 @@ class StageAction:
     next_hop: str = ""           # HOST:PORT of the next tier ("" for the last stage)
     next_node: str = ""          # node id of the next hop
     next_model: str = ""
+    provider: str = ""           # the execution provider it will run on there (see app/_fit.expected_provider)
 
     def as_json(self) -> dict[str, Any]:
         """A plain dict for JSON output and the ledger."""
         return {"kind": self.kind, "stage_id": self.stage_id, "version": self.version,
                 "running_version": self.running_version, "reason": self.reason, "next_hop": self.next_hop,
-                "next_node": self.next_node, "next_model": self.next_model}
+                "next_node": self.next_node, "next_model": self.next_model, "provider": self.provider}
 
 
 @dataclass(frozen=True)
@@ -200,6 +201,9 @@ def policy_fields(stage: Stage, next_stage: Stage | None, next_address: str, nex
     fields["rule"] = rule_proto(stage.rule)
     if stage.max_batch is not None:
         fields["max_batch"] = stage.max_batch
+    if stage.providers:
+        fields["providers"] = ctl.ProviderChoice(require=list(stage.providers.require),
+                                                 prefer=list(stage.providers.prefer))
     if next_stage is not None:
         fields["next_hop"] = ctl.NextHop(address=next_address, model=next_stage.id,
                                          labels=list(next_stage.rule.labels), node_id=next_node_id)
@@ -259,11 +263,13 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
                 else:
                     chosen.append(found)
         targets[stage.id] = sorted(chosen, key=lambda n: n.node_id or n.key)
-    # Fit check: all new/updated stages going to one node must fit there together.
-    if requirements:
+    # Fit check: all new/updated stages going to one node must fit there together. A stage's own
+    # provider choice is part of what it needs, with or without its model card.
+    needs = {s.id: stage_requirements(s, (requirements or {}).get(s.id)) for s in chain}
+    if requirements or any(s.providers.require for s in chain):
         going: dict[str, list[Requirements]] = {}
         for stage in chain:
-            req = requirements.get(stage.id)
+            req = needs[stage.id]
             if req is None:
                 continue
             for node in targets[stage.id]:
@@ -293,10 +299,11 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
                 kind, why = UPDATE, f"next hop {running.next_hop or 'none'} → {hop.address}"
             else:
                 kind, why = UPDATE, "rule, budget or tensors changed"
+            req = needs[stage.id] or Requirements(0, 0, stage_id=stage.id)
             actions.setdefault(node.key, []).append(StageAction(
                 kind, stage.id, version, running.version if running else "", why,
                 hop.address if hop else "", (hop.node_id or hop.key) if hop else "",
-                following.id if following else ""))
+                following.id if following else "", expected_provider(req, node.info) if node.info else ""))
     for node in nodes:
         if node.state not in REACHABLE:
             continue
@@ -597,6 +604,15 @@ def _operator() -> str:
         return getpass.getuser()
     except Exception:  # no user name in some containers
         return "operator"
+
+
+def stage_requirements(stage: Stage, req: Requirements | None) -> Requirements | None:
+    """`req` (from the model card) plus the stage's provider choice; a bare one when only the choice is known."""
+    choice = stage.providers
+    if req is None:
+        return Requirements(0, 0, stage_id=stage.id).with_choice(choice.require, choice.prefer) \
+            if choice.require else None
+    return req.with_choice(choice.require, choice.prefer) if choice else req
 
 
 def requirements_for(pipeline: Pipeline) -> dict[str, Requirements]:

@@ -21,6 +21,7 @@ rejected. Example (paths are relative to the pipeline file)::
           "rule": {"output": "probs", "labels": ["water", "vessel"],
                    "class_in": ["vessel"], "confidence_below": 0.9},
           "budget": {"max_escalations_per_s": 0, "priority": "high"},
+          "providers": {"prefer": ["OpenVINOExecutionProvider"]},   // optional, see below
           "next": "classifier"                          // optional, see above
         },
         ...
@@ -33,6 +34,15 @@ is set holds: ``confidence_below`` (top-class probability < t), ``class_in`` (to
 ``score_above`` (the row's maximum output value > t). A row that does not escalate settles with
 this stage's top class. The last stage of the chain may not escalate.
 
+Execution providers (optional ``"providers"``): ``require`` lists providers the stage must run on —
+a node whose onnxruntime build lacks one is refused by the fit check before anything is uploaded,
+and the agent refuses a session that gives it none of the graph; ``prefer`` lists providers to try
+first where the node has them. Names are onnxruntime's (``CUDAExecutionProvider``,
+``TensorrtExecutionProvider``, ``OpenVINOExecutionProvider``, ``CPUExecutionProvider``, or any other
+``…ExecutionProvider``) or the short forms ``tensorrt``, ``cuda``, ``openvino``, ``cpu``; the file
+keeps them as written, the manifest carries the full names. Without the key a stage runs on the
+node's own order (its best provider first).
+
 Every problem found is reported, each as one `Problem` with a JSON path and a sentence; they are
 raised together as one `PipelineError`. Pure Python (json, hashlib, onnx, numpy): no Qt.
 """
@@ -44,7 +54,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +74,7 @@ _NO_NEXT = object()  # "next" absent: the following stage
 
 _TOP_KEYS = {"format", "version", "name", "description", "stages"}
 _STAGE_KEYS = {"id", "model", "sha256", "placement", "inputs", "outputs", "rule", "budget", "next",
-               "max_batch", "description"}
+               "max_batch", "description", "providers"}
 _RULE_KEYS = {"output", "labels", "confidence_below", "class_in", "score_above", "drop_class"}
 _BUDGET_KEYS = {"max_escalations_per_s", "priority"}
 _TENSOR_KEYS = {"name", "datatype", "shape"}
@@ -168,6 +178,17 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class ProviderChoice:
+    """Execution providers a stage requires or prefers (full onnxruntime names; empty: the node decides)."""
+
+    require: tuple[str, ...] = ()
+    prefer: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.require or self.prefer)
+
+
+@dataclass(frozen=True)
 class Stage:
     """One validated stage; `model_path` is the model file resolved against the pipeline's folder."""
 
@@ -183,6 +204,7 @@ class Stage:
     max_batch: int | None = None
     description: str = ""
     model_path: Path | None = None
+    providers: ProviderChoice = field(default_factory=ProviderChoice)
 
 
 @dataclass(frozen=True)
@@ -240,6 +262,9 @@ def stage_dict(s: Stage, model: str, following: str | None) -> dict[str, Any]:
         d["max_batch"] = s.max_batch
     if s.description:
         d["description"] = s.description
+    if s.providers:
+        d["providers"] = {k: list(v) for k, v in (("require", s.providers.require), ("prefer", s.providers.prefer))
+                          if v}
     return d
 
 
@@ -458,6 +483,38 @@ def _budget(ck: _Checker, value: Any, where: str) -> Budget | None:
     return Budget(rate, priority)
 
 
+def _providers(ck: _Checker, value: Any, where: str) -> ProviderChoice | None:
+    from runners._providers import ALIASES, canonical
+
+    d = ck.obj(value, where, {"require", "prefer"}, ())
+    if d is None:
+        return None
+    lists: dict[str, tuple[str, ...]] = {}
+    ok = True
+    for key in ("require", "prefer"):
+        if key not in d:
+            lists[key] = ()
+            continue
+        items = ck.string_list(d[key], f"{where}.{key}")
+        if items is None:
+            ok = False
+            continue
+        names = []
+        for i, item in enumerate(items):
+            name = canonical(item)
+            if not name.endswith("ExecutionProvider"):
+                ck.add(f"{where}.{key}[{i}]", f"unknown execution provider {item!r} (use onnxruntime's name, e.g. "
+                                              f"CUDAExecutionProvider, or one of {', '.join(sorted(ALIASES))})")
+                ok = False
+            names.append(name)
+        lists[key] = tuple(dict.fromkeys(names))
+    both = sorted(set(lists.get("require", ())) & set(lists.get("prefer", ())))
+    if both:
+        ck.add(where, f"{both[0]} is both required and preferred (required already comes first)")
+        ok = False
+    return ProviderChoice(lists["require"], lists["prefer"]) if ok else None
+
+
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
@@ -569,6 +626,9 @@ def _stage(ck: _Checker, value: Any, where: str, base_dir: Path | None,
     outputs = _tensors(ck, d["outputs"], f"{where}.outputs") if "outputs" in d else None
     rule = _rule(ck, d["rule"], f"{where}.rule", outputs) if "rule" in d else None
     budget = _budget(ck, d["budget"], f"{where}.budget") if "budget" in d else Budget()
+    providers = _providers(ck, d["providers"], f"{where}.providers") if "providers" in d else ProviderChoice()
+    if providers is None:
+        ok = False
     max_batch = None
     if "max_batch" in d:
         mb = d["max_batch"]
@@ -592,7 +652,7 @@ def _stage(ck: _Checker, value: Any, where: str, base_dir: Path | None,
     assert sid is not None and model is not None and sha is not None and placement is not None
     assert inputs is not None and outputs is not None and rule is not None and budget is not None
     return Stage(sid, model, sha, placement, inputs, outputs, rule, budget, None, max_batch, description,
-                 model_path), nxt
+                 model_path, providers or ProviderChoice()), nxt
 
 
 def _resolve_hops(ck: _Checker, ids: list[str | None], nexts: list[Any]) -> list[str | None] | None:
@@ -704,8 +764,7 @@ def parse_pipeline(doc: Any, base_dir: Path | None = None, *, check_models: bool
                     ck.add(f"stages[{i}].rule", f"stage {s.id!r} has a next hop ({hop!r}) but its rule never "
                                                 "escalates; set confidence_below, class_in or score_above")
             stages = [
-                Stage(s.id, s.model, s.sha256, s.placement, s.inputs, s.outputs, s.rule, s.budget, hop,
-                      s.max_batch, s.description, s.model_path)
+                replace(s, next=hop)
                 for s, hop in zip(resolved, hops, strict=True)
             ]
     if ck.problems or name is None or not stages:

@@ -32,7 +32,7 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -275,7 +275,12 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
             for node in targets[stage.id]:
                 running = node.stage(stage.id)
                 if running is not None and running.sha256 == stage.sha256:
-                    continue  # same model already loaded: no new memory
+                    # Same model already loaded: no new memory or power, but a new provider choice still counts.
+                    light = replace(req, memory_bytes=0, model_bytes=0, watts=0.0)
+                    fit = check_fit(light, node, (power_now or {}).get(node.key))
+                    if not fit.fits:
+                        problems.append(f"stage {stage.id} does not fit on {node.name}: {fit.reason}")
+                    continue
                 fit = check_fit(req, node, (power_now or {}).get(node.key), tuple(going.get(node.key, ())))
                 if not fit.fits:
                     problems.append(f"stage {stage.id} does not fit on {node.name}: {fit.reason}")

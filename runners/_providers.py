@@ -143,6 +143,15 @@ class ProviderPlan:
     options: tuple[dict[str, str], ...]
     required: tuple[str, ...] = ()
 
+    def next_fallback(self) -> ProviderPlan | None:
+        """This plan without its first accelerator that is not required (None when none is left to drop)."""
+        droppable = [i for i, p in enumerate(self.providers) if p != CPU and p not in self.required]
+        if not droppable:
+            return None
+        keep = [i for i in range(len(self.providers)) if i != droppable[0]]
+        return ProviderPlan(tuple(self.providers[i] for i in keep), tuple(self.options[i] for i in keep),
+                            self.required)
+
 
 def node_order(settings: ProviderSettings, available: Sequence[str]) -> tuple[str, ...]:
     """The node's effective order: its preference (or DEFAULT_ORDER) restricted to `available`, CPU last."""
@@ -235,6 +244,7 @@ class Placement:
         info.placement_source = self.source
         info.warmup_first_ms = self.warmup_first_ms
         info.warmup_ms = self.warmup_ms
+        info.placement_notes.extend(self.notes)
 
     def describe(self) -> str:
         """'runs on OpenVINO (CPU fallback for 2 nodes)' — what the node card says."""

@@ -269,13 +269,33 @@ class Agent:
             plan = plan_for(self.providers, self.available_providers, choice.require, choice.prefer)
         except ProviderRefused as exc:
             raise ModelRejected("load", str(exc)) from exc
-        session = await loop.run_in_executor(self.compute, load_session, path, self.config.ort_threads, plan,
-                                             self.config.data_dir)
-        stage = Stage(manifest=manifest, session=session, model_path=path, stats=self._stats_for(manifest.stage_id),
-                      previous_version=previous, activated_unix_ms=activated_ms or int(time.time() * 1000))
-        stage.placement = await loop.run_in_executor(self.compute, measure_placement, session, stage.warm_up)
+        notes: list[str] = []
+        while True:  # a preferred accelerator that cannot take the model is left out, never fatal
+            try:
+                session = await loop.run_in_executor(self.compute, load_session, path, self.config.ort_threads,
+                                                     plan, self.config.data_dir)
+                stage = Stage(manifest=manifest, session=session, model_path=path,
+                              stats=self._stats_for(manifest.stage_id), previous_version=previous,
+                              activated_unix_ms=activated_ms or int(time.time() * 1000))
+                placement = await loop.run_in_executor(self.compute, measure_placement, session, stage.warm_up)
+                break
+            except Exception as exc:  # ModelRejected, or onnxruntime's own errors from the warm-up
+                if isinstance(exc, ModelRejected) and exc.step not in ("load", "warmup"):
+                    raise  # the manifest does not fit the model: no provider changes that
+                fallback = plan.next_fallback()
+                if fallback is None:
+                    if isinstance(exc, ModelRejected):
+                        raise
+                    raise ModelRejected("warmup", f"warm-up inference failed: {exc}") from exc
+                dropped = next(p for p in plan.providers if p not in fallback.providers)
+                first_line = str(getattr(exc, "message", exc)).strip().splitlines()[0][:300]
+                notes.append(f"{short_name(dropped)} could not take the model ({first_line}); opened without it")
+                log.warning("stage %s: %s", manifest.stage_id, notes[-1])
+                plan = fallback
+        placement.notes = (*notes, *placement.notes)
+        stage.placement = placement
         try:
-            check_required(stage.placement, plan.required)
+            check_required(placement, plan.required)
         except ProviderRefused as exc:
             raise ModelRejected("load", str(exc)) from exc
         log.info("stage %s %s %s (warm-up %.1f ms, then %.2f ms; session providers %s)", manifest.stage_id,

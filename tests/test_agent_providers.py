@@ -236,3 +236,14 @@ def test_bad_providers_argument_is_refused(tmp_path: Path) -> None:
         config_from_args(args)
     ok = config_from_args(build_parser().parse_args(["--data-dir", str(tmp_path), "--providers", "OpenVINO,cpu"]))
     assert ok.providers == (OPENVINO, CPU)
+
+
+def test_fallback_plan_drops_the_first_accelerator_that_is_not_required() -> None:
+    plan = plan_for(ProviderSettings(), [TENSORRT, CUDA, OPENVINO, CPU], require=[CUDA], prefer=[OPENVINO])
+    assert plan.providers == (CUDA, OPENVINO, TENSORRT, CPU)
+    first = plan.next_fallback()
+    assert first is not None and first.providers == (CUDA, TENSORRT, CPU) and first.required == (CUDA,)
+    assert first.options == (plan.options[0], plan.options[2], plan.options[3])
+    second = first.next_fallback()
+    assert second is not None and second.providers == (CUDA, CPU)
+    assert second.next_fallback() is None  # a required provider is never dropped; CPU is the floor

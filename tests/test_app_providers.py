@@ -130,3 +130,13 @@ def test_records_carry_what_the_agent_says_runs() -> None:
     assert snap.runs_on_text == "runs on OpenVINO (CPU fallback for 2 nodes)"
     assert snap.as_json()["session_providers"] == [OV, CPU]
     assert StageSnapshot("x", "1").runs_on_text == ""
+
+
+def test_a_new_requirement_on_an_already_running_model_is_still_checked(tmp_path: Path) -> None:
+    """Regression: the fit check skipped stages whose model already ran there, so a new `require` went unchecked."""
+    pipeline = load_pipeline(_with_providers(tmp_path, {"heavy": {"require": ["cuda"]}}))
+    running = (StageSnapshot("heavy", "old", pipeline.stage("heavy").sha256),)
+    fleet = [node("d0", "device", CPU_ONLY), node("e0", "edge", CPU_ONLY), node("c0", "cloud", INTEL, running)]
+    refused = plan(pipeline, fleet, requirements=requirements_for(pipeline))
+    assert not refused.ok and "needs execution provider CUDAExecutionProvider, which cloud-0 lacks" in \
+        refused.problems[0]

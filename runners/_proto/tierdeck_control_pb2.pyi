@@ -261,7 +261,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StageInfo(_message.Message):
-    __slots__ = ("manifest", "state", "previous_version", "activated_unix_ms", "inputs", "outputs", "model_bytes", "session_providers", "runs_on", "cpu_fallback_nodes", "placement", "placement_source", "warmup_first_ms", "warmup_ms")
+    __slots__ = ("manifest", "state", "previous_version", "activated_unix_ms", "inputs", "outputs", "model_bytes", "session_providers", "runs_on", "cpu_fallback_nodes", "placement", "placement_source", "warmup_first_ms", "warmup_ms", "placement_notes")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +276,7 @@ class StageInfo(_message.Message):
     PLACEMENT_SOURCE_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FIRST_MS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_MS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_NOTES_FIELD_NUMBER: _ClassVar[int]
     manifest: StageManifest
     state: str
     previous_version: str
@@ -290,7 +291,8 @@ class StageInfo(_message.Message):
     placement_source: str
     warmup_first_ms: float
     warmup_ms: float
-    def __init__(self, manifest: _Optional[_Union[StageManifest, _Mapping]] = ..., state: _Optional[str] = ..., previous_version: _Optional[str] = ..., activated_unix_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., model_bytes: _Optional[int] = ..., session_providers: _Optional[_Iterable[str]] = ..., runs_on: _Optional[str] = ..., cpu_fallback_nodes: _Optional[int] = ..., placement: _Optional[_Iterable[_Union[ProviderNodes, _Mapping]]] = ..., placement_source: _Optional[str] = ..., warmup_first_ms: _Optional[float] = ..., warmup_ms: _Optional[float] = ...) -> None: ...
+    placement_notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, manifest: _Optional[_Union[StageManifest, _Mapping]] = ..., state: _Optional[str] = ..., previous_version: _Optional[str] = ..., activated_unix_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., model_bytes: _Optional[int] = ..., session_providers: _Optional[_Iterable[str]] = ..., runs_on: _Optional[str] = ..., cpu_fallback_nodes: _Optional[int] = ..., placement: _Optional[_Iterable[_Union[ProviderNodes, _Mapping]]] = ..., placement_source: _Optional[str] = ..., warmup_first_ms: _Optional[float] = ..., warmup_ms: _Optional[float] = ..., placement_notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpdatePolicyRequest(_message.Message):
     __slots__ = ("stage_id", "rule", "budget", "next_hop", "clear_next_hop")

@@ -121,6 +121,7 @@ class ProviderSettings:
     openvino_device: str = "CPU"
     trt_fp16: bool = False
     cache_dir: Path | None = None  # TensorRT engines and OpenVINO blobs live here (under the data dir)
+    threads: int = 0  # OpenVINO's own thread pool gets the CPU provider's budget (--ort-threads); 0 = its default
 
     @staticmethod
     def parse_order(text: str) -> tuple[str, ...]:
@@ -197,6 +198,8 @@ def provider_options(provider: str, settings: ProviderSettings) -> dict[str, str
         return options
     if provider == OPENVINO:
         options = {"device_type": settings.openvino_device}
+        if settings.threads > 0:
+            options["num_of_threads"] = str(settings.threads)
         if settings.cache_dir is not None:
             blobs = settings.cache_dir / "openvino"
             blobs.mkdir(parents=True, exist_ok=True)

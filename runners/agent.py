@@ -125,7 +125,7 @@ class Agent:
         self.identity = NodeIdentity(config.data_dir, self.node_id, config.insecure)
         self.power = PowerMeter(idle_watts=config.idle_watts, max_watts=config.max_watts)
         self.providers = ProviderSettings(config.providers, config.device_id, config.openvino_device,
-                                          config.trt_fp16, config.data_dir / "provider-cache")
+                                          config.trt_fp16, config.data_dir / "provider-cache", config.ort_threads)
         self.available_providers = list(ort.get_available_providers())
         self.provider_order = node_order(self.providers, self.available_providers)
         self.builds = check_builds(imported_version=ort.__version__)
@@ -852,7 +852,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse models that would need more memory than this (0 = no cap)")
     parser.add_argument("--queue-limit", type=int, default=100_000,
                         help="store-and-forward bound, escalations per stage (default 100000)")
-    parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads per session")
+    parser.add_argument("--ort-threads", type=int, default=1,
+                        help="onnxruntime intra-op threads per session (also OpenVINO's thread count)")
     parser.add_argument("--max-message-mb", type=int, default=256, help="largest gRPC message accepted, MiB")
     parser.add_argument("--providers", default="", metavar="LIST",
                         help="execution providers in order of preference, comma-separated (tensorrt, cuda, openvino, "

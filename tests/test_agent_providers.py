@@ -49,12 +49,14 @@ def test_default_order_is_the_best_the_build_offers_cpu_last() -> None:
 
 
 def test_stage_choice_comes_first_and_a_missing_requirement_is_refused(tmp_path: Path) -> None:
-    settings = ProviderSettings(cache_dir=tmp_path / "cache", device_id=2, openvino_device="GPU", trt_fp16=True)
+    settings = ProviderSettings(cache_dir=tmp_path / "cache", device_id=2, openvino_device="GPU", trt_fp16=True,
+                                threads=1)
     available = [TENSORRT, CUDA, OPENVINO, CPU]
     plan = plan_for(settings, available, prefer=["openvino", "NoSuchExecutionProvider"])
     assert plan.providers == (OPENVINO, TENSORRT, CUDA, CPU)
     options = dict(zip(plan.providers, plan.options, strict=True))
-    assert options[OPENVINO] == {"device_type": "GPU", "cache_dir": str(tmp_path / "cache" / "openvino")}
+    assert options[OPENVINO] == {"device_type": "GPU", "num_of_threads": "1",
+                                 "cache_dir": str(tmp_path / "cache" / "openvino")}
     assert options[CUDA] == {"device_id": "2"}
     assert options[TENSORRT]["trt_fp16_enable"] == "True"
     assert options[TENSORRT]["trt_engine_cache_path"] == str(tmp_path / "cache" / "tensorrt")

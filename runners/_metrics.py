@@ -71,6 +71,11 @@ class AgentCollector:
                                      labels=labels)
         warmup = GaugeMetricFamily("tierdeck_stage_warmup_seconds", "Latency of a warm-up inference after the first",
                                    labels=[*labels, "provider"])
+        measured = GaugeMetricFamily("tierdeck_stage_energy_measured", "1 when the stage's energy comes from a "
+                                     "sensor (source label), 0 when it is an estimate", labels=[*labels, "source"])
+        for stats in list(agent.stats.values()):
+            measured.add_metric([agent.node_id, stats.stage_id, stats.energy_source], float(stats.energy_measured))
+        yield measured
         for stage in list(agent.stages.values()):
             if stage.placement is None:
                 continue

@@ -108,6 +108,24 @@ class TelemetryWindow:
         return node
 
 
+def attribute_energy(stats: dict[str, StageStats], compute_deltas: dict[str, float], node_joules: float,
+                     node_source: str, node_measured: bool, gpu_joules: float | None = None,
+                     gpu_stages: frozenset[str] = frozenset()) -> None:
+    """Share one interval's dynamic energy among stages by their compute time, and label where it came from.
+
+    Stages in `gpu_stages` share `gpu_joules` (NVML, measured) when it is known; the others share
+    `node_joules` from the node's source. Without a GPU reading, GPU stages share the node's energy too.
+    """
+    on_gpu = {sid for sid in stats if sid in gpu_stages} if gpu_joules is not None else set()
+    for group, joules, source, measured in ((on_gpu, gpu_joules or 0.0, "nvml", True),
+                                            (set(stats) - on_gpu, node_joules, node_source, node_measured)):
+        busy = sum(compute_deltas.get(sid, 0.0) for sid in group)
+        for sid in group:
+            if busy > 0:
+                stats[sid].energy_joules_total += joules * compute_deltas.get(sid, 0.0) / busy
+            stats[sid].energy_source, stats[sid].energy_measured = source, measured
+
+
 def prune(stats: StageStats, now: float) -> None:
     """Forget window entries older than the longest telemetry interval."""
     for window in (stats.latencies, stats.scores):

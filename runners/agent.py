@@ -41,6 +41,7 @@ from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
 from runners._providers import (
+    GPU_PROVIDERS,
     ProviderRefused,
     ProviderSettings,
     check_builds,
@@ -54,9 +55,9 @@ from runners._providers import (
 from runners._rules import DROPPED, ESCALATE, Decision, evaluate
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
-from runners._telemetry import StageStats, TelemetryWindow, prune
+from runners._telemetry import StageStats, TelemetryWindow, attribute_energy, prune
 from runners._tensors import TensorError, decode_inputs, encode_outputs, nonfinite
-from runners.power import PowerMeter
+from runners.power import GpuPowerMeter, PowerMeter
 
 log = logging.getLogger("tierdeck.agent")
 T = TypeVar("T")
@@ -128,6 +129,8 @@ class Agent:
                                           config.trt_fp16, config.data_dir / "provider-cache", config.ort_threads)
         self.available_providers = list(ort.get_available_providers())
         self.provider_order = node_order(self.providers, self.available_providers)
+        # NVML for the energy of stages that run on a GPU (see runners/power.py), whatever the node's source.
+        self.gpu_power = GpuPowerMeter.open() if GPU_PROVIDERS & set(self.provider_order) else None
         self.builds = check_builds(imported_version=ort.__version__)
         self.runtime_problems = list(self.builds.problems)
         unknown = unknown_preferences(self.providers, self.available_providers)
@@ -377,13 +380,16 @@ class Agent:
             now = time.monotonic()
             cpu = self._process.cpu_percent(None) / cores
             reading = self.power.sample(now, cpu)
-            dynamic = max(0.0, reading.watts - self.config.idle_watts) * (now - last)
+            node_source, node_measured, node_watts = reading.source, reading.measured, reading.watts
+            if reading.source == "nvml":  # GPU-only sensor: CPU stages' share comes from the power model
+                node_source, node_measured, node_watts = "estimate", False, self.power.estimate_watts(cpu)
+            dynamic = max(0.0, node_watts - self.config.idle_watts) * (now - last)
+            gpu = self.gpu_power.sample(now) if self.gpu_power is not None else None
+            gpu_stages = frozenset(sid for sid, s in self.stats.items() if s.runs_on in GPU_PROVIDERS)
             deltas = {sid: s.compute_seconds_total - last_compute.get(sid, 0.0) for sid, s in self.stats.items()}
-            busy = sum(deltas.values())
+            attribute_energy(self.stats, deltas, dynamic, node_source, node_measured,
+                             gpu.dynamic_joules if gpu is not None else None, gpu_stages)
             for sid, stats in self.stats.items():
-                if busy > 0:
-                    stats.energy_joules_total += dynamic * deltas[sid] / busy
-                stats.energy_source, stats.energy_measured = reading.source, reading.measured
                 last_compute[sid] = stats.compute_seconds_total
                 prune(stats, now)
             last = now

@@ -185,6 +185,7 @@ def test_agent_reports_what_runs_in_list_stages_telemetry_and_metrics(tmp_path: 
     assert f'tierdeck_stage_cpu_fallback_nodes{{node_id="{node}",stage="det"}} 0.0' in text
     assert f'tierdeck_node_execution_provider{{node_id="{node}",provider="{CPU}"}} 1.0' in text
     assert f'tierdeck_node_runtime_problems{{node_id="{node}"}} 0.0' in text
+    assert f'tierdeck_stage_energy_measured{{node_id="{node}",source="estimate",stage="det"}} 0.0' in text
 
 
 def test_deploy_requiring_a_missing_provider_is_refused_and_nothing_changes(tmp_path: Path) -> None:

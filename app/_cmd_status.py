@@ -12,6 +12,7 @@ from typing import Any, TextIO
 from app._cmd_common import add_db_option, add_fleet_options, interfaces_for, setup_logging, tls_for
 from app._console import ConsoleCore
 from app._records import NodeSample, NodeSnapshot, NodeState
+from runners._providers import short_name
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +92,9 @@ def _print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     table = [("NAME", "TIER", "STATE", "ADDRESS", "STAGES", "CPU%", "POWER", "INFER/S", "ESC")]
     for r in rows:
         t = r["telemetry"]
-        stages = ", ".join(f"{s['stage_id']}@{s['version']}" for s in r["stages"]) or "-"
+        stages = ", ".join(f"{s['stage_id']}@{s['version']}"
+                           + (f" on {short_name(s['runs_on'])}" if s.get("runs_on") else "")
+                           for s in r["stages"]) or "-"
         if t is not None:
             power = f"{t['power_watts']:.1f} W" + ("" if t["power_measured"] else " est")
             rate = sum(s["inferences_per_s"] for s in t["stages"].values())

@@ -113,6 +113,7 @@ class StageSnapshot:
     cpu_fallback_nodes: int = 0
     session_providers: tuple[str, ...] = ()
     warmup_ms: float = 0.0
+    placement_notes: tuple[str, ...] = ()  # providers left out because they could not take the model
 
     @property
     def runs_on_text(self) -> str:
@@ -133,6 +134,7 @@ class StageSnapshot:
             max_escalations_per_s=m.budget.max_escalations_per_s, priority=m.budget.priority,
             runs_on=info.runs_on, cpu_fallback_nodes=info.cpu_fallback_nodes,
             session_providers=tuple(info.session_providers), warmup_ms=info.warmup_ms,
+            placement_notes=tuple(info.placement_notes),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -145,6 +147,7 @@ class StageSnapshot:
             "max_escalations_per_s": self.max_escalations_per_s, "priority": self.priority,
             "runs_on": self.runs_on, "cpu_fallback_nodes": self.cpu_fallback_nodes,
             "session_providers": list(self.session_providers), "warmup_ms": self.warmup_ms,
+            "placement_notes": list(self.placement_notes),
         }
 
 

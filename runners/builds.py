@@ -10,7 +10,9 @@ the list this command prints, which is the project's own list with the build swa
     python -m runners.builds requirements openvino > node-requirements.txt
     pip install -r node-requirements.txt
 
-Without arguments it prints the installed builds, the providers they offer and any broken mix.
+`requirements none` leaves the build out (Jetson: NVIDIA publishes onnxruntime-gpu wheels for each
+JetPack outside PyPI; install that wheel yourself). Without arguments it prints the installed builds,
+the providers they offer and any broken mix (exit status 1 then).
 """
 
 from __future__ import annotations
@@ -41,12 +43,16 @@ def project_requirements() -> list[str]:
 
 
 def requirements_for(kind: str) -> list[str]:
-    """The core requirements with `onnxruntime` replaced by the build for `kind` (cpu, openvino, gpu)."""
-    build = HARDWARE_BUILDS[kind]
+    """The core requirements, `onnxruntime` swapped for the build of `kind` (cpu, openvino, gpu; none: left out)."""
+    build = HARDWARE_BUILDS.get(kind)
+    if build is None and kind != "none":
+        raise ValueError(f"unknown hardware kind {kind!r} (known: {', '.join(sorted(HARDWARE_BUILDS))}, none)")
     out = []
     for requirement in project_requirements():
         match = _NAME.match(requirement)
         if match and match.group(1).lower() == "onnxruntime":
+            if build is None:
+                continue
             requirement = build + requirement[match.end():]
         out.append(requirement)
     return out
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command")
     req = sub.add_parser("requirements", help="the node's requirement lines for one kind of hardware")
-    req.add_argument("kind", choices=sorted(HARDWARE_BUILDS))
+    req.add_argument("kind", choices=[*sorted(HARDWARE_BUILDS), "none"])
     parser.add_argument("--json", action="store_true", help="print the installed builds as JSON")
     args = parser.parse_args(argv)
     if args.command == "requirements":

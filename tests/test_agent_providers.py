@@ -250,3 +250,18 @@ def test_fallback_plan_drops_the_first_accelerator_that_is_not_required() -> Non
     second = first.next_fallback()
     assert second is not None and second.providers == (CUDA, CPU)
     assert second.next_fallback() is None  # a required provider is never dropped; CPU is the floor
+
+
+def test_node_requirements_swap_the_build_and_keep_the_rest() -> None:
+    from runners.builds import project_requirements, requirements_for
+
+    core = project_requirements()
+    (runtime,) = [r for r in core if r.startswith("onnxruntime")]
+    spec = runtime.removeprefix("onnxruntime")
+    for kind, build in (("openvino", "onnxruntime-openvino"), ("gpu", "onnxruntime-gpu"), ("cpu", "onnxruntime")):
+        swapped = requirements_for(kind)
+        assert [r for r in swapped if r.startswith("onnxruntime")] == [build + spec]
+        assert [r for r in swapped if not r.startswith("onnxruntime")] == [r for r in core if r != runtime]
+    assert requirements_for("none") == [r for r in core if r != runtime]
+    with pytest.raises(ValueError, match="unknown hardware kind"):
+        requirements_for("tpu")

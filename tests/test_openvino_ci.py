@@ -16,7 +16,10 @@ import pytest
 from agents import AgentProcess, start_agent
 from conftest import ROOT
 from openvino_env import Unavailable, openvino_python
+from PySide6.QtWidgets import QApplication
+from pytestqt.qtbot import QtBot
 from test_app_support import all_online, started_core, wait_nodes
+from test_widgets_support import drag_over, leave
 
 from app._console import ConsoleCore
 from app.pipeline_file import load_pipeline
@@ -196,3 +199,75 @@ def _agent_refuses_cuda_and_reports_fallback(cloud: AgentProcess, tmp_path: Path
     # Without the middle shape OpenVINO cannot compile its subgraph: the stage opens without it, on the CPU.
     assert whole_cpu.runs_on == CPU and list(whole_cpu.session_providers) == [CPU]
     assert len(whole_cpu.placement_notes) == 1 and whole_cpu.placement_notes[0].startswith("OpenVINO could not take")
+
+
+def test_console_shows_accelerators_and_the_drag_hint_names_the_provider(
+        tmp_path: Path, ov_python: Path, qapp: QApplication, qtbot: QtBot) -> None:
+    """Node cards, fleet panel and the canvas' drag hints on a real OpenVINO node next to a CPU-only one."""
+    import onnx
+    from PySide6.QtCore import QPointF
+
+    from app.core import NodeState, read_model_card
+    from app.qt import PipelineModel, QtConsole
+    from widgets import apply_theme
+    from widgets._fleet_panel import FleetPanel
+    from widgets._pipeline_editor import PipelineEditor
+
+    heavy = ROOT / "resources" / "models" / "heavy.onnx"
+    needs_cuda = onnx.load(str(heavy))
+    needs_cuda.metadata_props.add(key="tierdeck.providers", value=CUDA)
+    (tmp_path / "models").mkdir()
+    onnx.save(needs_cuda, str(tmp_path / "models" / "heavy-cuda.onnx"))
+    ov = start_agent(tmp_path / "ov", tier="edge", name="edge-ov", python=str(ov_python))
+    cpu = start_agent(tmp_path / "cpu", tier="edge", name="edge-cpu")
+    try:
+        with started_core(tmp_path / "console.sqlite", telemetry_interval_s=0.2) as core:
+            console = QtConsole(core)
+            try:
+                for agent in (ov, cpu):
+                    console.fleet.add_address(agent.address)
+                qtbot.waitUntil(lambda: len(console.fleet.nodes()) == 2 and all(
+                    n.state == NodeState.ONLINE and n.info is not None for n in console.fleet.nodes()), timeout=60_000)
+                apply_theme(qapp)
+                panel = FleetPanel(console.fleet, console.telemetry)
+                qtbot.addWidget(panel)
+                assert "OpenVINO" in panel.row_text(ov.node_id) and "CPU only" in panel.row_text(cpu.node_id)
+                editor = PipelineEditor(PipelineModel(), console.fleet, console.telemetry)
+                qtbot.addWidget(editor)
+                plain, cuda = read_model_card(heavy), read_model_card(tmp_path / "models" / "heavy-cuda.onnx")
+                editor.stage_palette.add_card(plain)
+                editor.stage_palette.add_card(cuda)
+                editor.resize(1200, 720)
+                editor.show()
+                qtbot.waitExposed(editor)
+                editor.canvas.relayout()
+                canvas = editor.canvas
+                ov_card = canvas.cards[ov.node_id]
+                assert "accelerators: OpenVINO (onnxruntime onnxruntime-openvino 1.24.1)" in ov_card.tooltip_text()
+                assert "accelerators: CPU only" in canvas.cards[cpu.node_id].tooltip_text()
+
+                def hover(card_path: Path, target: str) -> tuple[bool, str, str]:
+                    item = editor.stage_palette.item_for(str(card_path))
+                    assert item is not None
+                    mime = editor.stage_palette.mimeData([item])
+                    card = canvas.cards[target]
+                    pos = canvas.mapFromScene(card.sceneBoundingRect().center() + QPointF(0, 0))
+                    drag_over(canvas.viewport(), mime, pos)
+                    assert card.mark is not None
+                    result = (card.mark.fits, card.mark.reason, card.mark.short)
+                    leave(canvas.viewport())
+                    return result
+
+                assert hover(heavy, ov.node_id) == (True, "fits on edge-ov: OpenVINO — pin the stage to this node",
+                                                    "fits: OpenVINO")
+                assert hover(heavy, cpu.node_id)[1].startswith("fits on edge-cpu: CPU")
+                fits, reason, short = hover(tmp_path / "models" / "heavy-cuda.onnx", ov.node_id)
+                assert not fits and short == "missing provider"
+                assert "needs execution provider CUDAExecutionProvider, which edge-ov lacks" in reason
+                editor.close()
+            finally:
+                console.close()
+    finally:
+        ov.stop()
+        cpu.stop()
+

@@ -19,6 +19,7 @@ import json
 import logging
 import tempfile
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -270,7 +271,10 @@ def open_session(path: Path, options: ort.SessionOptions, plan: ProviderPlan,
     import onnxruntime as ort
 
     options.enable_profiling = True
-    options.profile_file_prefix = str(Path(profile_dir or tempfile.gettempdir()) / "tierdeck-warmup")
+    # onnxruntime names the file prefix + a millisecond timestamp: sessions opened together (the compute
+    # pool loads in parallel) could share one file without a prefix of their own.
+    folder = Path(profile_dir or tempfile.gettempdir())
+    options.profile_file_prefix = str(folder / f"tierdeck-warmup-{uuid.uuid4().hex}")
     return ort.InferenceSession(str(path), sess_options=options, providers=list(plan.providers),
                                 provider_options=[dict(o) for o in plan.options])
 
@@ -288,10 +292,12 @@ def measure_placement(session: ort.InferenceSession, warm_up: Callable[[], Any],
         raise
     placement = Placement(tuple(session.get_providers()), warmup_first_ms=times[0], warmup_ms=min(times[1:] or times))
     try:
-        profile = Path(session.end_profiling())
-    except Exception as exc:  # profiling not enabled on this session, or the build cannot end it
-        placement.notes = (f"no profile: {exc}",)
+        name = session.end_profiling()
+    except Exception as exc:  # the build cannot end profiling
+        name, placement.notes = "", (f"no profile: {exc}",)
+    if not name:  # profiling was not on for this session
         return placement
+    profile = Path(name)
     try:
         nodes = count_nodes(json.loads(profile.read_text()))
     except (OSError, ValueError) as exc:
@@ -307,7 +313,9 @@ def measure_placement(session: ort.InferenceSession, warm_up: Callable[[], Any],
 def _discard_profile(session: ort.InferenceSession) -> None:
     """End profiling and delete the file (a failed warm-up must not leave profiles behind)."""
     try:
-        Path(session.end_profiling()).unlink(missing_ok=True)
+        name = session.end_profiling()
+        if name:
+            Path(name).unlink(missing_ok=True)
     except Exception as exc:  # nothing was profiled, or the file is gone already
         log.debug("no profile to discard: %s", exc)
 

@@ -265,3 +265,28 @@ def test_node_requirements_swap_the_build_and_keep_the_rest() -> None:
     assert requirements_for("none") == [r for r in core if r != runtime]
     with pytest.raises(ValueError, match="unknown hardware kind"):
         requirements_for("tpu")
+
+
+def test_session_without_profiling_reports_registered_providers_only(tmp_path: Path) -> None:
+    """measure_placement on a session opened without the profiler: no per-node counts, and no crash."""
+    session = ort.InferenceSession(str(MODELS / "detector.onnx"), providers=[CPU])
+    spec = session.get_inputs()[0]
+    x = np.zeros([d if isinstance(d, int) else 1 for d in spec.shape], dtype=np.float32)
+    placement = measure_placement(session, lambda: session.run(None, {spec.name: x}))
+    assert placement.source == "session" and placement.nodes == {} and placement.runs_on == CPU
+
+
+def test_sessions_opened_together_keep_their_own_profiles(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def open_and_measure(name: str) -> Placement:
+        session = load_session(MODELS / f"{name}.onnx", 1, None, tmp_path)
+        spec = session.get_inputs()[0]
+        x = np.zeros([d if isinstance(d, int) else 1 for d in spec.shape], dtype=np.float32)
+        return measure_placement(session, lambda: session.run(None, {spec.name: x}))
+
+    with ThreadPoolExecutor(4) as pool:
+        placements = list(pool.map(open_and_measure, ["heavy", "detector", "heavy", "detector"]))
+    assert placements[0].nodes == placements[2].nodes and placements[1].nodes == placements[3].nodes
+    assert placements[0].nodes != placements[1].nodes
+    assert list(tmp_path.iterdir()) == []

@@ -130,7 +130,7 @@ class Requirements:
 
 def expected_provider(req: Requirements, info: NodeInfoSummary) -> str:
     """The provider the stage would run on at that node: required, preferred, then the node's order (CPU last)."""
-    offered = set(info.execution_providers) | {CPU}
+    offered = set(info.provider_preference or info.execution_providers) | {CPU}
     order = info.provider_preference or tuple(p for p in DEFAULT_ORDER if p in offered)
     for provider in (*[p for p in req.providers if p != CPU], *req.prefer, *order, CPU):
         if provider in offered:
@@ -191,9 +191,11 @@ def check_fit(req: Requirements, node: NodeSnapshot, power_now_watts: float | No
         if capped > info.memory_cap_bytes:
             reasons.append(f"model of {_mib(req.model_bytes)} needs {_mib(capped)} under the agent's rule "
                            f"(2× the file), over {name}'s memory cap of {_mib(info.memory_cap_bytes)}")
-    missing = [p for p in req.providers if p not in info.execution_providers]
+    # An agent that orders its providers uses only those (probed at its start); an older one: what its build lists.
+    usable = info.provider_preference or info.execution_providers
+    missing = [p for p in req.providers if p not in usable]
     if missing:
-        offered = ", ".join(short_name(p) for p in (info.provider_preference or info.execution_providers))
+        offered = ", ".join(short_name(p) for p in usable)
         reasons.append(f"needs execution provider {', '.join(missing)}, which {name} lacks: its onnxruntime "
                        f"build ({info.onnxruntime_build or info.onnxruntime_version or 'unknown'}) offers "
                        f"{offered or 'none'}")

@@ -156,15 +156,69 @@ class ProviderPlan:
 
 
 def node_order(settings: ProviderSettings, available: Sequence[str]) -> tuple[str, ...]:
-    """The node's effective order: its preference (or DEFAULT_ORDER) restricted to `available`, CPU last."""
-    wanted = settings.order or DEFAULT_ORDER
-    order = [p for p in wanted if p in available and p != CPU]
+    """The node's effective order, CPU last: its --providers restricted to `available`; by default DEFAULT_ORDER's
+    providers the build offers, then any other accelerator it offers (ROCm, DirectML, ...; never Azure).
+
+    Only these providers are used on the node: a stage that requires another one is refused.
+    """
+    if settings.order:
+        order = [p for p in settings.order if p in available and p != CPU]
+    else:
+        order = [p for p in DEFAULT_ORDER if p in available and p != CPU]
+        order += [p for p in accelerators(available) if p not in order]
     return (*order, CPU)
 
 
 def unknown_preferences(settings: ProviderSettings, available: Sequence[str]) -> list[str]:
     """Providers named in --providers that this build does not offer (reported at start)."""
     return [p for p in settings.order if p not in available]
+
+
+def _probe_model() -> bytes:
+    """A two-node ONNX graph (y = x + x, then Relu) small enough to open on any provider in milliseconds."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Add", ["x", "x"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    graph = helper.make_graph(nodes, "probe", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def probe(settings: ProviderSettings, order: Sequence[str]) -> tuple[tuple[str, ...], list[str]]:
+    """Open a tiny session on each accelerator of `order` (blocking); returns those that start, and why others don't.
+
+    A build lists a provider whose libraries or device are missing (onnxruntime-gpu without CUDA, OpenVINO
+    asked for an NPU the box lacks); onnxruntime then drops it from the session without an error, so the
+    node would advertise what it cannot run. The CPU provider is never probed and always kept.
+    """
+    import numpy as np
+    import onnxruntime as ort
+
+    model = _probe_model()
+    working: list[str] = []
+    problems: list[str] = []
+    for provider in order:
+        if provider == CPU:
+            continue
+        options = ort.SessionOptions()
+        options.log_severity_level = 4  # the failure is reported below, in one line
+        try:
+            session = ort.InferenceSession(model, sess_options=options, providers=[provider, CPU],
+                                           provider_options=[provider_options(provider, settings), {}])
+            session.run(None, {"x": np.ones((1, 4), dtype=np.float32)})
+            started = provider in session.get_providers()
+            why = "onnxruntime dropped it from the session (libraries or device missing?)"
+        except Exception as exc:  # onnxruntime's Fail / EP errors
+            started, why = False, str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        if started:
+            working.append(provider)
+        else:
+            detail = f" with device type {settings.openvino_device}" if provider == OPENVINO else ""
+            problems.append(f"{short_name(provider)} is in the onnxruntime build but did not start{detail}: {why}; "
+                            "stages run without it")
+    return (*working, CPU), problems
 
 
 def plan_for(settings: ProviderSettings, available: Sequence[str], require: Sequence[str] = (),
@@ -178,7 +232,7 @@ def plan_for(settings: ProviderSettings, available: Sequence[str], require: Sequ
     if missing:
         offered = ", ".join(short_name(p) for p in available if p != "AzureExecutionProvider")
         raise ProviderRefused(f"the stage requires {', '.join(short_name(p) for p in missing)}, which this "
-                              f"node's onnxruntime build does not offer (it offers {offered or 'none'})")
+                              f"node does not offer (its onnxruntime runs {offered or 'none'})")
     preferred = [canonical(p) for p in prefer if canonical(p) in available]
     order = list(dict.fromkeys([*require, *preferred, *node_order(settings, available)]))
     order = [p for p in order if p != CPU] + [CPU]

@@ -49,6 +49,7 @@ from runners._providers import (
     measure_placement,
     node_order,
     plan_for,
+    probe,
     short_name,
     unknown_preferences,
 )
@@ -127,13 +128,13 @@ class Agent:
         self.power = PowerMeter(idle_watts=config.idle_watts, max_watts=config.max_watts)
         self.providers = ProviderSettings(config.providers, config.device_id, config.openvino_device,
                                           config.trt_fp16, config.data_dir / "provider-cache", config.ort_threads)
-        self.available_providers = list(ort.get_available_providers())
-        self.provider_order = node_order(self.providers, self.available_providers)
+        self.provider_order = node_order(self.providers, ort.get_available_providers())
+        self.available_providers = list(self.provider_order)  # what stages may use: the order (probed at start)
         # NVML for the energy of stages that run on a GPU (see runners/power.py), whatever the node's source.
         self.gpu_power = GpuPowerMeter.open() if GPU_PROVIDERS & set(self.provider_order) else None
         self.builds = check_builds(imported_version=ort.__version__)
         self.runtime_problems = list(self.builds.problems)
-        unknown = unknown_preferences(self.providers, self.available_providers)
+        unknown = unknown_preferences(self.providers, ort.get_available_providers())
         if unknown:
             self.runtime_problems.append(
                 f"--providers names {', '.join(map(short_name, unknown))}, which this onnxruntime build "
@@ -159,6 +160,7 @@ class Agent:
     # -- life cycle -------------------------------------------------------------------------------
     async def async_start(self) -> str:
         """Load stages, start serving; returns the address actually listened on."""
+        await self._probe_providers()
         host, port = split_address(self.config.listen)
         self._server, bound = self._make_server(host, port)
         self.address = f"{host}:{bound}"
@@ -179,6 +181,18 @@ class Agent:
         if self.config.mdns:
             await self._advertise(host, bound)
         return self.address
+
+    async def _probe_providers(self) -> None:
+        """Keep only the accelerators that really start here (see runners/_providers.probe)."""
+        if len(self.provider_order) == 1:
+            return
+        order, problems = await asyncio.get_running_loop().run_in_executor(
+            self.compute, probe, self.providers, self.provider_order)
+        for problem in problems:
+            log.warning("onnxruntime: %s", problem)
+        self.runtime_problems += problems
+        self.provider_order = order
+        self.available_providers = list(order)
 
     def _make_server(self, host: str, port: int) -> tuple[grpc.aio.Server, int]:
         """A server with all three services, bound with the credentials the node's identity calls for."""

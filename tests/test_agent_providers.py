@@ -62,8 +62,8 @@ def test_stage_choice_comes_first_and_a_missing_requirement_is_refused(tmp_path:
     assert options[TENSORRT]["trt_engine_cache_path"] == str(tmp_path / "cache" / "tensorrt")
     assert (tmp_path / "cache" / "tensorrt").is_dir()
     assert plan_for(settings, available, require=[CUDA], prefer=[OPENVINO]).providers[:2] == (CUDA, OPENVINO)
-    with pytest.raises(ProviderRefused, match=r"requires CUDA, which this node's onnxruntime build does not offer "
-                                              r"\(it offers OpenVINO, CPU\)"):
+    with pytest.raises(ProviderRefused, match=r"requires CUDA, which this node does not offer "
+                                              r"\(its onnxruntime runs OpenVINO, CPU\)"):
         plan_for(settings, [OPENVINO, CPU], require=["cuda"])
 
 
@@ -197,7 +197,7 @@ def test_deploy_requiring_a_missing_provider_is_refused_and_nothing_changes(tmp_
                 with pytest.raises(DeployError) as refused:
                     await client.deploy(manifest_for("det", model, "1", providers=needs), model)
                 assert refused.value.step == "load"
-                assert "requires CUDA, which this node's onnxruntime build does not offer" in str(refused.value)
+                assert "requires CUDA, which this node does not offer" in str(refused.value)
                 assert await client.stages() == []
                 # Preferring what is not there is fine: the session falls back to the node's order.
                 prefers = ctl.ProviderChoice(prefer=[OPENVINO, CUDA])

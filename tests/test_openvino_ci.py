@@ -271,3 +271,29 @@ def test_console_shows_accelerators_and_the_drag_hint_names_the_provider(
         ov.stop()
         cpu.stop()
 
+
+
+def test_an_accelerator_that_does_not_start_is_not_advertised(tmp_path: Path, ov_python: Path) -> None:
+    """OpenVINO asked for an NPU this box lacks: onnxruntime would drop it silently; the agent says so at start."""
+    agent = start_agent(tmp_path / "npu", "--openvino-device", "NPU", name="npu-less", python=str(ov_python))
+    try:
+        assert agent.extra["providers"] == [CPU]
+        (problem,) = agent.extra["runtime_problems"]  # type: ignore[misc]
+        assert problem.startswith("OpenVINO is in the onnxruntime build but did not start with device type NPU")
+
+        async def go() -> tuple[ctl.NodeInfo, ctl.StageInfo]:
+            async with NodeClient(agent.address) as client:
+                model = (ROOT / "resources" / "models" / "detector.onnx").read_bytes()
+                with pytest.raises(DeployError, match="requires OpenVINO, which this node does not offer"):
+                    await client.deploy(manifest_for("det", model, "1", providers=ctl.ProviderChoice(require=[OV])),
+                                        model)
+                deployed = await client.deploy(manifest_for("det", model, "1", providers=ctl.ProviderChoice(
+                    prefer=[OV])), model)
+                return await client.info(), deployed
+
+        info, deployed = asyncio.run(go())
+        assert list(info.provider_preference) == [CPU] and list(info.runtime_problems) == [problem]
+        assert OV in info.execution_providers  # the build lists it; the node does not claim it
+        assert deployed.runs_on == CPU
+    finally:
+        agent.stop()

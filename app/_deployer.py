@@ -32,14 +32,14 @@ import logging
 import socket
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import grpc
 import numpy as np
 
-from app._fit import Requirements, check_fit, memory_estimate
+from app._fit import Requirements, check_fit, expected_provider, memory_estimate
 from app._records import ConsoleEvent, NodeSnapshot, NodeState, Severity, now_ms
 from app.pipeline_file import Pipeline, Rule, Stage
 from runners._forward import SMOKE
@@ -66,12 +66,13 @@ class StageAction:
     next_hop: str = ""           # HOST:PORT of the next tier ("" for the last stage)
     next_node: str = ""          # node id of the next hop
     next_model: str = ""
+    provider: str = ""           # the execution provider it will run on there (see app/_fit.expected_provider)
 
     def as_json(self) -> dict[str, Any]:
         """A plain dict for JSON output and the ledger."""
         return {"kind": self.kind, "stage_id": self.stage_id, "version": self.version,
                 "running_version": self.running_version, "reason": self.reason, "next_hop": self.next_hop,
-                "next_node": self.next_node, "next_model": self.next_model}
+                "next_node": self.next_node, "next_model": self.next_model, "provider": self.provider}
 
 
 @dataclass(frozen=True)
@@ -201,6 +202,9 @@ def policy_fields(stage: Stage, next_stage: Stage | None, next_address: str, nex
     fields["rule"] = rule_proto(stage.rule)
     if stage.max_batch is not None:
         fields["max_batch"] = stage.max_batch
+    if stage.providers:
+        fields["providers"] = ctl.ProviderChoice(require=list(stage.providers.require),
+                                                 prefer=list(stage.providers.prefer))
     if next_stage is not None and next_stage.endpoint is not None:
         e = next_stage.endpoint
         fields["next_hop"] = ctl.NextHop(address=e.address, model=e.model, model_version=e.version,
@@ -275,17 +279,24 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
                 else:
                     chosen.append(found)
         targets[stage.id] = sorted(chosen, key=lambda n: n.node_id or n.key)
-    # Fit check: all new/updated stages going to one node must fit there together.
-    if requirements:
+    # Fit check: all new/updated stages going to one node must fit there together. A stage's own
+    # provider choice is part of what it needs, with or without its model card.
+    needs = {s.id: stage_requirements(s, (requirements or {}).get(s.id)) for s in chain}
+    if requirements or any(s.providers.require for s in chain):
         going: dict[str, list[Requirements]] = {}
         for stage in chain:
-            req = requirements.get(stage.id)
+            req = needs[stage.id]
             if req is None:
                 continue
             for node in targets[stage.id]:
                 running = node.stage(stage.id)
                 if running is not None and running.sha256 == stage.sha256:
-                    continue  # same model already loaded: no new memory
+                    # Same model already loaded: no new memory or power, but a new provider choice still counts.
+                    light = replace(req, memory_bytes=0, model_bytes=0, watts=0.0)
+                    fit = check_fit(light, node, (power_now or {}).get(node.key))
+                    if not fit.fits:
+                        problems.append(f"stage {stage.id} does not fit on {node.name}: {fit.reason}")
+                    continue
                 fit = check_fit(req, node, (power_now or {}).get(node.key), tuple(going.get(node.key, ())))
                 if not fit.fits:
                     problems.append(f"stage {stage.id} does not fit on {node.name}: {fit.reason}")
@@ -312,9 +323,11 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
                 kind, why = UPDATE, f"next hop {running.next_hop or 'none'} → {hop_address}"
             else:
                 kind, why = UPDATE, "rule, budget or tensors changed"
+            req = needs[stage.id] or Requirements(0, 0, stage_id=stage.id)
             actions.setdefault(node.key, []).append(StageAction(
                 kind, stage.id, version, running.version if running else "", why,
-                hop_address, hop_node, following.id if following else ""))
+                hop_address, hop_node, following.id if following else "",
+                expected_provider(req, node.info) if node.info else ""))
     for node in nodes:
         if node.state not in REACHABLE:
             continue
@@ -706,6 +719,15 @@ def endpoint_differences(stage: Stage, before: Stage | None, meta: pb.ModelMetad
 
 def _shapes_fit(a: list[int], b: list[int]) -> bool:
     return len(a) == len(b) and all(x < 0 or y < 0 or x == y for x, y in zip(a, b, strict=True))
+
+
+def stage_requirements(stage: Stage, req: Requirements | None) -> Requirements | None:
+    """`req` (from the model card) plus the stage's provider choice; a bare one when only the choice is known."""
+    choice = stage.providers
+    if req is None:
+        return Requirements(0, 0, stage_id=stage.id).with_choice(choice.require, choice.prefer) \
+            if choice.require else None
+    return req.with_choice(choice.require, choice.prefer) if choice else req
 
 
 def requirements_for(pipeline: Pipeline) -> dict[str, Requirements]:

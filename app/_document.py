@@ -93,16 +93,18 @@ class PipelineDocument:
     def requirements(self, stage_id: str) -> Requirements | None:
         """What the stage needs from a node (None when its model card is unknown)."""
         card = self.cards.get(stage_id)
+        stage = self.stage(stage_id)
+        choice = stage.providers
         if card is None:
-            stage = self.stage(stage_id)
             if stage.model_path is None:
                 return None
             try:
                 size = stage.model_path.stat().st_size
             except OSError:
                 return None
-            return Requirements(memory_estimate(size), size, stage_id=stage_id)
-        return Requirements.from_card(card, stage_id)
+            return Requirements(memory_estimate(size), size, stage_id=stage_id).with_choice(choice.require,
+                                                                                             choice.prefer)
+        return Requirements.from_card(card, stage_id).with_choice(choice.require, choice.prefer)
 
     def to_dict(self, base_dir: Path | None = None) -> dict[str, Any]:
         """The pipeline file form; model paths relative to `base_dir` (default: the file's folder)."""

@@ -10,7 +10,11 @@ what the agent would refuse, nor refuses what it would accept.
 
 Providers. A model needs the execution providers listed in its ONNX metadata under
 `tierdeck.providers` (comma-separated, e.g. "CUDAExecutionProvider"); without that key it needs
-only "CPUExecutionProvider", which every onnxruntime build has.
+only "CPUExecutionProvider", which every onnxruntime build has. A pipeline stage adds its own
+`providers.require` to that, and may `prefer` some. A node whose onnxruntime build lacks a required
+provider does not fit. Where it fits, `FitResult.provider` is the provider the stage will run on
+there, chosen the way the agent orders its session (runners/_providers.plan_for): required first,
+then preferred, then the node's own order — the agent reports what really runs after warm-up.
 
 Power. When a node advertises a power budget, the node's present draw (latest telemetry, else
 unknown) plus the model's declared draw (`tierdeck.watts` in its metadata, else 0 W) must stay
@@ -20,10 +24,12 @@ within the budget.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from app._records import NodeSnapshot, NodeState
+from app._records import NodeInfoSummary, NodeSnapshot, NodeState
+from runners._providers import CPU, DEFAULT_ORDER, canonical, short_name
 from runners.protocol import ONNX_DATATYPES
 
 MEMORY_FACTOR = 3.0
@@ -106,11 +112,27 @@ class Requirements:
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     watts: float = 0.0
     stage_id: str = ""
+    prefer: tuple[str, ...] = ()
 
     @classmethod
     def from_card(cls, card: ModelCard, stage_id: str = "") -> Requirements:
         """Requirements of a model card."""
         return cls(card.memory_estimate_bytes, card.size_bytes, card.providers, card.watts, stage_id)
+
+    def with_choice(self, require: Sequence[str] = (), prefer: Sequence[str] = ()) -> Requirements:
+        """These requirements plus a pipeline stage's provider choice (its `providers` key)."""
+        providers = tuple(dict.fromkeys([*self.providers, *(canonical(p) for p in require)]))
+        return replace(self, providers=providers, prefer=tuple(canonical(p) for p in prefer))
+
+
+def expected_provider(req: Requirements, info: NodeInfoSummary) -> str:
+    """The provider the stage would run on at that node: required, preferred, then the node's order (CPU last)."""
+    offered = set(info.provider_preference or info.execution_providers) | {CPU}
+    order = info.provider_preference or tuple(p for p in DEFAULT_ORDER if p in offered)
+    for provider in (*[p for p in req.providers if p != CPU], *req.prefer, *order, CPU):
+        if provider in offered:
+            return provider
+    return CPU
 
 
 @dataclass(frozen=True)
@@ -122,6 +144,15 @@ class FitResult:
     reasons: tuple[str, ...] = ()
     memory_needed_bytes: int = 0
     memory_available_bytes: int = 0
+    provider: str = ""        # where it fits: the provider the stage will run on there
+    node_name: str = ""
+
+    @property
+    def hint(self) -> str:
+        """'fits on edge-2: OpenVINO' (the drag hint), or the reasons when it does not fit."""
+        if not self.fits:
+            return self.reason
+        return f"fits on {self.node_name or self.node_key}: {short_name(self.provider or CPU)}"
 
     @property
     def reason(self) -> str:
@@ -157,10 +188,14 @@ def check_fit(req: Requirements, node: NodeSnapshot, power_now_watts: float | No
         if capped > info.memory_cap_bytes:
             reasons.append(f"model of {_mib(req.model_bytes)} needs {_mib(capped)} under the agent's rule "
                            f"(2× the file), over {name}'s memory cap of {_mib(info.memory_cap_bytes)}")
-    missing = [p for p in req.providers if p not in info.execution_providers]
+    # An agent that orders its providers uses only those (probed at its start); an older one: what its build lists.
+    usable = info.provider_preference or info.execution_providers
+    missing = [p for p in req.providers if p not in usable]
     if missing:
-        reasons.append(f"needs execution provider {', '.join(missing)}; {name} has "
-                       f"{', '.join(info.execution_providers) or 'none'}")
+        offered = ", ".join(short_name(p) for p in usable)
+        reasons.append(f"needs execution provider {', '.join(missing)}, which {name} lacks: its onnxruntime "
+                       f"build ({info.onnxruntime_build or info.onnxruntime_version or 'unknown'}) offers "
+                       f"{offered or 'none'}")
     budget = info.power_budget_watts
     if budget > 0:
         draw = (power_now_watts or 0.0) + req.watts + sum(r.watts for r in already_placed)
@@ -168,4 +203,5 @@ def check_fit(req: Requirements, node: NodeSnapshot, power_now_watts: float | No
             now = f"{power_now_watts:.1f} W now" if power_now_watts is not None else "unknown draw now"
             reasons.append(f"would draw about {draw:.1f} W ({now} + {req.watts:.1f} W for the model), "
                            f"over {name}'s power budget of {budget:.1f} W")
-    return FitResult(not reasons, node.key, tuple(reasons), memory, free)
+    provider = expected_provider(req, info) if not missing else ""
+    return FitResult(not reasons, node.key, tuple(reasons), memory, free, provider, name)

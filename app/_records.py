@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from runners._proto import tierdeck_control_pb2 as ctl
+from runners._providers import accelerators, describe
 
 
 def now_ms() -> int:
@@ -51,6 +52,14 @@ class NodeInfoSummary:
     insecure: bool = True
     enrolled: bool = False
     fingerprint: str = ""
+    provider_preference: tuple[str, ...] = ()   # the agent's order (what it offers, best first; CPU last)
+    onnxruntime_build: str = ""                  # e.g. "onnxruntime-openvino 1.24.1"
+    runtime_problems: tuple[str, ...] = ()       # e.g. a broken mix of onnxruntime builds
+
+    @property
+    def accelerators(self) -> tuple[str, ...]:
+        """Providers other than the CPU one, in the agent's order (what the node card calls its accelerators)."""
+        return tuple(accelerators(self.provider_preference or self.execution_providers))
 
     @classmethod
     def from_proto(cls, info: ctl.NodeInfo) -> NodeInfoSummary:
@@ -63,6 +72,8 @@ class NodeInfoSummary:
             memory_cap_bytes=info.memory_cap_bytes, power_budget_watts=info.power_budget_watts,
             config_counter=info.config_counter, started_unix_ms=info.started_unix_ms, boot_id=info.boot_id,
             insecure=info.insecure, enrolled=info.enrolled, fingerprint=info.fingerprint,
+            provider_preference=tuple(info.provider_preference), onnxruntime_build=info.onnxruntime_build,
+            runtime_problems=tuple(info.runtime_problems),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -76,6 +87,8 @@ class NodeInfoSummary:
             "power_budget_watts": self.power_budget_watts, "config_counter": self.config_counter,
             "started_unix_ms": self.started_unix_ms, "boot_id": self.boot_id, "insecure": self.insecure,
             "enrolled": self.enrolled, "fingerprint": self.fingerprint,
+            "provider_preference": list(self.provider_preference), "onnxruntime_build": self.onnxruntime_build,
+            "runtime_problems": list(self.runtime_problems),
         }
 
 
@@ -96,6 +109,16 @@ class StageSnapshot:
     rule: str = ""                # the escalation rule in words, e.g. "confidence < 0.6"
     max_escalations_per_s: float = 0.0
     priority: str = ""
+    runs_on: str = ""             # the provider its session really runs on ("" from an older agent)
+    cpu_fallback_nodes: int = 0
+    session_providers: tuple[str, ...] = ()
+    warmup_ms: float = 0.0
+    placement_notes: tuple[str, ...] = ()  # providers left out because they could not take the model
+
+    @property
+    def runs_on_text(self) -> str:
+        """'runs on OpenVINO (CPU fallback for 2 nodes)', or '' when the agent did not say."""
+        return describe(self.runs_on, self.cpu_fallback_nodes)
 
     @classmethod
     def from_proto(cls, info: ctl.StageInfo, serving: bool = True) -> StageSnapshot:
@@ -109,6 +132,9 @@ class StageSnapshot:
             next_model=m.next_hop.model if m.HasField("next_hop") else "",
             rule=describe_rule(m.rule) if m.HasField("rule") else "",
             max_escalations_per_s=m.budget.max_escalations_per_s, priority=m.budget.priority,
+            runs_on=info.runs_on, cpu_fallback_nodes=info.cpu_fallback_nodes,
+            session_providers=tuple(info.session_providers), warmup_ms=info.warmup_ms,
+            placement_notes=tuple(info.placement_notes),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -119,6 +145,9 @@ class StageSnapshot:
             "activated_unix_ms": self.activated_unix_ms, "model_bytes": self.model_bytes,
             "next_hop": self.next_hop, "next_model": self.next_model, "rule": self.rule,
             "max_escalations_per_s": self.max_escalations_per_s, "priority": self.priority,
+            "runs_on": self.runs_on, "cpu_fallback_nodes": self.cpu_fallback_nodes,
+            "session_providers": list(self.session_providers), "warmup_ms": self.warmup_ms,
+            "placement_notes": list(self.placement_notes),
         }
 
 

@@ -21,6 +21,7 @@ rejected. Example (paths are relative to the pipeline file)::
           "rule": {"output": "probs", "labels": ["water", "vessel"],
                    "class_in": ["vessel"], "confidence_below": 0.9},
           "budget": {"max_escalations_per_s": 0, "priority": "high"},
+          "providers": {"prefer": ["OpenVINOExecutionProvider"]},   // optional, see below
           "next": "classifier"                          // optional, see above
         },
         ...
@@ -61,6 +62,15 @@ warm-up. Labels may be given as integers (class ids); they are read as text. Out
 (skl2onnx's ZipMap ``seq(map(...))``) cannot be served: leave them out of ``outputs`` — the node fetches
 only the outputs a stage declares and the rule's.
 
+Execution providers (optional ``"providers"``): ``require`` lists providers the stage must run on —
+a node whose onnxruntime build lacks one is refused by the fit check before anything is uploaded,
+and the agent refuses a session that gives it none of the graph; ``prefer`` lists providers to try
+first where the node has them. Names are onnxruntime's (``CUDAExecutionProvider``,
+``TensorrtExecutionProvider``, ``OpenVINOExecutionProvider``, ``CPUExecutionProvider``, or any other
+``…ExecutionProvider``) or the short forms ``tensorrt``, ``cuda``, ``openvino``, ``cpu``; the file
+keeps them as written, the manifest carries the full names. Without the key a stage runs on the
+node's own order (its best provider first).
+
 Every problem found is reported, each as one `Problem` with a JSON path and a sentence; they are
 raised together as one `PipelineError`. Pure Python (json, hashlib, onnx, numpy): no Qt.
 """
@@ -93,7 +103,7 @@ _NO_NEXT = object()  # "next" absent: the following stage
 
 _TOP_KEYS = {"format", "version", "name", "description", "stages"}
 _STAGE_KEYS = {"id", "model", "sha256", "placement", "inputs", "outputs", "rule", "budget", "next",
-               "max_batch", "description", "endpoint"}
+               "max_batch", "description", "endpoint", "providers"}
 _ENDPOINT_KEYS = {"address", "model", "version", "tls"}
 _TLS_KEYS = {"ca", "cert", "key"}
 _RULE_KEYS = {"output", "labels", "confidence_below", "class_in", "score_above", "drop_class", "scores"}
@@ -226,6 +236,17 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class ProviderChoice:
+    """Execution providers a stage requires or prefers (full onnxruntime names; empty: the node decides)."""
+
+    require: tuple[str, ...] = ()
+    prefer: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.require or self.prefer)
+
+
+@dataclass(frozen=True)
 class Stage:
     """One validated stage; `model_path` is the model file resolved against the pipeline's folder."""
 
@@ -242,6 +263,7 @@ class Stage:
     description: str = ""
     model_path: Path | None = None
     endpoint: Endpoint | None = None  # served by an engine tierdeck does not run (then model/sha256 are "")
+    providers: ProviderChoice = field(default_factory=ProviderChoice)
 
 
 @dataclass(frozen=True)
@@ -306,6 +328,9 @@ def stage_dict(s: Stage, model: str, following: str | None, base: Path | None = 
         d["max_batch"] = s.max_batch
     if s.description:
         d["description"] = s.description
+    if s.providers:
+        d["providers"] = {k: list(v) for k, v in (("require", s.providers.require), ("prefer", s.providers.prefer))
+                          if v}
     return d
 
 
@@ -557,6 +582,38 @@ def _budget(ck: _Checker, value: Any, where: str) -> Budget | None:
     return Budget(rate, priority)
 
 
+def _providers(ck: _Checker, value: Any, where: str) -> ProviderChoice | None:
+    from runners._providers import ALIASES, canonical
+
+    d = ck.obj(value, where, {"require", "prefer"}, ())
+    if d is None:
+        return None
+    lists: dict[str, tuple[str, ...]] = {}
+    ok = True
+    for key in ("require", "prefer"):
+        if key not in d:
+            lists[key] = ()
+            continue
+        items = ck.string_list(d[key], f"{where}.{key}")
+        if items is None:
+            ok = False
+            continue
+        names = []
+        for i, item in enumerate(items):
+            name = canonical(item)
+            if not name.endswith("ExecutionProvider"):
+                ck.add(f"{where}.{key}[{i}]", f"unknown execution provider {item!r} (use onnxruntime's name, e.g. "
+                                              f"CUDAExecutionProvider, or one of {', '.join(sorted(ALIASES))})")
+                ok = False
+            names.append(name)
+        lists[key] = tuple(dict.fromkeys(names))
+    both = sorted(set(lists.get("require", ())) & set(lists.get("prefer", ())))
+    if both:
+        ck.add(where, f"{both[0]} is both required and preferred (required already comes first)")
+        ok = False
+    return ProviderChoice(lists["require"], lists["prefer"]) if ok else None
+
+
 def sha256_of(path: Path) -> str:
     """Hex sha256 of a file, read in 1 MiB chunks."""
     h = hashlib.sha256()
@@ -672,6 +729,9 @@ def _stage(ck: _Checker, value: Any, where: str, base_dir: Path | None,
     outputs = _tensors(ck, d["outputs"], f"{where}.outputs") if "outputs" in d else None
     rule = _rule(ck, d["rule"], f"{where}.rule", outputs) if "rule" in d else None
     budget = _budget(ck, d["budget"], f"{where}.budget") if "budget" in d else Budget()
+    providers = _providers(ck, d["providers"], f"{where}.providers") if "providers" in d else ProviderChoice()
+    if providers is None:
+        ok = False
     max_batch = None
     if "max_batch" in d:
         mb = d["max_batch"]
@@ -695,7 +755,7 @@ def _stage(ck: _Checker, value: Any, where: str, base_dir: Path | None,
     assert sid is not None and model is not None and sha is not None and placement is not None
     assert inputs is not None and outputs is not None and rule is not None and budget is not None
     return Stage(sid, model, sha, placement, inputs, outputs, rule, budget, None, max_batch, description,
-                 model_path), nxt
+                 model_path, providers=providers or ProviderChoice()), nxt
 
 
 def _stage_id(ck: _Checker, d: dict[str, Any], where: str) -> str | None:
@@ -708,7 +768,7 @@ def _stage_id(ck: _Checker, d: dict[str, Any], where: str) -> str | None:
 
 def _endpoint_stage(ck: _Checker, value: dict[str, Any], where: str, base_dir: Path | None) -> tuple[Stage | None, Any]:
     """A stage served by an engine tierdeck does not run: no model file, a label-only rule (optional)."""
-    d = ck.obj(value, where, _STAGE_KEYS - {"model", "sha256", "max_batch"},
+    d = ck.obj(value, where, _STAGE_KEYS - {"model", "sha256", "max_batch", "providers"},
                ("id", "endpoint", "placement", "inputs", "outputs"))
     if d is None:
         return None, _NO_NEXT

@@ -17,6 +17,7 @@ from cli._common import (
     core_for,
     setup_logging,
 )
+from runners._providers import short_name
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -91,7 +92,8 @@ def _print_plan(the_plan: Plan, out: TextIO) -> None:
         for a in node.actions:
             versions = f"{a.running_version or '-'} → {a.version or '-'}"
             hop = f" → {a.next_hop}" if a.next_hop else ""
-            out.write(f"    {a.kind:<9} {a.stage_id:<14} {versions}  {a.reason}{hop}\n")
+            runs = f"  [{short_name(a.provider)}]" if a.provider else ""
+            out.write(f"    {a.kind:<9} {a.stage_id:<14} {versions}  {a.reason}{hop}{runs}\n")
     for warning in the_plan.warnings:
         out.write(f"  warning: {warning}\n")
     for problem in the_plan.problems:

@@ -17,6 +17,7 @@ from cli._common import (
     core_for,
     setup_logging,
 )
+from runners._providers import short_name
 from runners.protocol import STAGE_COUNTERS
 
 
@@ -85,7 +86,9 @@ def _print_table(rows: list[dict[str, Any]], out: TextIO) -> None:
     table = [("NAME", "TIER", "STATE", "ADDRESS", "STAGES", "CPU%", "POWER", "INFER/S", "ESC")]
     for r in rows:
         t = r["telemetry"]
-        stages = ", ".join(f"{s['stage_id']}@{s['version']}" for s in r["stages"]) or "-"
+        stages = ", ".join(f"{s['stage_id']}@{s['version']}"
+                           + (f" on {short_name(s['runs_on'])}" if s.get("runs_on") else "")
+                           for s in r["stages"]) or "-"
         if t is not None:
             power = f"{t['power_watts']:.1f} W" + ("" if t["power_measured"] else " est")
             rate = sum(s["inferences_per_s"] for s in t["stages"].values())

@@ -69,6 +69,36 @@ class AgentCollector:
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric(key, buckets, stats.latency_seconds_sum)
         yield from (compute, energy, depth, latency)
+        # What each stage's session really runs on (never a provider that is only installed).
+        provider = GaugeMetricFamily("tierdeck_stage_provider_info", "Execution provider the stage runs on (1)",
+                                     labels=[*labels, "provider"])
+        fallback = GaugeMetricFamily("tierdeck_stage_cpu_fallback_nodes",
+                                     "Graph nodes run on the CPU provider although an accelerator was chosen",
+                                     labels=labels)
+        warmup = GaugeMetricFamily("tierdeck_stage_warmup_seconds", "Latency of a warm-up inference after the first",
+                                   labels=[*labels, "provider"])
+        measured = GaugeMetricFamily("tierdeck_stage_energy_measured", "1 when the stage's energy comes from a "
+                                     "sensor (source label), 0 when it is an estimate", labels=[*labels, "source"])
+        for stats in list(agent.stats.values()):
+            measured.add_metric([agent.node_id, stats.stage_id, stats.energy_source], float(stats.energy_measured))
+        yield measured
+        for stage in list(agent.stages.values()):
+            if stage.placement is None:
+                continue
+            key = [agent.node_id, stage.stage_id]
+            provider.add_metric([*key, stage.placement.runs_on], 1.0)
+            fallback.add_metric(key, stage.placement.cpu_fallback_nodes)
+            warmup.add_metric([*key, stage.placement.runs_on], stage.placement.warmup_ms / 1000.0)
+        yield from (provider, fallback, warmup)
+        available = GaugeMetricFamily("tierdeck_node_execution_provider", "Providers in the agent's order "
+                                      "(value: rank, 1 = first choice)", labels=["node_id", "provider"])
+        for rank, name in enumerate(agent.provider_order, 1):
+            available.add_metric([agent.node_id, name], rank)
+        problems = GaugeMetricFamily("tierdeck_node_runtime_problems",
+                                     "Problems with the onnxruntime install found at start (e.g. a broken mix)",
+                                     labels=["node_id"])
+        problems.add_metric([agent.node_id], len(agent.runtime_problems))
+        yield from (available, problems)
         sample = agent.node_sample
         node = ["node_id", "source"]
         power = GaugeMetricFamily("tierdeck_node_power_watts", "Node power; source says measured or estimate",

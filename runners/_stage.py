@@ -14,6 +14,7 @@ import onnxruntime as ort
 
 from runners._forward import DECISION_OUTPUTS, Forwarder
 from runners._proto import tierdeck_control_pb2 as ctl
+from runners._providers import CPU, Placement, ProviderPlan, open_session
 from runners._rules import Rule, TokenBucket, not_probabilities
 from runners._seen import SeenRows
 from runners._telemetry import StageStats
@@ -92,8 +93,9 @@ def check_model_file(path: Path, memory_cap_bytes: int) -> None:
                                 "self-contained model files only (external paths can escape the stage dir)")
 
 
-def load_session(path: Path, threads: int) -> ort.InferenceSession:
-    """Open an onnxruntime session on the CPU (blocking)."""
+def load_session(path: Path, threads: int, plan: ProviderPlan | None = None,
+                 profile_dir: Path | None = None) -> ort.InferenceSession:
+    """Open an onnxruntime session with the plan's providers (CPU only without one), profiler on (blocking)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -102,7 +104,7 @@ def load_session(path: Path, threads: int) -> ort.InferenceSession:
     # want a flat RSS); measured here, the speed is the same for the bundled stages.
     options.enable_cpu_mem_arena = False
     try:
-        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        return open_session(path, options, plan or ProviderPlan((CPU,), ({},)), profile_dir)
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / NotImplemented types
         raise ModelRejected("load", f"onnxruntime could not load the model: {exc}") from exc
 
@@ -124,6 +126,7 @@ class Stage:
     rule: Rule | None = None
     bucket: TokenBucket | None = None
     forwarder: Forwarder | None = None
+    placement: Placement | None = None  # what the session really runs on (runners/_providers.py)
     # Escalated rows this version already answered (exactly-once); never shared with another version.
     seen_rows: SeenRows = field(default_factory=SeenRows)
     scores_warned: bool = False  # "values above 1 under a probabilities rule" logged once
@@ -307,9 +310,12 @@ class Stage:
 
     def info(self) -> ctl.StageInfo:
         """The stage as ListStages reports it."""
-        return ctl.StageInfo(manifest=self.manifest, state="ready", previous_version=self.previous_version,
+        info = ctl.StageInfo(manifest=self.manifest, state="ready", previous_version=self.previous_version,
                              activated_unix_ms=self.activated_unix_ms, inputs=self.inputs,
                              outputs=self.metadata_outputs(), model_bytes=os.path.getsize(self.model_path))
+        if self.placement is not None:
+            self.placement.fill(info)
+        return info
 
 
 def _to_ort(name: str, array: np.ndarray) -> np.ndarray:

@@ -34,6 +34,10 @@ class StageStats:
     latency_seconds_sum: float = 0.0
     queue_depth: int = 0
     link_state: str = "none"
+    runs_on: str = ""  # the provider its session runs on (runners/_providers.Placement)
+    cpu_fallback_nodes: int = 0
+    energy_source: str = "estimate"  # where energy_joules_total comes from
+    energy_measured: bool = False
     # (monotonic time, value) pairs for the interval figures.
     latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
     scores: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
@@ -87,7 +91,9 @@ class TelemetryWindow:
             out = node.stages.add(stage_id=stats.stage_id, compute_seconds_total=stats.compute_seconds_total,
                                   queue_depth=stats.queue_depth, link_state=stats.link_state,
                                   energy_joules_total=stats.energy_joules_total, score_kind=stats.score_kind,
-                                  dead_letters=stats.dead_letters)
+                                  dead_letters=stats.dead_letters,
+                                  runs_on=stats.runs_on, cpu_fallback_nodes=stats.cpu_fallback_nodes,
+                                  energy_source=stats.energy_source, energy_measured=stats.energy_measured)
             for name in COUNTERS:
                 setattr(out, name, stats.counters[name])
             inferred = stats.counters["inferences_total"] - last.counters["inferences_total"]
@@ -109,6 +115,24 @@ class TelemetryWindow:
             out.score_histogram.extend(int(h) for h in hist)
             self._last[stats.stage_id] = _Snapshot(now, dict(stats.counters), stats.energy_joules_total)
         return node
+
+
+def attribute_energy(stats: dict[str, StageStats], compute_deltas: dict[str, float], node_joules: float,
+                     node_source: str, node_measured: bool, gpu_joules: float | None = None,
+                     gpu_stages: frozenset[str] = frozenset()) -> None:
+    """Share one interval's dynamic energy among stages by their compute time, and label where it came from.
+
+    Stages in `gpu_stages` share `gpu_joules` (NVML, measured) when it is known; the others share
+    `node_joules` from the node's source. Without a GPU reading, GPU stages share the node's energy too.
+    """
+    on_gpu = {sid for sid in stats if sid in gpu_stages} if gpu_joules is not None else set()
+    for group, joules, source, measured in ((on_gpu, gpu_joules or 0.0, "nvml", True),
+                                            (set(stats) - on_gpu, node_joules, node_source, node_measured)):
+        busy = sum(compute_deltas.get(sid, 0.0) for sid in group)
+        for sid in group:
+            if busy > 0:
+                stats[sid].energy_joules_total += joules * compute_deltas.get(sid, 0.0) / busy
+            stats[sid].energy_source, stats[sid].energy_measured = source, measured
 
 
 def prune(stats: StageStats, now: float) -> None:

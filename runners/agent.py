@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import hashlib
 import ipaddress
 import json
@@ -48,15 +49,28 @@ from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
+from runners._providers import (
+    GPU_PROVIDERS,
+    ProviderRefused,
+    ProviderSettings,
+    check_builds,
+    check_required,
+    measure_placement,
+    node_order,
+    plan_for,
+    probe,
+    short_name,
+    unknown_preferences,
+)
 from runners._rules import DROPPED, ESCALATE, Decisions, evaluate
 from runners._security import peer_address
 from runners._seen import row_digests
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
-from runners._telemetry import StageStats, TelemetryWindow, prune
+from runners._telemetry import StageStats, TelemetryWindow, attribute_energy, prune
 from runners._tensors import TensorError, decode_inputs, encode_outputs, nonfinite
 from runners.client import FAILED_STEP_KEY
-from runners.power import PowerMeter
+from runners.power import GpuPowerMeter, PowerMeter
 from runners.protocol import TIERS
 
 log = logging.getLogger("tierdeck.agent")
@@ -88,6 +102,10 @@ class AgentConfig:
     max_message_mb: int = 256
     pairing_rotate_after: int = 1000  # wrong pairing proofs (all peers) before a new code is made
     fleet_id: str = ""            # advertised in TXT `fleet`: consoles scoped to a fleet show only its nodes
+    providers: tuple[str, ...] = ()  # preference, full names; empty: the best the build offers
+    device_id: int = 0
+    openvino_device: str = "CPU"
+    trt_fp16: bool = False
 
 
 def _is_loopback(host: str) -> bool:
@@ -124,6 +142,23 @@ class Agent:
         self.identity.on_code_changed = self._pairing_code_changed
         self.identity.guard.rotate_after = max(1, config.pairing_rotate_after)
         self.power = PowerMeter(idle_watts=config.idle_watts, max_watts=config.max_watts)
+        self.providers = ProviderSettings(config.providers, config.device_id, config.openvino_device,
+                                          config.trt_fp16, config.data_dir / "provider-cache", config.ort_threads)
+        self.provider_order = node_order(self.providers, ort.get_available_providers())
+        self.available_providers = list(self.provider_order)  # what stages may use: the order (probed at start)
+        # NVML for the energy of stages that run on a GPU (see runners/power.py), whatever the node's source.
+        self.gpu_power = GpuPowerMeter.open() if GPU_PROVIDERS & set(self.provider_order) else None
+        self.builds = check_builds(imported_version=ort.__version__)
+        self.runtime_problems = list(self.builds.problems)
+        unknown = unknown_preferences(self.providers, ort.get_available_providers())
+        if unknown:
+            self.runtime_problems.append(
+                f"--providers names {', '.join(map(short_name, unknown))}, which this onnxruntime build "
+                f"({self.builds.summary}) does not offer; using {', '.join(map(short_name, self.provider_order))}")
+        for problem in self.runtime_problems:
+            log.warning("onnxruntime: %s", problem)
+        log.info("execution providers: %s (build %s)", ", ".join(map(short_name, self.provider_order)),
+                 self.builds.summary)
         self.health = health.aio.HealthServicer()
         self.cfg = self.store.config_counter()
         self.address = ""
@@ -143,6 +178,7 @@ class Agent:
     async def async_start(self) -> str:
         """Load stages, start serving; returns the address actually listened on."""
         self._loop = asyncio.get_running_loop()
+        await self._probe_providers()
         host, port = split_address(self.config.listen)
         self._server, bound = self._make_server(host, port)
         self.address = f"{host}:{bound}"
@@ -163,6 +199,18 @@ class Agent:
         if self.config.mdns:
             await self._advertise(host, bound)
         return self.address
+
+    async def _probe_providers(self) -> None:
+        """Keep only the accelerators that really start here (see runners/_providers.probe)."""
+        if len(self.provider_order) == 1:
+            return
+        order, problems = await asyncio.get_running_loop().run_in_executor(
+            self.compute, probe, self.providers, self.provider_order)
+        for problem in problems:
+            log.warning("onnxruntime: %s", problem)
+        self.runtime_problems += problems
+        self.provider_order = order
+        self.available_providers = list(order)
 
     def _make_server(self, host: str, port: int) -> tuple[grpc.aio.Server, int]:
         """A server with all three services, bound with the credentials the node's identity calls for."""
@@ -258,17 +306,55 @@ class Agent:
 
     async def build_stage(self, manifest: ctl.StageManifest, path: Path, previous: str = "",
                           activated_ms: int = 0) -> Stage:
-        """Load a model file into a ready Stage (session opened and warmed up, policy and memory limits checked)."""
+        """Load a model file into a ready Stage (session opened on its providers, warmed up, placement, policy and
+        memory limits checked)."""
         loop = asyncio.get_running_loop()
         rss = RssWindow().start()
-        session = await loop.run_in_executor(self.compute, load_session, path, self.config.ort_threads)
-        stage = Stage(manifest=manifest, session=session, model_path=path, stats=self._stats_for(manifest.stage_id),
-                      previous_version=previous, activated_unix_ms=activated_ms or int(time.time() * 1000))
-        # Limits (runners/_limits.py): refused at "warmup" as RESOURCE_EXHAUSTED, never an allocation crash.
-        check_warmup_fits(stage.inputs)
-        check_declared(stage.inputs, stage.outputs, manifest.max_batch, path.stat().st_size, self.memory_cap_bytes)
-        await loop.run_in_executor(self.compute, guarded_warmup, stage.warm_up)
+        choice = manifest.providers
+        try:
+            plan = plan_for(self.providers, self.available_providers, choice.require, choice.prefer)
+        except ProviderRefused as exc:
+            raise ModelRejected("load", str(exc)) from exc
+        notes: list[str] = []
+        while True:  # a preferred accelerator that cannot take the model is left out, never fatal
+            try:
+                session = await loop.run_in_executor(self.compute, load_session, path, self.config.ort_threads,
+                                                     plan, self.config.data_dir)
+                stage = Stage(manifest=manifest, session=session, model_path=path,
+                              stats=self._stats_for(manifest.stage_id), previous_version=previous,
+                              activated_unix_ms=activated_ms or int(time.time() * 1000))
+                # Limits (runners/_limits.py): refused at "warmup" as RESOURCE_EXHAUSTED, never an allocation crash.
+                check_warmup_fits(stage.inputs)
+                check_declared(stage.inputs, stage.outputs, manifest.max_batch, path.stat().st_size,
+                               self.memory_cap_bytes)
+                placement = await loop.run_in_executor(self.compute, measure_placement, session,
+                                                       functools.partial(guarded_warmup, stage.warm_up))
+                break
+            except ResourceRefused:
+                raise  # memory does not depend on the provider
+            except Exception as exc:  # ModelRejected, or onnxruntime's own errors from the warm-up
+                if isinstance(exc, ModelRejected) and exc.step not in ("load", "warmup"):
+                    raise  # the manifest does not fit the model: no provider changes that
+                fallback = plan.next_fallback()
+                if fallback is None:
+                    if isinstance(exc, ModelRejected):
+                        raise
+                    raise ModelRejected("warmup", f"warm-up inference failed: {exc}") from exc
+                dropped = next(p for p in plan.providers if p not in fallback.providers)
+                first_line = str(getattr(exc, "message", exc)).strip().splitlines()[0][:300]
+                notes.append(f"{short_name(dropped)} could not take the model ({first_line}); opened without it")
+                log.warning("stage %s: %s", manifest.stage_id, notes[-1])
+                plan = fallback
         check_measured(rss.growth(), self.memory_cap_bytes)
+        placement.notes = (*notes, *placement.notes)
+        stage.placement = placement
+        try:
+            check_required(placement, plan.required)
+        except ProviderRefused as exc:
+            raise ModelRejected("load", str(exc)) from exc
+        log.info("stage %s %s %s (warm-up %.1f ms, then %.2f ms; session providers %s)", manifest.stage_id,
+                 manifest.version, stage.placement.describe(), stage.placement.warmup_first_ms,
+                 stage.placement.warmup_ms, ", ".join(map(short_name, stage.placement.session_providers)))
         return stage
 
     async def swap_in(self, stage: Stage) -> None:
@@ -276,6 +362,9 @@ class Agent:
         old = self.stages.get(stage.stage_id)
         await self.wire_next_hop(stage, old)
         self.stages[stage.stage_id] = stage
+        if stage.placement is not None:
+            stage.stats.runs_on = stage.placement.runs_on
+            stage.stats.cpu_fallback_nodes = stage.placement.cpu_fallback_nodes
         await self.health.set(f"stage/{stage.stage_id}", health_pb2.HealthCheckResponse.SERVING)
 
     async def wire_next_hop(self, stage: Stage, old: Stage | None) -> None:
@@ -342,12 +431,16 @@ class Agent:
             now = time.monotonic()
             cpu = self._process.cpu_percent(None) / cores
             reading = self.power.sample(now, cpu)
-            dynamic = max(0.0, reading.watts - self.config.idle_watts) * (now - last)
+            node_source, node_measured, node_watts = reading.source, reading.measured, reading.watts
+            if reading.source == "nvml":  # GPU-only sensor: CPU stages' share comes from the power model
+                node_source, node_measured, node_watts = "estimate", False, self.power.estimate_watts(cpu)
+            dynamic = max(0.0, node_watts - self.config.idle_watts) * (now - last)
+            gpu = self.gpu_power.sample(now) if self.gpu_power is not None else None
+            gpu_stages = frozenset(sid for sid, s in self.stats.items() if s.runs_on in GPU_PROVIDERS)
             deltas = {sid: s.compute_seconds_total - last_compute.get(sid, 0.0) for sid, s in self.stats.items()}
-            busy = sum(deltas.values())
+            attribute_energy(self.stats, deltas, dynamic, node_source, node_measured,
+                             gpu.dynamic_joules if gpu is not None else None, gpu_stages)
             for sid, stats in self.stats.items():
-                if busy > 0:
-                    stats.energy_joules_total += dynamic * deltas[sid] / busy
                 last_compute[sid] = stats.compute_seconds_total
                 prune(stats, now)
             last = now
@@ -370,7 +463,8 @@ class Agent:
             memory_cap_bytes=self.memory_cap_bytes, power_budget_watts=self.config.power_budget_watts,
             config_counter=self.cfg, started_unix_ms=self.started_unix_ms, boot_id=self.boot_id,
             insecure=self.config.insecure, enrolled=self.identity.enrolled, fingerprint=self.identity.fingerprint,
-            active_streams=self.active_streams)
+            active_streams=self.active_streams, provider_preference=self.provider_order,
+            onnxruntime_build=self.builds.summary, runtime_problems=self.runtime_problems)
 
 
 def _param(value: bool | int | str) -> pb.InferParameter:
@@ -698,7 +792,7 @@ class ControlService(ctl_grpc.NodeControlServicer):
                 manifest.next_hop.CopyFrom(request.next_hop)
             updated = Stage(manifest=stage.manifest, session=stage.session, model_path=stage.model_path,
                             stats=stage.stats, previous_version=stage.previous_version,
-                            activated_unix_ms=stage.activated_unix_ms)
+                            activated_unix_ms=stage.activated_unix_ms, placement=stage.placement)
             updated.manifest = manifest
             try:
                 updated.apply_policy()
@@ -861,8 +955,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse models that would need more memory than this (0 = no cap)")
     parser.add_argument("--queue-limit", type=int, default=100_000,
                         help="store-and-forward bound, escalations per stage (default 100000)")
-    parser.add_argument("--ort-threads", type=int, default=1, help="onnxruntime intra-op threads per session")
+    parser.add_argument("--ort-threads", type=int, default=1,
+                        help="onnxruntime intra-op threads per session (also OpenVINO's thread count)")
     parser.add_argument("--max-message-mb", type=int, default=256, help="largest gRPC message accepted, MiB")
+    parser.add_argument("--providers", default="", metavar="LIST",
+                        help="execution providers in order of preference, comma-separated (tensorrt, cuda, openvino, "
+                             "cpu or full onnxruntime names); default: the best the installed onnxruntime build "
+                             "offers (TensorRT, CUDA, OpenVINO, then CPU). The CPU provider always closes the list")
+    parser.add_argument("--device-id", type=int, default=0, help="GPU index for CUDA and TensorRT (default 0)")
+    parser.add_argument("--openvino-device", default="CPU", metavar="TYPE",
+                        help="OpenVINO device type: CPU, GPU, NPU, AUTO:GPU,CPU, ... (default CPU)")
+    parser.add_argument("--trt-fp16", action="store_true",
+                        help="let TensorRT build FP16 engines (faster; answers differ from FP32 in the 3rd decimal). "
+                             "Engines are cached under DATA_DIR/provider-cache")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser
 
@@ -887,6 +992,10 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if not model.is_file():
             raise SystemExit(f"tierdeck-node: --stage {item}: no such model file")
         preload.append((stage_id or model.stem, model))
+    try:
+        providers = ProviderSettings.parse_order(args.providers) if args.providers else ()
+    except ValueError as exc:
+        raise SystemExit(f"tierdeck-node: {exc}") from exc
     return AgentConfig(
         name=args.name, tier=args.tier, data_dir=args.data_dir, listen=args.listen, preload=preload,
         insecure=bool(args.insecure), allow_insecure_network=args.allow_insecure_network, mdns=not args.no_mdns,
@@ -894,6 +1003,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         max_watts=args.max_watts, memory_cap_mb=args.memory_cap_mb, power_budget_watts=args.power_budget_watts,
         queue_limit=args.queue_limit, ort_threads=args.ort_threads, max_message_mb=args.max_message_mb,
         fleet_id=args.fleet_id, pairing_rotate_after=args.pairing_rotate_after,
+        providers=providers, device_id=args.device_id, openvino_device=args.openvino_device, trt_fp16=args.trt_fp16,
     )
 
 
@@ -914,6 +1024,9 @@ async def async_run(config: AgentConfig) -> None:
         log.warning("node is not enrolled; pairing code: %s", agent.identity.pairing_code)
     if agent.metrics_port is not None:
         line["metrics_port"] = agent.metrics_port
+    line["providers"] = list(agent.provider_order)
+    if agent.runtime_problems:
+        line["runtime_problems"] = agent.runtime_problems
     print(json.dumps(line), flush=True)
     log.info("node %s (%s, %s tier) serving on %s", agent.node_id, config.name, config.tier, address)
     await stop.wait()

@@ -22,6 +22,13 @@ Which sysfs files count:
 - nvml: total board power of all NVIDIA GPUs through `pynvml` (nvidia-ml-py), only when the meter
   looks at the live machine (`sysfs_root` is `/sys`), since a recorded tree is another machine.
 - estimate: `idle_watts + (max_watts - idle_watts) * cpu_percent / 100`.
+
+GPU stages. Whatever the node's source, a node whose stages run on CUDA or TensorRT also gets a
+`GpuPowerMeter`: NVML board power of its GPUs, sampled with the node. The energy of a GPU stage is
+the GPU's energy above its idle draw (the lowest reading seen since the agent started, which the GPU
+shows between bursts) over the interval, shared among GPU stages by their compute time, and labelled
+`nvml`, measured. CPU stages keep the node's source; when that source is NVML itself (no CPU-side
+sensor), their share comes from the estimate and is labelled `estimate`.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SOURCES", "PowerMeter", "PowerReading"]
+__all__ = ["SOURCES", "GpuPowerMeter", "GpuReading", "PowerMeter", "PowerReading"]
 
 log = logging.getLogger(f"tierdeck.{__name__}")
 
@@ -242,6 +249,53 @@ class _NvmlProbe:
             return sum(self.read(handle) for handle in self.handles) / 1000.0
         except Exception as exc:  # NVMLError subclasses, GPU fallen off the bus
             raise _Unreadable(f"NVML: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    """GPU board power over the last interval, its idle baseline, and the energy above that baseline."""
+
+    watts: float
+    idle_watts: float
+    dynamic_joules: float
+
+
+class GpuPowerMeter:
+    """NVML power of the node's GPUs, for the energy of stages that run on them (always measured)."""
+
+    source = "nvml"
+
+    def __init__(self, read_watts: Callable[[], float]) -> None:
+        self._read = read_watts
+        self._last: tuple[float, float] | None = None  # (monotonic time, watts)
+        self.idle_watts = math.inf
+
+    @classmethod
+    def open(cls) -> GpuPowerMeter | None:
+        """A meter on the live machine's GPUs, or None when NVML is not there."""
+        try:
+            probe = _NvmlProbe()
+        except _Unreadable as exc:
+            log.info("no GPU power (%s): GPU stages' energy falls back to the node's source", exc)
+            return None
+        return cls(probe.watts)
+
+    def sample(self, now: float) -> GpuReading | None:
+        """Read once; energy above idle since the previous sample (trapezoid); None when NVML fails this time."""
+        try:
+            watts = float(self._read())
+        except (_Unreadable, OSError) as exc:
+            log.debug("GPU power unreadable this interval: %s", exc)
+            self._last = None
+            return None
+        self.idle_watts = min(self.idle_watts, watts)
+        joules = 0.0
+        if self._last is not None:
+            then, before = self._last
+            dt = max(0.0, now - then)
+            joules = max(0.0, (before + watts) / 2 - self.idle_watts) * dt
+        self._last = (now, watts)
+        return GpuReading(watts, self.idle_watts, joules)
 
 
 class PowerMeter:

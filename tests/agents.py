@@ -45,9 +45,10 @@ class AgentProcess:
 
 
 def start_agent(data_dir: Path, *args: str, name: str = "node", tier: str = "edge",
-                listen: str = "127.0.0.1:0", timeout: float = 60.0, secure: bool = False) -> AgentProcess:
-    """Start an agent process and wait for its `listening` line (insecure unless `secure`)."""
-    cmd = [sys.executable, "-m", "runners.agent", "--name", name, "--tier", tier, "--listen", listen,
+                listen: str = "127.0.0.1:0", timeout: float = 60.0, secure: bool = False,
+                python: str | None = None) -> AgentProcess:
+    """Start an agent process (with `python`, default this interpreter) and wait for its `listening` line."""
+    cmd = [python or sys.executable, "-m", "runners.agent", "--name", name, "--tier", tier, "--listen", listen,
            "--data-dir", str(data_dir), *([] if secure else ["--insecure"]), *args]
     if "--mdns-interface" not in args:
         cmd.append("--no-mdns")

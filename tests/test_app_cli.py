@@ -33,12 +33,13 @@ def test_deploy_status_export_from_the_command_line(tmp_path: Path) -> None:
         report = json.loads(run.stdout)
         assert report["result"]["status"] == "succeeded"
         assert {n["name"] for n in report["plan"]["nodes"]} == {"device-1", "edge-1", "cloud-1"}
+        assert {a["provider"] for n in report["plan"]["nodes"] for a in n["actions"]} == {"CPUExecutionProvider"}
         assert {(p["node_name"], p["step"]) for p in report["progress"] if p["status"] == "done"} >= {
             ("cloud-1", "verify"), ("edge-1", "verify"), ("device-1", "verify")}
 
         text = tierdeck("deploy", str(pipeline), "--fleet", str(fleet), "--db", str(db))
         assert text.returncode == 0, text.stderr
-        assert "unchanged" in text.stdout
+        assert "unchanged" in text.stdout and "[CPU]" in text.stdout  # the provider each stage runs on
 
         async def traffic() -> None:
             async with NodeClient(agents["device"].address) as client:
@@ -49,9 +50,11 @@ def test_deploy_status_export_from_the_command_line(tmp_path: Path) -> None:
         nodes = {n["name"]: n for n in json.loads(status.stdout)}
         assert {n["state"] for n in nodes.values()} == {"online"}
         assert [s["stage_id"] for s in nodes["edge-1"]["stages"]] == ["classifier"]
+        assert nodes["edge-1"]["stages"][0]["runs_on"] == "CPUExecutionProvider"
         assert nodes["device-1"]["telemetry"]["stages"]["detector"]["inferences_total"] == 20
         table = tierdeck("status", "--fleet", str(fleet), "--db", str(db))
         assert table.returncode == 0 and "classifier@" in table.stdout and "online" in table.stdout
+        assert " on CPU" in table.stdout
 
     exported = tierdeck("export", "--db", str(db), "--json", "--table", "telemetry", "--table", "events",
                         "--table", "deployments")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from runners import power
-from runners.power import SOURCES, PowerMeter, PowerReading
+from runners._proto import tierdeck_control_pb2 as ctl
+from runners._telemetry import StageStats, TelemetryWindow, attribute_energy
+from runners.power import SOURCES, GpuPowerMeter, PowerMeter, PowerReading
 
 TREES = Path(__file__).resolve().parent / "data" / "sysfs"
 RAPL_RANGE = 262143328850
@@ -251,3 +254,57 @@ def test_this_machine_gives_a_valid_reading() -> None:
     assert reading.source in SOURCES and reading.measured == (reading.source != "estimate")
     assert math.isfinite(reading.watts) and reading.watts >= 0
     assert math.isfinite(reading.energy_joules_total) and reading.energy_joules_total >= 0
+
+
+# ---------------------------------------------------------------------------------------------- GPU stages
+def _replay(watts: list[float]) -> Callable[[], float]:
+    """An NVML reader that answers with a trace, one value per read (no GPU on the CI machines)."""
+    values = iter(watts)
+    return lambda: next(values)
+
+
+def test_gpu_stage_energy_per_inference_comes_from_nvml_labelled_measured() -> None:
+    # A hand-made trace shaped like NVML on a busy-then-idle GPU (W, every 0.5 s): idle 72 W, a burst, idle again.
+    gpu = GpuPowerMeter(_replay([72.0, 72.0, 180.0, 176.0, 74.0]))
+    stats = {"heavy": StageStats("heavy"), "det": StageStats("det")}
+    stats["heavy"].runs_on, stats["det"].runs_on = "CUDAExecutionProvider", "CPUExecutionProvider"
+    window = TelemetryWindow()
+    window.sample(ctl.TelemetrySample(interval_s=2.0), list(stats.values()), now=0.0)
+    for step in range(5):
+        reading = gpu.sample(step * 0.5)
+        assert reading is not None
+        # Each interval both stages computed; the node's own source is the CPU estimate (4 J per interval).
+        attribute_energy(stats, {"heavy": 0.2, "det": 0.1}, 4.0, "estimate", False, reading.dynamic_joules,
+                         frozenset({"heavy"}))
+    stats["heavy"].counters["inferences_total"] = 1000
+    stats["det"].counters["inferences_total"] = 400
+    sample = window.sample(ctl.TelemetrySample(interval_s=2.0), list(stats.values()), now=2.0)
+    heavy, det = (next(s for s in sample.stages if s.stage_id == sid) for sid in ("heavy", "det"))
+    # Above the 72 W idle: 0 + (126-72)·0.5 + (178-72)·0.5 + (125-72)·0.5 = 106.5 J, all the GPU stage's.
+    assert gpu.idle_watts == 72.0
+    assert heavy.energy_joules_total == pytest.approx(106.5)
+    assert heavy.energy_per_inference_j == pytest.approx(0.1065)
+    assert (heavy.energy_source, heavy.energy_measured) == ("nvml", True)
+    # The CPU stage gets the node's energy (the GPU stage takes none of it), labelled as the estimate it is.
+    assert det.energy_joules_total == pytest.approx(5 * 4.0)
+    assert (det.energy_source, det.energy_measured) == ("estimate", False)
+
+
+def test_unreadable_gpu_leaves_gpu_stages_on_the_node_source() -> None:
+    def broken() -> float:
+        raise power._Unreadable("NVML: GPU is lost")
+
+    assert GpuPowerMeter(broken).sample(1.0) is None
+    stats = {"heavy": StageStats("heavy")}
+    attribute_energy(stats, {"heavy": 0.5}, 3.0, "rapl", True, None, frozenset({"heavy"}))
+    assert stats["heavy"].energy_joules_total == pytest.approx(3.0)
+    assert (stats["heavy"].energy_source, stats["heavy"].energy_measured) == ("rapl", True)
+
+
+def test_no_nvml_here_means_no_gpu_meter() -> None:
+    try:
+        import pynvml  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        assert GpuPowerMeter.open() is None
+    else:
+        pytest.skip("pynvml is installed here: whether a GPU answers depends on the machine")

@@ -42,7 +42,7 @@ def test_deploy_dialog_shows_the_plan_then_progress_then_success(tmp_path: Path,
         edge = next(dialog.tree.topLevelItem(i) for i in range(3)
                     if dialog.tree.topLevelItem(i).text(0).startswith("edge"))
         assert edge.child(0).text(0) == "+ classifier" and edge.child(0).text(1) == "add"
-        assert "escalates to heavy" in edge.child(0).text(2)
+        assert "escalates to heavy" in edge.child(0).text(2) and "runs on CPU" in edge.child(0).text(2)
         assert_not_blank(save_screenshot(dialog, tmp_path, "deploy-plan"))
 
         with qtbot.waitSignal(live.console.deployments.deployment_finished, timeout=120_000) as finished:

@@ -61,6 +61,7 @@ from app.core import (
 )
 from app.pipeline_file import Placement, Rule
 from app.qt import FleetModel, PipelineModel, TelemetryModel
+from widgets import _format as fmt
 from widgets import _theme as theme
 from widgets._canvas_items import (
     CARD_H,
@@ -789,7 +790,8 @@ class PipelineCanvas(QGraphicsView):
                            "model not read yet")
         result = self.fleet.fit(req, key)
         if result.fits:
-            return FitMark(True, f"fits on {node.name}: pin the stage to this node", "fits: pin here")
+            return FitMark(True, f"{result.hint} — pin the stage to this node",
+                           f"fits: {fmt.providers((result.provider,))}")
         return FitMark(False, result.reason, _short(result.reasons))
 
     def fit_lane(self, req: Requirements | None, tier: str) -> FitMark:
@@ -808,8 +810,9 @@ class PipelineCanvas(QGraphicsView):
         skipped = len(nodes) - len(reachable)
         note = f"; {skipped} unreachable node{'s' if skipped != 1 else ''} will be skipped" if skipped else ""
         if not bad:
+            hints = "; ".join(r.hint for r in results)
             return FitMark(True, f"fits on all {len(reachable)} reachable {tier} node"
-                                 f"{'s' if len(reachable) != 1 else ''}{note}", f"fits on {len(reachable)}")
+                                 f"{'s' if len(reachable) != 1 else ''} ({hints}){note}", f"fits on {len(reachable)}")
         return FitMark(False, f"{len(bad)} of {len(reachable)} {tier} nodes cannot take it: "
                               + "; ".join(r.reason for r in bad[:3]) + ("; …" if len(bad) > 3 else ""),
                        f"{len(bad)}/{len(reachable)} refuse")

@@ -16,6 +16,7 @@ from PySide6.QtGui import QBrush, QColor, QFont, QFontMetricsF, QPainter, QPaint
 from PySide6.QtWidgets import (
     QGraphicsItem,
     QGraphicsObject,
+    QGraphicsSceneHoverEvent,
     QGraphicsSceneMouseEvent,
     QStyleOptionGraphicsItem,
     QWidget,
@@ -180,6 +181,18 @@ class NodeCardItem(QGraphicsItem):
         """The node's current snapshot."""
         return self.canvas.fleet.node(self.key)
 
+    def tooltip_text(self) -> str:
+        """The node's accelerators, its onnxruntime build and what each stage really runs on."""
+        node = self.node()
+        if node is None:
+            return ""
+        return "\n".join([node.name or node.address, fmt.hardware(node), *fmt.runtime_lines(node)])
+
+    def hoverEnterEvent(self, event: QGraphicsSceneHoverEvent) -> None:
+        """Refresh the tooltip from the node's latest snapshot."""
+        self.setToolTip(self.tooltip_text())
+        super().hoverEnterEvent(event)
+
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
         """Card body, texts, sparkline, pins, drop mark."""
         node = self.node()
@@ -220,11 +233,12 @@ class NodeCardItem(QGraphicsItem):
             return
         state_colour = {"degraded": theme.WARN, "offline": theme.BAD}.get(str(node.state), theme.MUTED)
         painter.setPen(QColor(state_colour))
-        state = str(node.state) + (" · INSECURE" if security == "insecure" else "")
+        accel = fmt.accelerators(node)
+        state = str(node.state) + (f" · {accel}" if accel else "") + (" · INSECURE" if security == "insecure" else "")
         painter.drawText(QRectF(8, 26, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,
                          _elide(font, state, r.width() - 16))
         painter.setPen(QColor(theme.MUTED))
-        text = self.live or (", ".join(s.stage_id for s in node.stages) or "no stages")
+        text = self.live or fmt.stage_placements(node)
         painter.drawText(QRectF(8, 26 + line, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,
                          _elide(font, text, r.width() - 16))
         if pins:

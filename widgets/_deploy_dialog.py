@@ -26,6 +26,7 @@ from PySide6.QtWidgets import (
 from app.core import ADD, REMOVE, UNCHANGED, UPDATE, DeployProgress, DeployResult, Plan
 from app.pipeline_file import Pipeline
 from app.qt import DeploymentModel
+from widgets import _format as fmt
 from widgets import _theme as theme
 
 KIND_WORDS = {ADD: ("+", "add"), UPDATE: ("~", "update"), REMOVE: ("−", "remove"), UNCHANGED: ("=", "unchanged")}
@@ -147,6 +148,8 @@ class DeployDialog(QDialog):
                 detail = action.reason
                 if action.version:
                     detail += f" · version {action.running_version or '—'} → {action.version}"
+                if action.provider:
+                    detail += f" · runs on {fmt.providers((action.provider,))}"
                 if action.next_hop:
                     detail += f" · escalates to {action.next_model} at {action.next_hop}"
                 child = QTreeWidgetItem([f"{sign} {action.stage_id}", word, detail])

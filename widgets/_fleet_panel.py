@@ -508,7 +508,8 @@ class FleetPanel(QWidget):
             self.view.viewport().update()
 
     def _tooltip(self, node: NodeSnapshot) -> str:
-        return (f"{node.name} — {node.address}\n{fmt.state_text(node)}\n{fmt.hardware(node)}\n"
+        runtime = "".join(f"{line}\n" for line in fmt.runtime_lines(node))
+        return (f"{node.name} — {node.address}\n{fmt.state_text(node)}\n{fmt.hardware(node)}\n{runtime}"
                 f"stages: {fmt.stages(node)}\n{security_words(node)}\nnode id: {node.node_id or 'not known yet'}")
 
     def _accessible(self, node: NodeSnapshot) -> str:

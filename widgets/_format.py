@@ -69,8 +69,42 @@ def providers(names: tuple[str, ...]) -> str:
     return ", ".join(n.removesuffix("ExecutionProvider") for n in names) or "—"
 
 
+def accelerators(node: NodeSnapshot) -> str:
+    """The node's accelerators in its agent's order ('OpenVINO', 'TensorRT, CUDA'), 'CPU only', or '' if unknown."""
+    if node.info is None:
+        return ""
+    names = node.info.accelerators
+    text = providers(names) if names else "CPU only"
+    if node.info.runtime_problems:
+        text += " ⚠ onnxruntime install broken"
+    return text
+
+
+def stage_placements(node: NodeSnapshot) -> str:
+    """'detector on OpenVINO, heavy on CPU (2 fall back)' — what each deployed stage really runs on."""
+    parts = []
+    for s in node.stages:
+        if not s.runs_on:
+            parts.append(s.stage_id)
+            continue
+        fallback = f" ({s.cpu_fallback_nodes} fall back)" if s.cpu_fallback_nodes else ""
+        parts.append(f"{s.stage_id} on {providers((s.runs_on,))}{fallback}")
+    return ", ".join(parts) or "no stages"
+
+
+def runtime_lines(node: NodeSnapshot) -> list[str]:
+    """Tooltip lines: accelerators, the onnxruntime build, install problems, what each stage runs on."""
+    info = node.info
+    if info is None:
+        return []
+    lines = [f"accelerators: {accelerators(node)} (onnxruntime {info.onnxruntime_build or info.onnxruntime_version})"]
+    lines += [f"⚠ {problem}" for problem in info.runtime_problems]
+    lines += [f"{s.stage_id}: {s.runs_on_text}" for s in node.stages if s.runs_on]
+    return lines
+
+
 def hardware(node: NodeSnapshot) -> str:
-    """'4 cores · 6.1/8.0 GiB free · CPU' or 'hardware unknown'."""
+    """'4 cores · 6.1/8.0 GiB free · OpenVINO' (its accelerators, or 'CPU only'), or 'hardware unknown'."""
     info = node.info
     if info is None:
         return "hardware unknown until it answers"
@@ -79,7 +113,7 @@ def hardware(node: NodeSnapshot) -> str:
         parts.append(f"{info.cpu_cores} cores")
     if info.ram_total_bytes:
         parts.append(f"{size(info.ram_free_bytes)} free of {size(info.ram_total_bytes)}")
-    parts.append(providers(info.execution_providers))
+    parts.append(accelerators(node))
     if info.memory_cap_bytes:
         parts.append(f"cap {size(info.memory_cap_bytes)}")
     if info.power_budget_watts:
@@ -111,5 +145,5 @@ def security(node: NodeSnapshot) -> tuple[str, str]:
 
 
 def stages(node: NodeSnapshot) -> str:
-    """Deployed stage ids, or 'no stages'."""
-    return ", ".join(s.stage_id for s in node.stages) or "no stages"
+    """Deployed stage ids with the provider each runs on where the agent said, or 'no stages'."""
+    return stage_placements(node)

@@ -281,8 +281,10 @@ class NodeDetailDialog(QDialog):
         lines = [f"Address: {node.address}   (found by {node.source})", f"Node id: {node.node_id or 'not known yet'}",
                  f"Hardware: {fmt.hardware(node)}", f"Power now: {fmt.power(sample)}"]
         if info is not None:
-            lines += [f"Execution providers: {fmt.providers(info.execution_providers)}",
-                      f"Agent {info.agent_version} · onnxruntime {info.onnxruntime_version} · {info.platform}",
+            lines += [f"Execution providers: {fmt.providers(info.provider_preference or info.execution_providers)}"
+                      f" (in the agent's order)",
+                      f"Agent {info.agent_version} · {info.onnxruntime_build or 'onnxruntime'} · {info.platform}",
+                      *[f"⚠ {problem}" for problem in info.runtime_problems],
                       f"Host: {info.hostname}"]
             if info.insecure:
                 lines.append("⚠ INSECURE: this node serves without TLS or enrolment (development mode).")
@@ -290,7 +292,8 @@ class NodeDetailDialog(QDialog):
         self.stages.setRowCount(len(node.stages))
         for row, st in enumerate(node.stages):
             hop = f" → {st.next_model}@{st.next_hop}" if st.next_hop else " (last tier)"
-            values = [st.stage_id, st.version, ("✔ " if st.serving else "✖ ") + st.state, (st.rule or "—") + hop]
+            ran = f" · {st.runs_on_text}" if st.runs_on else ""
+            values = [st.stage_id, st.version, ("✔ " if st.serving else "✖ ") + st.state + ran, (st.rule or "—") + hop]
             for col, value in enumerate(values):
                 self.stages.setItem(row, col, QTableWidgetItem(value))
         self.stages.resizeColumnsToContents()

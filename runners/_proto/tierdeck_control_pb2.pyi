@@ -67,7 +67,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "tier", "agent_version", "cpu_cores", "ram_total_bytes", "ram_free_bytes", "execution_providers", "power_source", "power_measured", "hostname", "platform", "onnxruntime_version", "memory_cap_bytes", "power_budget_watts", "config_counter", "started_unix_ms", "boot_id", "insecure", "enrolled", "fingerprint", "active_streams")
+    __slots__ = ("node_id", "name", "tier", "agent_version", "cpu_cores", "ram_total_bytes", "ram_free_bytes", "execution_providers", "power_source", "power_measured", "hostname", "platform", "onnxruntime_version", "memory_cap_bytes", "power_budget_watts", "config_counter", "started_unix_ms", "boot_id", "insecure", "enrolled", "fingerprint", "active_streams", "provider_preference", "onnxruntime_build", "runtime_problems")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,9 @@ class NodeInfo(_message.Message):
     ENROLLED_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_STREAMS_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
+    ONNXRUNTIME_BUILD_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     tier: str
@@ -112,7 +115,10 @@ class NodeInfo(_message.Message):
     enrolled: bool
     fingerprint: str
     active_streams: int
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_free_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., memory_cap_bytes: _Optional[int] = ..., power_budget_watts: _Optional[float] = ..., config_counter: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., boot_id: _Optional[str] = ..., insecure: _Optional[bool] = ..., enrolled: _Optional[bool] = ..., fingerprint: _Optional[str] = ..., active_streams: _Optional[int] = ...) -> None: ...
+    provider_preference: _containers.RepeatedScalarFieldContainer[str]
+    onnxruntime_build: str
+    runtime_problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_free_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., memory_cap_bytes: _Optional[int] = ..., power_budget_watts: _Optional[float] = ..., config_counter: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., boot_id: _Optional[str] = ..., insecure: _Optional[bool] = ..., enrolled: _Optional[bool] = ..., fingerprint: _Optional[str] = ..., active_streams: _Optional[int] = ..., provider_preference: _Optional[_Iterable[str]] = ..., onnxruntime_build: _Optional[str] = ..., runtime_problems: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EscalationRule(_message.Message):
     __slots__ = ("output", "labels", "confidence_below", "class_in", "score_above", "drop_class", "scores")
@@ -169,7 +175,7 @@ class Budget(_message.Message):
     def __init__(self, max_escalations_per_s: _Optional[float] = ..., priority: _Optional[str] = ...) -> None: ...
 
 class StageManifest(_message.Message):
-    __slots__ = ("stage_id", "version", "sha256", "size_bytes", "input_names", "output_names", "rule", "next_hop", "budget", "max_batch")
+    __slots__ = ("stage_id", "version", "sha256", "size_bytes", "input_names", "output_names", "rule", "next_hop", "budget", "max_batch", "providers")
     STAGE_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +186,7 @@ class StageManifest(_message.Message):
     NEXT_HOP_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_FIELD_NUMBER: _ClassVar[int]
+    PROVIDERS_FIELD_NUMBER: _ClassVar[int]
     stage_id: str
     version: str
     sha256: str
@@ -190,7 +197,24 @@ class StageManifest(_message.Message):
     next_hop: NextHop
     budget: Budget
     max_batch: int
-    def __init__(self, stage_id: _Optional[str] = ..., version: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., input_names: _Optional[_Iterable[str]] = ..., output_names: _Optional[_Iterable[str]] = ..., rule: _Optional[_Union[EscalationRule, _Mapping]] = ..., next_hop: _Optional[_Union[NextHop, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., max_batch: _Optional[int] = ...) -> None: ...
+    providers: ProviderChoice
+    def __init__(self, stage_id: _Optional[str] = ..., version: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., input_names: _Optional[_Iterable[str]] = ..., output_names: _Optional[_Iterable[str]] = ..., rule: _Optional[_Union[EscalationRule, _Mapping]] = ..., next_hop: _Optional[_Union[NextHop, _Mapping]] = ..., budget: _Optional[_Union[Budget, _Mapping]] = ..., max_batch: _Optional[int] = ..., providers: _Optional[_Union[ProviderChoice, _Mapping]] = ...) -> None: ...
+
+class ProviderChoice(_message.Message):
+    __slots__ = ("require", "prefer")
+    REQUIRE_FIELD_NUMBER: _ClassVar[int]
+    PREFER_FIELD_NUMBER: _ClassVar[int]
+    require: _containers.RepeatedScalarFieldContainer[str]
+    prefer: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, require: _Optional[_Iterable[str]] = ..., prefer: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ProviderNodes(_message.Message):
+    __slots__ = ("provider", "nodes")
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    provider: str
+    nodes: int
+    def __init__(self, provider: _Optional[str] = ..., nodes: _Optional[int] = ...) -> None: ...
 
 class DeployRequest(_message.Message):
     __slots__ = ("manifest", "chunk")
@@ -251,7 +275,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., datatype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class StageInfo(_message.Message):
-    __slots__ = ("manifest", "state", "previous_version", "activated_unix_ms", "inputs", "outputs", "model_bytes")
+    __slots__ = ("manifest", "state", "previous_version", "activated_unix_ms", "inputs", "outputs", "model_bytes", "session_providers", "runs_on", "cpu_fallback_nodes", "placement", "placement_source", "warmup_first_ms", "warmup_ms", "placement_notes")
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     PREVIOUS_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -259,6 +283,14 @@ class StageInfo(_message.Message):
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SESSION_PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    RUNS_ON_FIELD_NUMBER: _ClassVar[int]
+    CPU_FALLBACK_NODES_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FIRST_MS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_MS_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_NOTES_FIELD_NUMBER: _ClassVar[int]
     manifest: StageManifest
     state: str
     previous_version: str
@@ -266,7 +298,15 @@ class StageInfo(_message.Message):
     inputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     outputs: _containers.RepeatedCompositeFieldContainer[TensorSpec]
     model_bytes: int
-    def __init__(self, manifest: _Optional[_Union[StageManifest, _Mapping]] = ..., state: _Optional[str] = ..., previous_version: _Optional[str] = ..., activated_unix_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., model_bytes: _Optional[int] = ...) -> None: ...
+    session_providers: _containers.RepeatedScalarFieldContainer[str]
+    runs_on: str
+    cpu_fallback_nodes: int
+    placement: _containers.RepeatedCompositeFieldContainer[ProviderNodes]
+    placement_source: str
+    warmup_first_ms: float
+    warmup_ms: float
+    placement_notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, manifest: _Optional[_Union[StageManifest, _Mapping]] = ..., state: _Optional[str] = ..., previous_version: _Optional[str] = ..., activated_unix_ms: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., model_bytes: _Optional[int] = ..., session_providers: _Optional[_Iterable[str]] = ..., runs_on: _Optional[str] = ..., cpu_fallback_nodes: _Optional[int] = ..., placement: _Optional[_Iterable[_Union[ProviderNodes, _Mapping]]] = ..., placement_source: _Optional[str] = ..., warmup_first_ms: _Optional[float] = ..., warmup_ms: _Optional[float] = ..., placement_notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpdatePolicyRequest(_message.Message):
     __slots__ = ("stage_id", "rule", "budget", "next_hop", "clear_next_hop")
@@ -289,7 +329,7 @@ class WatchTelemetryRequest(_message.Message):
     def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
 
 class StageTelemetry(_message.Message):
-    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "duplicates_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram", "dead_letter_total", "dead_letters", "hop_latency_p95_ms", "hop_errors_total", "hop_calls_total")
+    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "duplicates_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram", "runs_on", "cpu_fallback_nodes", "energy_source", "energy_measured", "dead_letter_total", "dead_letters", "hop_latency_p95_ms", "hop_errors_total", "hop_calls_total")
     STAGE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     INFERENCES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -316,6 +356,10 @@ class StageTelemetry(_message.Message):
     ENERGY_PER_INFERENCE_J_FIELD_NUMBER: _ClassVar[int]
     SCORE_KIND_FIELD_NUMBER: _ClassVar[int]
     SCORE_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
+    RUNS_ON_FIELD_NUMBER: _ClassVar[int]
+    CPU_FALLBACK_NODES_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_SOURCE_FIELD_NUMBER: _ClassVar[int]
+    ENERGY_MEASURED_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTER_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DEAD_LETTERS_FIELD_NUMBER: _ClassVar[int]
     HOP_LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
@@ -347,12 +391,16 @@ class StageTelemetry(_message.Message):
     energy_per_inference_j: float
     score_kind: str
     score_histogram: _containers.RepeatedScalarFieldContainer[int]
+    runs_on: str
+    cpu_fallback_nodes: int
+    energy_source: str
+    energy_measured: bool
     dead_letter_total: int
     dead_letters: int
     hop_latency_p95_ms: float
     hop_errors_total: int
     hop_calls_total: int
-    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., duplicates_total: _Optional[int] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ..., dead_letter_total: _Optional[int] = ..., dead_letters: _Optional[int] = ..., hop_latency_p95_ms: _Optional[float] = ..., hop_errors_total: _Optional[int] = ..., hop_calls_total: _Optional[int] = ...) -> None: ...
+    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., duplicates_total: _Optional[int] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ..., runs_on: _Optional[str] = ..., cpu_fallback_nodes: _Optional[int] = ..., energy_source: _Optional[str] = ..., energy_measured: _Optional[bool] = ..., dead_letter_total: _Optional[int] = ..., dead_letters: _Optional[int] = ..., hop_latency_p95_ms: _Optional[float] = ..., hop_errors_total: _Optional[int] = ..., hop_calls_total: _Optional[int] = ...) -> None: ...
 
 class TelemetrySample(_message.Message):
     __slots__ = ("node_id", "boot_id", "seq", "timestamp_ms", "interval_s", "cpu_percent", "rss_bytes", "power_watts", "power_source", "power_measured", "energy_joules_total", "stages", "backlog")

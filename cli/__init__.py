@@ -13,6 +13,7 @@ import sys
 from typing import NamedTuple
 
 from runners import __version__
+from runners._lifeline import arm_from_env
 
 
 class Command(NamedTuple):
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the `tierdeck` command line; returns the process exit code (2: usage error)."""
+    arm_from_env()  # first: a child of the demo dies with it (runners/_lifeline.py)
     # gRPC's own INFO lines (e.g. about fork handlers when the demo starts its sensors) are not for operators.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()

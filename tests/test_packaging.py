@@ -83,3 +83,29 @@ def test_node_only_cli_works(node_only: tuple[Path, Path], tmp_path: Path) -> No
         nodes = {n["name"]: n for n in json.loads(status.stdout)}
         assert set(nodes) == {"device-1", "edge-1", "cloud-1"} and {n["state"] for n in nodes.values()} == {"online"}
         assert [s["stage_id"] for s in nodes["edge-1"]["stages"]] == ["classifier"]
+
+
+def test_the_node_only_agent_reports_the_package_version(node_only: tuple[Path, Path], tmp_path: Path) -> None:
+    import asyncio
+    import tomllib
+
+    from runners.client import NodeClient
+
+    _, bin_dir = node_only
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    agent = subprocess.Popen([str(bin_dir / "tierdeck-node"), "--name", "edge-box", "--listen", "127.0.0.1:0",
+                              "--data-dir", str(tmp_path / "node"), "--insecure", "--no-mdns"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    try:
+        assert agent.stdout is not None
+        listening = json.loads(agent.stdout.readline())
+        assert listening["event"] == "listening"
+
+        async def info() -> str:
+            async with NodeClient(listening["address"]) as client:
+                return (await client.info()).agent_version
+
+        assert asyncio.run(info()) == declared
+    finally:
+        agent.terminate()
+        assert agent.wait(30) == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -21,7 +22,11 @@ pytestmark = pytest.mark.slow
 def node_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(the built wheel, the bin folder of a fresh venv with that wheel installed without extras)."""
     root = tmp_path_factory.mktemp("node-only")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(root / "dist"), str(ROOT)],
+    # Built from a clean copy: setuptools reuses ./build, where files since removed from the tree would linger.
+    source = root / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".ci-venv*", "build", "*.egg-info", "docs", "tests", "bench", ".*cache*", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(root / "dist"), str(source)],
                    check=True, capture_output=True, cwd=root)
     wheel = next((root / "dist").glob("tierdeck-*.whl"))
     venv.EnvBuilder(with_pip=True).create(root / "venv")

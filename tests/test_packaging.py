@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -21,7 +22,11 @@ pytestmark = pytest.mark.slow
 def node_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(the built wheel, the bin folder of a fresh venv with that wheel installed without extras)."""
     root = tmp_path_factory.mktemp("node-only")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(root / "dist"), str(ROOT)],
+    # Built from a clean copy: setuptools reuses ./build, where files since removed from the tree would linger.
+    source = root / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", ".ci-venv*", "build", "*.egg-info", "docs", "tests", "bench", ".*cache*", "__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(root / "dist"), str(source)],
                    check=True, capture_output=True, cwd=root)
     wheel = next((root / "dist").glob("tierdeck-*.whl"))
     venv.EnvBuilder(with_pip=True).create(root / "venv")
@@ -83,3 +88,29 @@ def test_node_only_cli_works(node_only: tuple[Path, Path], tmp_path: Path) -> No
         nodes = {n["name"]: n for n in json.loads(status.stdout)}
         assert set(nodes) == {"device-1", "edge-1", "cloud-1"} and {n["state"] for n in nodes.values()} == {"online"}
         assert [s["stage_id"] for s in nodes["edge-1"]["stages"]] == ["classifier"]
+
+
+def test_the_node_only_agent_reports_the_package_version(node_only: tuple[Path, Path], tmp_path: Path) -> None:
+    import asyncio
+    import tomllib
+
+    from runners.client import NodeClient
+
+    _, bin_dir = node_only
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    agent = subprocess.Popen([str(bin_dir / "tierdeck-node"), "--name", "edge-box", "--listen", "127.0.0.1:0",
+                              "--data-dir", str(tmp_path / "node"), "--insecure", "--no-mdns"],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
+    try:
+        assert agent.stdout is not None
+        listening = json.loads(agent.stdout.readline())
+        assert listening["event"] == "listening"
+
+        async def info() -> str:
+            async with NodeClient(listening["address"]) as client:
+                return (await client.info()).agent_version
+
+        assert asyncio.run(info()) == declared
+    finally:
+        agent.terminate()
+        assert agent.wait(30) == 0

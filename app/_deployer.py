@@ -40,7 +40,8 @@ import grpc
 import numpy as np
 
 from app._fit import Requirements, check_fit, memory_estimate
-from app._records import ConsoleEvent, NodeSnapshot, NodeState, Severity, now_ms
+from app._records import ConsoleEvent, NodeSnapshot, Severity, now_ms
+from app._routing import REACHABLE, next_hop, placement_warnings, stage_targets
 from app.pipeline_file import Pipeline, Rule, Stage
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import tierdeck_control_pb2 as ctl
@@ -50,7 +51,6 @@ from runners.client import ClientTLS, DeployError, NodeClient, manifest_for
 log = logging.getLogger(__name__)
 
 ADD, UPDATE, REMOVE, UNCHANGED = "add", "update", "remove", "unchanged"
-REACHABLE = (NodeState.ONLINE, NodeState.DEGRADED)
 
 
 @dataclass(frozen=True)
@@ -235,30 +235,15 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
     warnings: list[str] = []
     chain = pipeline.chain()
     ids = {s.id for s in chain}
-    by_key = {n.key: n for n in nodes}
-    by_id = {n.node_id: n for n in nodes if n.node_id}
+    by_address = {n.address: n for n in nodes}
     targets: dict[str, list[NodeSnapshot]] = {}
     for stage in chain:
-        chosen: list[NodeSnapshot] = []
-        if stage.placement.tier:
-            tier_nodes = [n for n in nodes if n.tier == stage.placement.tier]
-            chosen = [n for n in tier_nodes if n.state in REACHABLE]
-            for n in tier_nodes:
-                if n.state not in REACHABLE:
-                    warnings.append(f"{n.name} ({stage.placement.tier}) is {n.state}: stage {stage.id} "
-                                    "is not deployed there")
-            if not chosen:
-                problems.append(f"stage {stage.id}: no reachable node in tier {stage.placement.tier}")
-        else:
-            for wanted in stage.placement.nodes:
-                found = by_id.get(wanted) or by_key.get(wanted)
-                if found is None:
-                    problems.append(f"stage {stage.id}: pinned node {wanted} is not in the fleet")
-                elif found.state not in REACHABLE:
-                    problems.append(f"stage {stage.id}: pinned node {found.name} is {found.state}")
-                else:
-                    chosen.append(found)
-        targets[stage.id] = sorted(chosen, key=lambda n: n.node_id or n.key)
+        found = stage_targets(stage, nodes)
+        problems += found.problems
+        warnings += found.warnings
+        targets[stage.id] = list(found.nodes)
+    sizes = {sid: r.model_bytes for sid, r in (requirements or {}).items()}
+    warnings += [words for _sid, words in placement_warnings(chain, nodes, sizes)]
     # Fit check: all new/updated stages going to one node must fit there together.
     if requirements:
         going: dict[str, list[Requirements]] = {}
@@ -279,7 +264,7 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
         following = chain[k + 1] if k + 1 < len(chain) else None
         hops = targets[following.id] if following is not None else []
         for i, node in enumerate(targets[stage.id]):
-            hop = hops[i % len(hops)] if hops else None
+            hop = next_hop(i, hops)
             fields = policy_fields(stage, following, hop.address if hop else "", hop.node_id if hop else "")
             version = stage_version(stage, fields)
             running = node.stage(stage.id)
@@ -290,7 +275,9 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
             elif running.sha256 != stage.sha256:
                 kind, why = UPDATE, f"model changed ({running.sha256[:8]} → {stage.sha256[:8]})"
             elif hop is not None and running.next_hop != hop.address:
-                kind, why = UPDATE, f"next hop {running.next_hop or 'none'} → {hop.address}"
+                was = by_address.get(running.next_hop)
+                old = f"{was.name} ({was.tier})" if was is not None else (running.next_hop or "none")
+                kind, why = UPDATE, f"escalates to {hop.name} ({hop.tier}) instead of {old}"
             else:
                 kind, why = UPDATE, "rule, budget or tensors changed"
             actions.setdefault(node.key, []).append(StageAction(
@@ -311,6 +298,10 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
             elif running.stage_id in earlier:
                 actions[node.key].append(StageAction(REMOVE, running.stage_id, "", running.version,
                                                      "no longer in the pipeline"))
+            else:
+                warnings.append(f"{node.name} ({node.tier}) also runs stage {running.stage_id}, which this "
+                                f"pipeline does not have and did not deploy: it is left running; remove it with "
+                                f"`tierdeck undeploy {running.stage_id} --node {node.name}`")
     node_plans = tuple(NodePlan(n.key, n.node_id, n.name, n.tier, n.address, tuple(actions[n.key]))
                        for n in nodes if actions.get(n.key))
     return Plan(pipeline, node_plans, tuple(problems), tuple(warnings))

@@ -45,6 +45,7 @@ from app._document import (
     DocumentChange,
     Edit,
     PipelineDocument,
+    import_model_file,
     open_document,
     save_document,
 )
@@ -525,7 +526,7 @@ class PipelineModel(QObject):
 
     def import_model(self, path: Path | str) -> None:
         """Read an ONNX model's card (inputs, outputs, size, opset) off the GUI thread; `model_imported` follows."""
-        self._dispatcher.when_done(self._files.submit(read_model_card, path), self.model_imported.emit,
+        self._dispatcher.when_done(self._files.submit(import_model_file, path), self.model_imported.emit,
                                    lambda exc: self.import_failed.emit(f"{Path(path).name}: {exc}"))
 
     def _on_change(self, change: DocumentChange) -> None:

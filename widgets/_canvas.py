@@ -46,6 +46,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app._routing import links as route_links
+from app._routing import placement_warnings
 from app.core import (
     Edit,
     InsertStage,
@@ -55,8 +57,9 @@ from app.core import (
     NodeState,
     RemoveStage,
     Requirements,
-    SetPlacement,
+    Retier,
     SetRule,
+    rule_origin,
     stage_from_card,
 )
 from app.pipeline_file import Placement, Rule
@@ -75,11 +78,14 @@ from widgets._canvas_items import (
     PAD,
     STAGE_H,
     STAGE_W,
+    ChipView,
     DropHintItem,
     FitMark,
     LaneItem,
     LinkItem,
+    LinkView,
     NodeCardItem,
+    RouteItem,
     StageChipItem,
 )
 from widgets._clock import FrameClock
@@ -200,6 +206,7 @@ class PipelineCanvas(QGraphicsView):
     stage_selected = Signal(str)         # stage id ("" = none)
     drop_refused = Signal(str)           # why a drop was refused
     status_message = Signal(str)         # a line for the status bar
+    warnings_changed = Signal(object)    # list[(stage id, words)]: placements that deploy but make little sense
 
     def __init__(self, pipeline: PipelineModel, fleet: FleetModel, palette: StagePalette,
                  telemetry: TelemetryModel | None = None, clock: FrameClock | None = None,
@@ -226,6 +233,8 @@ class PipelineCanvas(QGraphicsView):
         self.cards: dict[str, NodeCardItem] = {}
         self.chips: dict[str, StageChipItem] = {}
         self.links: dict[str, LinkItem] = {}
+        self.routes: dict[str, RouteItem] = {}
+        self.warnings: list[tuple[str, str]] = []
         self.hint = DropHintItem(self)
         self._drag: StageDrag | None = None
         self._drag_req: Requirements | None = None
@@ -385,6 +394,7 @@ class PipelineCanvas(QGraphicsView):
         self.cards.clear()
         self.chips.clear()
         self.links.clear()
+        self.routes.clear()
         width = max(float(self.viewport().width()) - 1, HEADER_W + STAGE_W + 2 * GAP + CARD_W + 2 * PAD)
         per_lane = {t: self.stages_in_lane(t) for t in theme.TIERS}
         columns = max(1, max(len(v) for v in per_lane.values()))
@@ -403,6 +413,9 @@ class PipelineCanvas(QGraphicsView):
             height = max(LANE_MIN_H, STAGE_H + 2 * PAD, rows * (self.card_h + GAP) - GAP + 2 * PAD)
             if per_lane[tier] and any(per_lane[t] for t in theme.TIERS[theme.TIERS.index(tier) + 1:]):
                 height = max(height, STAGE_H + PAD + LABEL_H + 2 * GAP)   # room for the link label below
+            if len(per_lane[tier]) > 1:   # same-lane links: their labels go under the chips
+                height = max(height, STAGE_H + 2 * PAD + LABEL_H + 2 * GAP + (
+                    LABEL_H if any(per_lane[t] for t in theme.TIERS[theme.TIERS.index(tier) + 1:]) else 0))
             lane = LaneItem(self, tier, QRectF(0, y, width, height))
             self.scene_.addItem(lane)
             self.lanes[tier] = lane
@@ -434,8 +447,11 @@ class PipelineCanvas(QGraphicsView):
                 start = a + QPointF(LINK_X, 0)
                 end = b + QPointF(LINK_X, STAGE_H)
             link = LinkItem(self, stage.id, start, end)
+            link.below = abs(a.y() - b.y()) < 1
             self.scene_.addItem(link)
             self.links[stage.id] = link
+        self._add_routes()
+        self._update_views()
         self.scene_.setSceneRect(QRectF(0, 0, width, y))
         if selected in self.chips:
             self.chips[selected].setSelected(True)
@@ -443,6 +459,83 @@ class PipelineCanvas(QGraphicsView):
             self.chips[focused_stage].setFocus()
         self._refresh_live(force=True)
         self._position_banner()
+
+    def _add_routes(self) -> None:
+        """Fan-in lines from every node running a stage to the node it escalates to (the deployer's rule)."""
+        for link in route_links(self.pipeline.stages(), self.fleet.nodes()):
+            lines = []
+            for route in link.routes:
+                a, b = self.cards.get(route.source.key), self.cards.get(route.target.key)
+                if a is None or b is None or a is b:
+                    continue
+                ra, rb = a.sceneBoundingRect(), b.sceneBoundingRect()
+                if rb.top() > ra.bottom():
+                    lines.append((QPointF(ra.center().x(), ra.bottom()), QPointF(rb.center().x(), rb.top())))
+                elif rb.bottom() < ra.top():
+                    lines.append((QPointF(ra.center().x(), ra.top()), QPointF(rb.center().x(), rb.bottom())))
+                else:   # same row: side to side
+                    left, right = (ra, rb) if ra.center().x() < rb.center().x() else (rb, ra)
+                    lines.append((QPointF(left.right(), left.center().y()), QPointF(right.left(), right.center().y())))
+            if not lines:
+                continue
+            tier = link.routes[0].target.tier if link.routes else ""
+            item = RouteItem(link.stage_id, lines, theme.TIER_COLOURS.get(tier, theme.ACCENT))
+            self.scene_.addItem(item)
+            self.routes[link.stage_id] = item
+
+    def route_words(self) -> dict[str, list[str]]:
+        """Per upstream stage id: 'device-1, device-3 → edge-1 (edge)' lines, as a deployment would wire them."""
+        return {link.stage_id: link.words() for link in route_links(self.pipeline.stages(), self.fleet.nodes())}
+
+    def _update_views(self) -> None:
+        """Tell chips and links what to draw; recompute the placement warnings."""
+        stages = self.pipeline.stages()
+        sizes = {}
+        for s in stages:
+            req = self.pipeline.requirements(s.id)
+            if req is not None:
+                sizes[s.id] = req.model_bytes
+        warnings = placement_warnings(stages, self.fleet.nodes(), sizes)
+        warned = {sid for sid, _ in warnings}
+        words = self.route_words()
+        for index, stage in enumerate(stages):
+            chip = self.chips.get(stage.id)
+            if chip is None:
+                continue
+            if stage.placement.tier:
+                where = f"on every {stage.placement.tier} node"
+            else:
+                where = "pinned to " + ", ".join(self.node_name(n) for n in stage.placement.nodes)
+            note = next((w for sid, w in warnings if sid == stage.id), "") or self.rule_note(stage.id)
+            chip.view = ChipView(f"{index + 1}. {stage.id}", (stage.model.rsplit("/", 1)[-1], where,
+                                                              self.deployed_count(stage.id)),
+                                 note, stage.id in warned)
+            chip.setToolTip(f"{stage.id}: {where}\n{self.rule_note(stage.id) or self.settle_text(stage.id)}"
+                            + "".join(f"\n⚠ {w}" for sid, w in warnings if sid == stage.id)
+                            + "\nDrag to another lane to move it there, onto a node card to pin it; F2 threshold, "
+                              "Ctrl+R rule, Del delete")
+            chip.update()
+        for stage_id, link in self.links.items():
+            following = stages[[s.id for s in stages].index(stage_id) + 1].id if stage_id in self.chips else ""
+            link.view = LinkView(self.rule_text(stage_id, short=True), tuple(words.get(stage_id, ())), link.view.live,
+                                 following in warned)
+            link.update()
+        if warnings != self.warnings:
+            self.warnings = warnings
+            self.warnings_changed.emit(list(warnings))
+
+    def rule_note(self, stage_id: str) -> str:
+        """Where the stage's rule came from while it is still the dropped model's suggestion ('' once edited)."""
+        try:
+            stage = self.pipeline.stage(stage_id)
+        except KeyError:
+            return ""
+        card = self.pipeline.card(stage_id)
+        if card is None or card.suggestion is None or stage.next is None:
+            return ""
+        if card.suggestion.rule() != stage.rule:
+            return ""
+        return "rule from model card" if card.suggestion.source == "card" else "default rule: F2 to tune"
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         """Re-flow the node cards to the new width."""
@@ -481,8 +574,7 @@ class PipelineCanvas(QGraphicsView):
             self._schedule_relayout()  # new node, or its tier changed
             return
         card.update()
-        for chip in self.chips.values():
-            chip.update()
+        self._update_views()
 
     @Slot(str, str, str)
     def _state_changed(self, key: str, _old: str, _new: str) -> None:
@@ -534,8 +626,8 @@ class PipelineCanvas(QGraphicsView):
             card.update()
         for stage_id, link in self.links.items():
             live = self.live_rate_text(stage_id)
-            if live != link.live or force:
-                link.live = live
+            if live != link.view.live or force:
+                link.view = replace(link.view, live=live)
                 link.setToolTip(f"{stage_id} escalates when {self.rule_text(stage_id)}\n"
                                 f"{live or 'not deployed: no live rate yet'}\n"
                                 "Double-click or F2 edits the threshold; the what-if plot prices a new one.")
@@ -960,18 +1052,27 @@ class PipelineCanvas(QGraphicsView):
         if isinstance(target, NodeCardItem):
             node = target.node()
             assert node is not None
-            return self._place(drag, Placement(nodes=(node.node_id,)), self.stage_lane_tier(node))
+            return self._place(drag, Placement(nodes=(node.node_id,)), self.stage_lane_tier(node), node.name)
         if isinstance(target, LaneItem):
-            return self._place(drag, Placement(tier=target.tier), target.tier)
+            return self._place(drag, Placement(tier=target.tier), target.tier, f"the {target.tier} tier")
         return False
 
     def stage_lane_tier(self, node: NodeSnapshot) -> str:
         """The tier a pinned stage on this node belongs to (for insertion order)."""
         return node.tier if node.tier in theme.TIERS else "device"
 
-    def _place(self, drag: StageDrag, placement: Placement, tier: str) -> bool:
+    def _place(self, drag: StageDrag, placement: Placement, tier: str, where: str) -> bool:
+        """A new stage from the palette, or an existing stage moved (re-tiered or pinned) — never a copy."""
         if not drag.is_new:
-            return self.push(SetPlacement(drag.stage_id, placement))
+            stage = self.pipeline.stage(drag.stage_id)
+            if stage.placement == placement:
+                self.status_message.emit(f"{drag.stage_id} is already on {where}")
+                return False
+            ok = self.push(Retier(drag.stage_id, placement, self._retier_index(drag.stage_id, tier), where))
+            if ok:
+                self.select_stage(drag.stage_id)
+                self._say_routing(drag.stage_id, f"Moved {drag.stage_id} to {where}")
+            return ok
         card = self.stage_palette.card(drag.model_path)
         if card is None:
             self.refuse(f"model {drag.model_path} is not in the palette (import it first)")
@@ -982,16 +1083,47 @@ class PipelineCanvas(QGraphicsView):
         ok = self.push(InsertStage(index, stage, card))
         if ok:
             self.select_stage(stage_id)
+            origin = rule_origin(card) + ("" if index < len(self.pipeline.stages()) - 1 else
+                                          " (it gives the final answer until a stage follows it)")
+            problems = card.suggestion.problems if card.suggestion is not None else ()
+            self._say_routing(stage_id, f"Added {stage_id} on {where}; {origin}"
+                              + "".join(f"; ⚠ {p}" for p in problems))
         return ok
 
-    def _insert_index(self, tier: str) -> int:
+    def _say_routing(self, stage_id: str, text: str) -> None:
+        """Status line after a placement: what was done, where its escalations now go, any warning in words."""
+        self.relayout()
+        words = self.route_words()
+        ids = [s.id for s in self.pipeline.stages()]
+        i = ids.index(stage_id) if stage_id in ids else -1
+        parts = [text]
+        if i > 0 and words.get(ids[i - 1]):
+            parts.append("escalations into it: " + "; ".join(words[ids[i - 1]]))
+        if words.get(stage_id):
+            parts.append("it escalates: " + "; ".join(words[stage_id]))
+        parts += [f"⚠ {w}" for sid, w in self.warnings if sid == stage_id]
+        self.status_message.emit(" — ".join(parts))
+
+    def _insert_index(self, tier: str, exclude: str = "") -> int:
         """After the last stage of the same or a lower tier: device stages come first, cloud last."""
         order = _TIER_ORDER.get(tier, 0)
         index = 0
-        for i, s in enumerate(self.pipeline.stages()):
+        others = [s for s in self.pipeline.stages() if s.id != exclude]
+        for i, s in enumerate(others):
             if _TIER_ORDER.get(self.stage_lane(s.id), 0) <= order:
                 index = i + 1
         return index
+
+    def _retier_index(self, stage_id: str, tier: str) -> int:
+        """Where a stage moved to `tier` goes in the chain: where it is, when the tiers stay in order there."""
+        ids = [s.id for s in self.pipeline.stages()]
+        i = ids.index(stage_id)
+        order = _TIER_ORDER.get(tier, 0)
+        before = _TIER_ORDER.get(self.stage_lane(ids[i - 1]), 0) if i > 0 else -1
+        after = _TIER_ORDER.get(self.stage_lane(ids[i + 1]), 0) if i + 1 < len(ids) else 99
+        if before <= order <= after:
+            return i
+        return self._insert_index(tier, exclude=stage_id)
 
     # ----- the keyboard's drag and drop --------------------------------------------------------------------
     @Slot()

@@ -1,0 +1,199 @@
+"""Composing a cascade on the canvas over real agents: drops that deploy as they stand, re-tiering, pinning and the
+routing it shows (offscreen; tests/test_display.py does the same with a real mouse on a real X server)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PySide6.QtCore import QPointF
+from PySide6.QtWidgets import QApplication
+from pytestqt.qtbot import QtBot
+from test_widgets_support import LiveConsole, drop_at, live_console, save_screenshot
+
+from app.core import NodeState, read_model_card
+from app.pipeline_file import Placement
+from app.qt import PipelineModel
+from widgets import StageDrag, apply_theme, stage_mime
+from widgets._pipeline_editor import PipelineEditor
+
+AGENTS = {"device-1": ("device", ()), "device-2": ("device", ()), "edge-1": ("edge", ()), "cloud-1": ("cloud", ())}
+BUNDLED = Path(__file__).resolve().parent.parent / "resources" / "models"
+
+
+@pytest.fixture(scope="module")
+def live(qapp: QApplication, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveConsole]:
+    """Four real agents on three tiers and a console watching them."""
+    import time
+
+    apply_theme(qapp)
+    folder = tmp_path_factory.mktemp("compose")
+    with live_console(folder, AGENTS) as live:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+                len(live.console.fleet.nodes()) == 4 and all(
+                    n.state == NodeState.ONLINE and n.info is not None and n.node_id
+                    for n in live.console.fleet.nodes())):
+            qapp.processEvents()
+            time.sleep(0.01)
+        assert all(n.state == NodeState.ONLINE for n in live.console.fleet.nodes())
+        yield live
+
+
+@pytest.fixture
+def editor(live: LiveConsole, qtbot: QtBot) -> PipelineEditor:
+    """An empty pipeline editor with the bundled models in its palette, at laptop size."""
+    ed = PipelineEditor(PipelineModel(), live.console.fleet, live.console.telemetry)
+    qtbot.addWidget(ed)
+    for name in ("detector", "classifier", "heavy"):
+        ed.stage_palette.add_card(read_model_card(BUNDLED / f"{name}.onnx"))
+    ed.addActions(ed.canvas.edit_actions())
+    ed.resize(1280, 720)
+    ed.show()
+    qtbot.waitExposed(ed)
+    ed.canvas.relayout()
+    return ed
+
+
+def lane_pos(editor: PipelineEditor, tier: str) -> object:
+    return editor.canvas.mapFromScene(editor.canvas.lanes[tier].rect.topLeft() + QPointF(60, 50))
+
+
+def card_pos(editor: PipelineEditor, live: LiveConsole, name: str) -> object:
+    card = editor.canvas.cards[live.agents[name].node_id]
+    return editor.canvas.mapFromScene(card.sceneBoundingRect().center())
+
+
+def drop_model(editor: PipelineEditor, path: Path, pos: object) -> bool:
+    item = editor.stage_palette.item_for(str(path))
+    assert item is not None
+    ok = drop_at(editor.canvas.viewport(), editor.stage_palette.mimeData([item]), pos).isAccepted()  # type: ignore[arg-type]
+    editor.canvas.relayout()
+    return ok
+
+
+def drop_stage(editor: PipelineEditor, stage_id: str, pos: object) -> bool:
+    ok = drop_at(editor.canvas.viewport(), stage_mime(StageDrag(stage_id=stage_id)), pos).isAccepted()  # type: ignore[arg-type]
+    editor.canvas.relayout()
+    return ok
+
+
+def build_ship_finder(editor: PipelineEditor) -> list[str]:
+    said: list[str] = []
+    editor.canvas.status_message.connect(said.append)
+    for name, tier in (("detector", "device"), ("classifier", "edge"), ("heavy", "cloud")):
+        assert drop_model(editor, BUNDLED / f"{name}.onnx", lane_pos(editor, tier))
+        assert editor.pipeline.problems() == [], f"after dropping {name}: {editor.pipeline.problems()}"
+    return said
+
+
+def test_three_palette_drops_on_an_empty_canvas_make_a_deployable_cascade(editor: PipelineEditor, live: LiveConsole,
+                                                                         tmp_path: Path) -> None:
+    said = build_ship_finder(editor)
+    pipeline = editor.pipeline
+    assert [s.id for s in pipeline.stages()] == ["detector", "classifier", "heavy"]
+    detector, classifier, heavy = pipeline.stages()
+    # the model cards' recommended rules, on the probabilities, with the cards' class names
+    assert (detector.rule.output, detector.rule.labels) == ("probs", ("water", "vessel"))
+    assert detector.rule.class_in == ("vessel",) and detector.rule.confidence_below == pytest.approx(0.95)
+    assert classifier.rule.confidence_below == pytest.approx(0.8)
+    assert heavy.rule.labels == ("water", "cargo", "tanker", "fishing", "patrol")
+    assert any("rule from the model card" in line for line in said), said
+    assert editor.canvas.chips["classifier"].view.note == "rule from model card"
+    # the file the canvas would save is the pipeline the deployer plans: no problem, a stage on every node
+    plan = live.core.plan(pipeline.pipeline()).result(30)
+    assert plan.ok, plan.problems
+    per_stage = {sid: sorted(n.name for n in plan.nodes if any(a.stage_id == sid for a in n.actions))
+                 for sid in ("detector", "classifier", "heavy")}
+    assert per_stage == {"detector": ["device-1", "device-2"], "classifier": ["edge-1"], "heavy": ["cloud-1"]}
+    # the canvas names where escalations go, node by node
+    assert editor.canvas.route_words() == {"detector": ["device-1, device-2 → edge-1 (edge)"],
+                                           "classifier": ["edge-1 → cloud-1 (cloud)"]}
+    assert editor.canvas.links["detector"].view.routes == ("device-1, device-2 → edge-1 (edge)",)
+    assert editor.canvas.warnings == []
+    save_screenshot(editor, tmp_path, "compose-three-drops")
+
+
+def test_a_stage_dragged_to_another_lane_moves_there_and_undo_brings_it_back(editor: PipelineEditor) -> None:
+    build_ship_finder(editor)
+    canvas = editor.canvas
+    before = editor.pipeline.document.to_dict()
+    assert drop_stage(editor, "classifier", lane_pos(editor, "cloud"))
+    stages = editor.pipeline.stages()
+    assert [s.id for s in stages] == ["detector", "classifier", "heavy"], "moved, not copied; order kept"
+    assert stages[1].placement == Placement(tier="cloud")
+    assert canvas.undo_stack.undoText() == "Move classifier to the cloud tier"
+    assert editor.pipeline.problems() == []
+    canvas.undo_stack.undo()
+    assert editor.pipeline.document.to_dict() == before
+    # heavy onto the device tier: it moves ahead of the classifier, and the canvas says why that is odd
+    assert drop_stage(editor, "heavy", lane_pos(editor, "device"))
+    assert [s.id for s in editor.pipeline.stages()] == ["detector", "heavy", "classifier"]
+    canvas.relayout()
+    warned = dict(canvas.warnings)
+    assert "heavy" in warned and "ahead of lighter model classifier" in warned["heavy"]
+    assert canvas.chips["heavy"].view.warning
+    canvas.undo_stack.undo()
+    assert editor.pipeline.document.to_dict() == before
+    canvas.relayout()
+    assert canvas.warnings == []
+
+
+def test_a_drop_on_a_node_card_pins_it_and_the_canvas_shows_where_escalations_go(
+        editor: PipelineEditor, live: LiveConsole, tmp_path: Path) -> None:
+    canvas = editor.canvas
+    assert drop_model(editor, BUNDLED / "detector.onnx", lane_pos(editor, "device"))
+    said: list[str] = []
+    canvas.status_message.connect(said.append)
+    assert drop_model(editor, BUNDLED / "heavy.onnx", card_pos(editor, live, "device-1"))
+    device_1 = live.agents["device-1"].node_id
+    assert [s.id for s in editor.pipeline.stages()] == ["detector", "heavy"]
+    assert editor.pipeline.stage("heavy").placement == Placement(nodes=(device_1,))
+    # both device nodes escalate to device-1: shown on the link, as lines between the cards, and warned in words
+    assert canvas.route_words()["detector"] == ["device-1, device-2 → device-1 (device)"]
+    assert len(canvas.routes["detector"].lines) == 1, "device-2's card → device-1's card (device-1 is itself)"
+    warned = dict(canvas.warnings)
+    assert "all 2 nodes running detector escalate to one node, device-1" in warned["heavy"]
+    assert any("escalations into it: device-1, device-2 → device-1" in s for s in said), said
+    save_screenshot(editor, tmp_path, "compose-pinned")
+    # the deployer plans exactly the routing the canvas shows, and the plan warns in the same words
+    plan = live.core.plan(editor.pipeline.pipeline()).result(30)
+    assert plan.ok, plan.problems
+    hops = {n.name: a.next_node for n in plan.nodes for a in n.actions if a.stage_id == "detector"}
+    assert hops == {"device-1": device_1, "device-2": device_1}
+    assert any("escalate to one node, device-1" in w for w in plan.warnings)
+    # dragging the pinned stage to the cloud lane un-pins it: the fan-in goes to cloud-1
+    assert drop_stage(editor, "heavy", lane_pos(editor, "cloud"))
+    assert editor.pipeline.stage("heavy").placement == Placement(tier="cloud")
+    assert canvas.route_words()["detector"] == ["device-1, device-2 → cloud-1 (cloud)"]
+    assert canvas.warnings == []
+
+
+def test_an_operators_skl2onnx_model_gets_a_rule_on_its_probabilities(editor: PipelineEditor, live: LiveConsole,
+                                                                      qtbot: QtBot, tmp_path: Path) -> None:
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(2)
+    x = rng.random((200, 6)).astype(np.float32)
+    y = (x[:, 0] * 3).astype(np.int64)
+    model = LogisticRegression(max_iter=300).fit(x, y)
+    path = tmp_path / "digits.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path.write_bytes(to_onnx(model, x[:1], target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString())  # ZipMap
+    with qtbot.waitSignal(editor.pipeline.model_imported, timeout=20_000) as imported:
+        editor.pipeline.import_model(path)
+    card = imported.args[0]
+    assert card.path.name == "digits.nozipmap.onnx"
+    assert drop_model(editor, card.path, lane_pos(editor, "device"))
+    assert drop_model(editor, card.path, lane_pos(editor, "cloud"))
+    first = editor.pipeline.stages()[0]
+    assert first.rule.output == "probabilities" and first.rule.labels == ("0", "1", "2")
+    assert first.rule.confidence_below == pytest.approx(0.9)
+    assert editor.pipeline.problems() == []
+    assert editor.canvas.chips[first.id].view.note == "default rule: F2 to tune"
+    assert live.core.plan(editor.pipeline.pipeline()).result(30).ok

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.pipeline_file import Rule
+from app.pipeline_file import Rule, TensorSpec
 
 DEFAULT_CONFIDENCE = 0.9
 DEFAULT_SCORE = 0.5
@@ -284,7 +284,7 @@ def suggest_rule(model: Any, model_path: Path | None = None, card: dict[str, Any
         labels, labels_from = ("score",), "a single score"
     elif classes > 0 and labels and len(labels) != classes:
         problems.append(f"{len(labels)} labels from {labels_from} for output {output!r} of {classes} classes; "
-                        "edit the labels (Ctrl+R)")
+                        "edit the labels (Shift+F2)")
         labels = labels[:classes] + tuple(f"class{i}" for i in range(len(labels), classes))
     if not labels:
         n = classes if classes > 0 else 2
@@ -358,3 +358,30 @@ def without_zipmap(path: Path | str, out: Path | str) -> Path:
     onnx.save(model, str(tmp))
     tmp.replace(target)
     return target
+
+
+def rule_dict(rule: Rule) -> dict[str, Any]:
+    """A rule as the pipeline file writes it (with `scores` where the format has it)."""
+    d: dict[str, Any] = {"output": rule.output, "labels": list(rule.labels)}
+    if rule_has_scores():
+        d["scores"] = rule_scores(rule)
+    for key in ("confidence_below", "score_above"):
+        if getattr(rule, key) is not None:
+            d[key] = getattr(rule, key)
+    for key in ("class_in", "drop_class"):
+        if getattr(rule, key):
+            d[key] = list(getattr(rule, key))
+    return d
+
+
+def rule_from_dict(d: dict[str, Any], outputs: tuple[TensorSpec, ...]) -> tuple[Rule | None, list[str]]:
+    """Validate a rule dict as the pipeline file does (the same checker); (rule, []) or (None, problems in words)."""
+    from app.pipeline_file import _Checker, _rule
+
+    d = dict(d)
+    if not rule_has_scores():
+        d.pop("scores", None)   # the file format of this version has no `scores` yet: probabilities
+    checker = _Checker()
+    rule = _rule(checker, d, "rule", outputs)
+    words = [f"{p.where.removeprefix('rule').lstrip('.') or 'rule'}: {p.message}" for p in checker.problems]
+    return (rule if not words else None), words

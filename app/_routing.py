@@ -61,7 +61,7 @@ class Link:
             targets[key] = r.target
         lines = []
         for key, sources in by_target.items():
-            names = [s.name for s in sources]
+            names = sorted(s.name for s in sources)
             shown = ", ".join(names[:limit]) + (f" +{len(names) - limit}" if len(names) > limit else "")
             lines.append(f"{shown} → {targets[key].name} ({targets[key].tier})")
         return lines

@@ -46,7 +46,7 @@ def live(qapp: QApplication, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture
 def editor(live: LiveConsole, qtbot: QtBot) -> PipelineEditor:
     """An empty pipeline editor with the bundled models in its palette, at laptop size."""
-    ed = PipelineEditor(PipelineModel(), live.console.fleet, live.console.telemetry)
+    ed = PipelineEditor(PipelineModel(live.console), live.console.fleet, live.console.telemetry)
     qtbot.addWidget(ed)
     for name in ("detector", "classifier", "heavy"):
         ed.stage_palette.add_card(read_model_card(BUNDLED / f"{name}.onnx"))
@@ -177,6 +177,8 @@ def test_an_operators_skl2onnx_model_gets_a_rule_on_its_probabilities(editor: Pi
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
+    from app._document import import_model_file
+
     rng = np.random.default_rng(2)
     x = rng.random((200, 6)).astype(np.float32)
     y = (x[:, 0] * 3).astype(np.int64)
@@ -185,9 +187,9 @@ def test_an_operators_skl2onnx_model_gets_a_rule_on_its_probabilities(editor: Pi
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path.write_bytes(to_onnx(model, x[:1], target_opset={"": 17, "ai.onnx.ml": 3}).SerializeToString())  # ZipMap
-    with qtbot.waitSignal(editor.pipeline.model_imported, timeout=20_000) as imported:
-        editor.pipeline.import_model(path)
-    card = imported.args[0]
+    # what PipelineModel.import_model runs off the GUI thread (File → Import ONNX model…)
+    card = import_model_file(path)
+    editor.stage_palette.add_card(card)
     assert card.path.name == "digits.nozipmap.onnx"
     assert drop_model(editor, card.path, lane_pos(editor, "device"))
     assert drop_model(editor, card.path, lane_pos(editor, "cloud"))
@@ -197,3 +199,45 @@ def test_an_operators_skl2onnx_model_gets_a_rule_on_its_probabilities(editor: Pi
     assert editor.pipeline.problems() == []
     assert editor.canvas.chips[first.id].view.note == "default rule: F2 to tune"
     assert live.core.plan(editor.pipeline.pipeline()).result(30).ok
+
+
+def test_problems_speak_in_operator_words_and_a_click_selects_the_stage(editor: PipelineEditor,
+                                                                        qtbot: QtBot) -> None:
+    from dataclasses import replace
+
+    from PySide6.QtWidgets import QDialogButtonBox
+
+    from app.core import SetRule
+
+    build_ship_finder(editor)
+    canvas = editor.canvas
+    detector = editor.pipeline.stage("detector")
+    canvas.push(SetRule("detector", rule=replace(detector.rule, class_in=(), confidence_below=None)))
+    problems = editor.problems
+    assert problems.isVisible() or not editor.isVisible()
+    rows = [problems.item(i).text() for i in range(problems.count())]
+    assert any("'detector' passes what it cannot settle to 'classifier'" in r and "press F2 on 'detector'" in r
+               for r in rows), rows
+    assert not any("stages[0]" in r for r in rows), "the JSON path is a detail (tooltip), not the words"
+    row = next(problems.item(i) for i in range(problems.count()) if "detector" in problems.item(i).text())
+    assert "stages[0].rule" in row.toolTip()
+    canvas.select_stage("heavy")
+    problems.itemClicked.emit(row)
+    assert canvas.selected_stage() == "detector"
+    # Shift+F2: the rule editor; a wrong label count is refused in words, OK only once the rule is valid
+    dialog = canvas.edit_selected_rule()
+    assert dialog is not None and dialog.isVisible()
+    ok = dialog.buttons.button(QDialogButtonBox.StandardButton.Ok)
+    assert dialog.kind.currentData() == "confidence_below" and ok.isEnabled(), "a middle stage is offered a threshold"
+    dialog.kind.setCurrentIndex(dialog.kind.findData(""))
+    assert not ok.isEnabled() and "never escalates" in dialog.problems.text()
+    dialog.kind.setCurrentIndex(dialog.kind.findData("confidence_below"))
+    dialog.threshold.setValue(0.7)
+    dialog.labels.setText("water, vessel, rock")
+    assert not ok.isEnabled() and "3 labels for output 'probs' of 2 classes" in dialog.problems.text()
+    dialog.labels.setText("water, vessel")
+    assert ok.isEnabled()
+    ok.click()
+    assert editor.pipeline.stage("detector").rule.confidence_below == pytest.approx(0.7)
+    assert editor.pipeline.problems() == [] and not problems.isVisible()
+    assert canvas.undo_stack.undoText() == "Change rule of detector"

@@ -73,6 +73,7 @@ from widgets._canvas_items import (
     GAP,
     HEADER_W,
     LABEL_H,
+    LABEL_W,
     LANE_MIN_H,
     LINK_X,
     PAD,
@@ -90,11 +91,13 @@ from widgets._canvas_items import (
 )
 from widgets._clock import FrameClock
 from widgets._palette import StageDrag, StagePalette, read_stage_mime, stage_mime
+from widgets._rule_editor import RuleEditor
 
 log = logging.getLogger(__name__)
 
 REACHABLE = (NodeState.ONLINE, NodeState.DEGRADED)
 _TIER_ORDER = {t: i for i, t in enumerate(theme.TIERS)}
+COLUMN_W = LABEL_W + GAP   # stages of one lane: far enough apart that the labels under them never meet
 
 
 class EditCommand(QUndoCommand):
@@ -234,6 +237,7 @@ class PipelineCanvas(QGraphicsView):
         self.chips: dict[str, StageChipItem] = {}
         self.links: dict[str, LinkItem] = {}
         self.routes: dict[str, RouteItem] = {}
+        self.rule_editor: RuleEditor | None = None
         self.warnings: list[tuple[str, str]] = []
         self.hint = DropHintItem(self)
         self._drag: StageDrag | None = None
@@ -296,6 +300,9 @@ class PipelineCanvas(QGraphicsView):
                                    "Move the selected stage one hop towards the cloud")
         self.threshold_action = action("Edit &threshold", "F2", self.edit_selected_threshold,
                                        "Edit the escalation threshold of the selected stage's outgoing link")
+        self.rule_action = action("Edit &rule…", "Shift+F2", self.edit_selected_rule,
+                                  "Edit the selected stage's rule: which output it reads, what its values are, "
+                                  "the labels, when to escalate")
         self.place_action = action("&Place stage…", "Ctrl+P", self.place_selected,
                                    "Place the selected stage or palette model on a tier or pin it to a node "
                                    "(the keyboard's drag and drop)")
@@ -303,13 +310,13 @@ class PipelineCanvas(QGraphicsView):
         self.dismiss_action = action("Dismiss message", "Esc", self.dismiss_refusal, "Hide the refusal message")
         self.dismiss_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         for a in (self.delete_action, self.earlier_action, self.later_action, self.threshold_action,
-                  self.place_action):
+                  self.rule_action, self.place_action):
             a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
 
     def edit_actions(self) -> list[QAction]:
         """The canvas actions for the Edit menu, in order."""
         return [self.undo_action, self.redo_action, self.delete_action, self.earlier_action, self.later_action,
-                self.threshold_action, self.place_action]
+                self.threshold_action, self.rule_action, self.place_action]
 
     # ----- what items ask ------------------------------------------------------------------------------
     def stage_lane(self, stage_id: str) -> str:
@@ -398,7 +405,7 @@ class PipelineCanvas(QGraphicsView):
         width = max(float(self.viewport().width()) - 1, HEADER_W + STAGE_W + 2 * GAP + CARD_W + 2 * PAD)
         per_lane = {t: self.stages_in_lane(t) for t in theme.TIERS}
         columns = max(1, max(len(v) for v in per_lane.values()))
-        self._cards_left = HEADER_W + PAD + columns * (STAGE_W + GAP) + 2 * GAP
+        self._cards_left = HEADER_W + PAD + (columns - 1) * COLUMN_W + LABEL_W + 2 * GAP
         # Big fleets get compact cards, so a lane of dozens of nodes stays within a screen or two.
         biggest = max((len(self.fleet.by_tier(t)) for t in theme.TIERS), default=0)
         cols = max(1, int((width - self._cards_left - PAD + GAP) // (CARD_W + GAP)))
@@ -415,7 +422,7 @@ class PipelineCanvas(QGraphicsView):
                 height = max(height, STAGE_H + PAD + LABEL_H + 2 * GAP)   # room for the link label below
             if len(per_lane[tier]) > 1:   # same-lane links: their labels go under the chips
                 height = max(height, STAGE_H + 2 * PAD + LABEL_H + 2 * GAP + (
-                    LABEL_H if any(per_lane[t] for t in theme.TIERS[theme.TIERS.index(tier) + 1:]) else 0))
+                    LABEL_H + 2 * GAP if any(per_lane[t] for t in theme.TIERS[theme.TIERS.index(tier) + 1:]) else 0))
             lane = LaneItem(self, tier, QRectF(0, y, width, height))
             self.scene_.addItem(lane)
             self.lanes[tier] = lane
@@ -426,7 +433,7 @@ class PipelineCanvas(QGraphicsView):
                 self.scene_.addItem(card)
                 self.cards[node.key] = card
             for i, stage_id in enumerate(per_lane[tier]):
-                pos = QPointF(HEADER_W + PAD + i * (STAGE_W + GAP), y + PAD)
+                pos = QPointF(HEADER_W + PAD + i * COLUMN_W, y + PAD)
                 chip = StageChipItem(self, stage_id, pos)
                 self.scene_.addItem(chip)
                 self.chips[stage_id] = chip
@@ -473,9 +480,8 @@ class PipelineCanvas(QGraphicsView):
                     lines.append((QPointF(ra.center().x(), ra.bottom()), QPointF(rb.center().x(), rb.top())))
                 elif rb.bottom() < ra.top():
                     lines.append((QPointF(ra.center().x(), ra.top()), QPointF(rb.center().x(), rb.bottom())))
-                else:   # same row: side to side
-                    left, right = (ra, rb) if ra.center().x() < rb.center().x() else (rb, ra)
-                    lines.append((QPointF(left.right(), left.center().y()), QPointF(right.left(), right.center().y())))
+                else:   # same row: bottom to bottom (drawn as an arc under the cards)
+                    lines.append((QPointF(ra.center().x(), ra.bottom()), QPointF(rb.center().x(), rb.bottom())))
             if not lines:
                 continue
             tier = link.routes[0].target.tier if link.routes else ""
@@ -513,7 +519,7 @@ class PipelineCanvas(QGraphicsView):
             chip.setToolTip(f"{stage.id}: {where}\n{self.rule_note(stage.id) or self.settle_text(stage.id)}"
                             + "".join(f"\n⚠ {w}" for sid, w in warnings if sid == stage.id)
                             + "\nDrag to another lane to move it there, onto a node card to pin it; F2 threshold, "
-                              "Ctrl+R rule, Del delete")
+                              "Shift+F2 rule, Del delete")
             chip.update()
         for stage_id, link in self.links.items():
             following = stages[[s.id for s in stages].index(stage_id) + 1].id if stage_id in self.chips else ""
@@ -764,6 +770,34 @@ class PipelineCanvas(QGraphicsView):
         if rule == stage.rule:
             return False
         return self.push(SetRule(stage_id, rule=rule))
+
+    @Slot()
+    def edit_selected_rule(self) -> RuleEditor | None:
+        """Shift+F2: the rule editor for the selected stage (non-modal open(); the answer is an undoable SetRule)."""
+        stage_id = self.selected_stage()
+        if not stage_id:
+            self.status_message.emit("Select a stage first (click it, or Tab to it)")
+            return None
+        return self.edit_rule(stage_id)
+
+    def edit_rule(self, stage_id: str) -> RuleEditor:
+        """Open the rule editor on a stage."""
+        dialog = RuleEditor(self.pipeline.stage(stage_id), self)
+        dialog.rule_chosen.connect(self._rule_chosen)
+        dialog.finished.connect(self._dialog_finished)
+        self.rule_editor = dialog
+        dialog.open()
+        return dialog
+
+    @Slot(str, object)
+    def _rule_chosen(self, stage_id: str, rule: Rule) -> None:
+        self.push(SetRule(stage_id, rule=rule))
+        self.select_stage(stage_id)
+
+    @Slot(int)
+    def _dialog_finished(self, _result: int) -> None:
+        self.rule_editor = None
+        self.setFocus(Qt.FocusReason.OtherFocusReason)
 
     @Slot()
     def edit_selected_threshold(self) -> None:

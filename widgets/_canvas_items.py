@@ -40,6 +40,7 @@ PAD = 12.0
 LANE_MIN_H = 120.0
 LINK_X = 14.0          # vertical links run down the chips' left side; their labels sit to the right
 LABEL_H = 60.0
+LABEL_W = STAGE_W + 64.0   # a link label reaches into the gap before the node cards (the canvas leaves it)
 
 
 @dataclass(frozen=True)
@@ -381,9 +382,8 @@ class LinkItem(QGraphicsObject):
         """Where the label sits: right of a vertical arrow, or under the chips of a same-lane link."""
         mid = (self.start + self.end) / 2
         if self.below:
-            return QRectF(mid.x() - STAGE_W / 2, self.start.y() + STAGE_H / 2 + 6, STAGE_W, LABEL_H)
-        width = STAGE_W + GAP - LINK_X - 10
-        return QRectF(mid.x() + 8, mid.y() - LABEL_H / 2, width, LABEL_H)
+            return QRectF(mid.x() - LABEL_W / 2, self.start.y() + STAGE_H / 2 + 6, LABEL_W, LABEL_H)
+        return QRectF(mid.x() + 8, mid.y() - LABEL_H / 2, LABEL_W - LINK_X - 10, LABEL_H)
 
     def boundingRect(self) -> QRectF:
         """Arrow and label."""
@@ -465,7 +465,7 @@ class RouteItem(QGraphicsItem):
         rect = QRectF()
         for a, b in self.lines:
             rect = rect.united(QRectF(a, b).normalized())
-        return rect.adjusted(-8, -8, 8, 8)
+        return rect.adjusted(-8, -8, 8, 30)
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
         """Dotted lines (solid and brighter when the link is selected), a dot where each lands."""
@@ -476,7 +476,14 @@ class RouteItem(QGraphicsItem):
         painter.setPen(pen)
         painter.setBrush(colour)
         for a, b in self.lines:
-            painter.drawLine(a, b)
+            if abs(a.y() - b.y()) < 1:   # cards side by side: an arc under them, so the line can be seen
+                path = QPainterPath(a)
+                path.cubicTo(a + QPointF(0, 26), b + QPointF(0, 26), b)
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                painter.drawPath(path)
+                painter.setBrush(colour)
+            else:
+                painter.drawLine(a, b)
             painter.drawEllipse(b, 3.5, 3.5)
 
 

@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app._problem_words import explain_all
 from app.pipeline_file import PipelineError
 from app.qt import QtConsole
 from widgets import _theme as theme
@@ -424,7 +425,13 @@ class MainWindow(QMainWindow):
             pipeline = self.console.pipeline.pipeline()
         except PipelineError as exc:
             self.show_pipeline()
-            self._message(QMessageBox.Icon.Warning, "The pipeline cannot be deployed yet", str(exc))
+            advice = explain_all(exc.problems, self.console.pipeline.document.stage_ids())
+            box = self._message(QMessageBox.Icon.Warning, "The pipeline cannot be deployed yet",
+                                "\n".join(f"• {a}" for a in advice))
+            box.setDetailedText(str(exc))
+            first = next((a.stage_id for a in advice if a.stage_id), "")
+            if first:
+                self.canvas.select_stage(first)
             return None
         dialog = DeployDialog(self.console.deployments, pipeline, self)
         self._keep(dialog)

@@ -96,6 +96,8 @@ class StageSnapshot:
     rule: str = ""                # the escalation rule in words, e.g. "confidence < 0.6"
     max_escalations_per_s: float = 0.0
     priority: str = ""
+    # the rule's values: (output, labels, confidence_below, class_in, score_above, drop_class); () when none
+    rule_values: tuple[Any, ...] = ()
 
     @classmethod
     def from_proto(cls, info: ctl.StageInfo, serving: bool = True) -> StageSnapshot:
@@ -109,6 +111,7 @@ class StageSnapshot:
             next_model=m.next_hop.model if m.HasField("next_hop") else "",
             rule=describe_rule(m.rule) if m.HasField("rule") else "",
             max_escalations_per_s=m.budget.max_escalations_per_s, priority=m.budget.priority,
+            rule_values=rule_values(m.rule) if m.HasField("rule") else (),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -120,6 +123,13 @@ class StageSnapshot:
             "next_hop": self.next_hop, "next_model": self.next_model, "rule": self.rule,
             "max_escalations_per_s": self.max_escalations_per_s, "priority": self.priority,
         }
+
+
+def rule_values(rule: ctl.EscalationRule) -> tuple[Any, ...]:
+    """(output, labels, confidence_below, class_in, score_above, drop_class) of a rule; None where unset."""
+    return (rule.output, tuple(rule.labels),
+            rule.confidence_below if rule.HasField("confidence_below") else None, tuple(rule.class_in),
+            rule.score_above if rule.HasField("score_above") else None, tuple(rule.drop_class))
 
 
 def describe_rule(rule: ctl.EscalationRule) -> str:

@@ -241,3 +241,71 @@ def test_problems_speak_in_operator_words_and_a_click_selects_the_stage(editor: 
     assert editor.pipeline.stage("detector").rule.confidence_below == pytest.approx(0.7)
     assert editor.pipeline.problems() == [] and not problems.isVisible()
     assert canvas.undo_stack.undoText() == "Change rule of detector"
+
+
+def test_closing_with_unsaved_changes_asks_and_cancel_keeps_the_window(live: LiveConsole, qtbot: QtBot) -> None:
+    from PySide6.QtWidgets import QMessageBox
+
+    from app.core import InsertStage, stage_from_card
+
+    window = live.window(qtbot)
+    assert window.console.pipeline.stages() == []
+    card = read_model_card(BUNDLED / "detector.onnx")
+    assert window.canvas.push(InsertStage(0, stage_from_card(card, "detector", Placement(tier="device")), card))
+    assert window.is_dirty() and window.isWindowModified()
+    window.close()
+    box = window.unsaved_box
+    assert window.isVisible() and box is not None and box.isVisible(), "closing asked first"
+    assert {QMessageBox.StandardButton.Save, QMessageBox.StandardButton.Discard,
+            QMessageBox.StandardButton.Cancel} == {box.standardButton(b) for b in box.buttons()}
+    box.button(QMessageBox.StandardButton.Cancel).click()
+    assert window.isVisible() and window.is_dirty(), "Cancel keeps the window and the edit"
+    assert window.unsaved_box is None
+    # Ctrl+Q is the same close; Open asks too
+    opened = window.open_pipeline_dialog()
+    assert isinstance(opened, QMessageBox) and opened.isVisible()
+    opened.button(QMessageBox.StandardButton.Cancel).click()
+    window.quit_action.trigger()
+    assert window.unsaved_box is not None
+    window.unsaved_box.button(QMessageBox.StandardButton.Discard).click()
+    qtbot.waitUntil(lambda: not window.isVisible(), timeout=5_000)
+
+
+def test_drift_after_a_live_push_is_marked_and_the_live_values_can_be_taken(editor: PipelineEditor,
+                                                                          live: LiveConsole, qtbot: QtBot) -> None:
+    from dataclasses import replace
+
+    build_ship_finder(editor)
+    pipeline = editor.pipeline.pipeline()
+    result = live.core.apply(live.core.plan(pipeline).result(30)).result(120)
+    assert result.ok, result.reason
+    canvas = editor.canvas
+    qtbot.waitUntil(lambda: all(n.stages for n in live.console.fleet.nodes()), timeout=20_000)
+    canvas.relayout()
+    assert canvas.drifts == {}, "just deployed: the fleet runs the file"
+    # someone pushes 0.6 to the classifier's nodes live; the file still says 0.8
+    live_rule = replace(editor.pipeline.stage("classifier").rule, confidence_below=0.6)
+    assert live.core.update_policy("classifier", live_rule).result(30) == {"edge-1": ""}
+    qtbot.waitUntil(lambda: "classifier" in canvas.drifts, timeout=20_000)
+    found = canvas.drifts["classifier"]
+    assert found.nodes == ("edge-1",) and "fleet runs confidence < 0.60, the file says confidence < 0.80" in found.words
+    assert canvas.chips["classifier"].view.warning and "drift" in canvas.chips["classifier"].view.note
+    rows = [editor.problems.item(i).text() for i in range(editor.problems.count())]
+    assert any("drift on 'classifier'" in r and "Ctrl+Alt+L" in r for r in rows), rows
+    menu = canvas.chip_menu("classifier")
+    assert canvas.take_live_action in menu.actions() and canvas.redeploy_action in menu.actions()
+    assert canvas.take_live_selected()
+    assert editor.pipeline.stage("classifier").rule.confidence_below == pytest.approx(0.6)
+    canvas.relayout()
+    assert canvas.drifts == {}
+    canvas.undo_stack.undo()   # back to the file's value: drift again, and "re-deploy the file" is the way out
+    canvas.relayout()
+    assert "classifier" in canvas.drifts
+    asked: list[bool] = []
+    canvas.deploy_requested.connect(lambda: asked.append(True))
+    canvas.redeploy_action.trigger()
+    assert asked == [True]
+    for node in live.console.fleet.nodes():   # leave the fleet empty for the other tests
+        for stage in node.stages:
+            live.core.submit(live.core.fleet.client(node.key).undeploy(stage.stage_id, timeout=10)).result(20)
+        live.core.submit(live.core.fleet.async_refresh(node.key)).result(20)

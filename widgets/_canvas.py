@@ -46,6 +46,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app._drift import Drift, drift
 from app._routing import links as route_links
 from app._routing import placement_warnings
 from app.core import (
@@ -210,6 +211,8 @@ class PipelineCanvas(QGraphicsView):
     drop_refused = Signal(str)           # why a drop was refused
     status_message = Signal(str)         # a line for the status bar
     warnings_changed = Signal(object)    # list[(stage id, words)]: placements that deploy but make little sense
+    drift_changed = Signal(object)       # dict[stage id, Drift]: the fleet runs something other than the file
+    deploy_requested = Signal()          # "re-deploy the file"
 
     def __init__(self, pipeline: PipelineModel, fleet: FleetModel, palette: StagePalette,
                  telemetry: TelemetryModel | None = None, clock: FrameClock | None = None,
@@ -239,6 +242,7 @@ class PipelineCanvas(QGraphicsView):
         self.routes: dict[str, RouteItem] = {}
         self.rule_editor: RuleEditor | None = None
         self.warnings: list[tuple[str, str]] = []
+        self.drifts: dict[str, Drift] = {}
         self.hint = DropHintItem(self)
         self._drag: StageDrag | None = None
         self._drag_req: Requirements | None = None
@@ -303,6 +307,11 @@ class PipelineCanvas(QGraphicsView):
         self.rule_action = action("Edit &rule…", "Shift+F2", self.edit_selected_rule,
                                   "Edit the selected stage's rule: which output it reads, what its values are, "
                                   "the labels, when to escalate")
+        self.take_live_action = action("Take &live values into the file", "Ctrl+Alt+L", self.take_live_selected,
+                                       "The selected stage's nodes run another rule than the file (pushed live, "
+                                       "deployed elsewhere, rolled back): put what they run into the pipeline")
+        self.redeploy_action = action("Re-deploy the &file", "Ctrl+Alt+D", self.deploy_requested.emit,
+                                      "Deploy the pipeline as the file says, replacing what the nodes run")
         self.place_action = action("&Place stage…", "Ctrl+P", self.place_selected,
                                    "Place the selected stage or palette model on a tier or pin it to a node "
                                    "(the keyboard's drag and drop)")
@@ -310,13 +319,14 @@ class PipelineCanvas(QGraphicsView):
         self.dismiss_action = action("Dismiss message", "Esc", self.dismiss_refusal, "Hide the refusal message")
         self.dismiss_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         for a in (self.delete_action, self.earlier_action, self.later_action, self.threshold_action,
-                  self.rule_action, self.place_action):
+                  self.rule_action, self.place_action, self.take_live_action, self.redeploy_action):
             a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
 
     def edit_actions(self) -> list[QAction]:
         """The canvas actions for the Edit menu, in order."""
         return [self.undo_action, self.redo_action, self.delete_action, self.earlier_action, self.later_action,
-                self.threshold_action, self.rule_action, self.place_action]
+                self.threshold_action, self.rule_action, self.place_action, self.take_live_action,
+                self.redeploy_action]
 
     # ----- what items ask ------------------------------------------------------------------------------
     def stage_lane(self, stage_id: str) -> str:
@@ -503,6 +513,7 @@ class PipelineCanvas(QGraphicsView):
                 sizes[s.id] = req.model_bytes
         warnings = placement_warnings(stages, self.fleet.nodes(), sizes)
         warned = {sid for sid, _ in warnings}
+        drifts = drift(stages, self.fleet.nodes())
         words = self.route_words()
         for index, stage in enumerate(stages):
             chip = self.chips.get(stage.id)
@@ -512,10 +523,12 @@ class PipelineCanvas(QGraphicsView):
                 where = f"on every {stage.placement.tier} node"
             else:
                 where = "pinned to " + ", ".join(self.node_name(n) for n in stage.placement.nodes)
-            note = next((w for sid, w in warnings if sid == stage.id), "") or self.rule_note(stage.id)
+            drifted = drifts.get(stage.id)
+            note = (f"drift: {drifted.words}" if drifted is not None else
+                    next((w for sid, w in warnings if sid == stage.id), "") or self.rule_note(stage.id))
             chip.view = ChipView(f"{index + 1}. {stage.id}", (stage.model.rsplit("/", 1)[-1], where,
                                                               self.deployed_count(stage.id)),
-                                 note, stage.id in warned)
+                                 note, stage.id in warned or drifted is not None)
             chip.setToolTip(f"{stage.id}: {where}\n{self.rule_note(stage.id) or self.settle_text(stage.id)}"
                             + "".join(f"\n⚠ {w}" for sid, w in warnings if sid == stage.id)
                             + "\nDrag to another lane to move it there, onto a node card to pin it; F2 threshold, "
@@ -529,6 +542,38 @@ class PipelineCanvas(QGraphicsView):
         if warnings != self.warnings:
             self.warnings = warnings
             self.warnings_changed.emit(list(warnings))
+        if drifts != self.drifts:
+            self.drifts = drifts
+            self.drift_changed.emit(dict(drifts))
+        self.take_live_action.setEnabled(any(d.live_rule is not None for d in drifts.values()))
+
+    @Slot()
+    def take_live_selected(self) -> bool:
+        """Put the rule the selected stage's nodes run into the pipeline (undoable); any drifting stage if none."""
+        stage_id = self.selected_stage()
+        if stage_id not in self.drifts:
+            stage_id = next((sid for sid, d in self.drifts.items() if d.live_rule is not None), "")
+        found = self.drifts.get(stage_id)
+        if found is None or found.live_rule is None:
+            self.status_message.emit("No stage runs another rule than the file")
+            return False
+        ok = self.push(SetRule(stage_id, rule=found.live_rule))
+        if ok:
+            self.status_message.emit(f"Took the live rule of {stage_id} into the pipeline ({found.words}); "
+                                     "save to keep it in the file")
+        return ok
+
+    def chip_menu(self, stage_id: str) -> QMenu:
+        """The context menu of a stage chip: edit, place, and the two ways out of a drift."""
+        self.select_stage(stage_id)
+        menu = QMenu(self)
+        for a in (self.threshold_action, self.rule_action, self.place_action, self.delete_action):
+            menu.addAction(a)
+        if stage_id in self.drifts:
+            menu.addSeparator()
+            menu.addAction(self.take_live_action)
+            menu.addAction(self.redeploy_action)
+        return menu
 
     def rule_note(self, stage_id: str) -> str:
         """Where the stage's rule came from while it is still the dropped model's suggestion ('' once edited)."""

@@ -16,6 +16,7 @@ from PySide6.QtGui import QBrush, QColor, QFont, QFontMetricsF, QPainter, QPaint
 from PySide6.QtWidgets import (
     QGraphicsItem,
     QGraphicsObject,
+    QGraphicsSceneContextMenuEvent,
     QGraphicsSceneMouseEvent,
     QStyleOptionGraphicsItem,
     QWidget,
@@ -359,6 +360,10 @@ class StageChipItem(QGraphicsObject):
     def mouseDoubleClickEvent(self, event: QGraphicsSceneMouseEvent) -> None:
         """Double-click edits the threshold of this stage's escalation rule."""
         self.canvas.edit_threshold(self.stage_id)
+
+    def contextMenuEvent(self, event: QGraphicsSceneContextMenuEvent) -> None:
+        """Right-click: the stage's actions (and, when the fleet drifted from the file, the two ways back)."""
+        self.canvas.chip_menu(self.stage_id).popup(event.screenPos())
 
 
 class LinkItem(QGraphicsObject):

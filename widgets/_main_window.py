@@ -59,6 +59,8 @@ class MainWindow(QMainWindow):
         self._before_wall: bytes | None = None
         self._restored = False
         self.dialogs: list[QDialog] = []
+        self.unsaved_box: QMessageBox | None = None
+        self._after_save: object = None
         self.setWindowTitle("tierdeck console")
         self.setWindowIcon(theme.icon("tierdeck"))
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
@@ -222,6 +224,7 @@ class MainWindow(QMainWindow):
         for source in (self.canvas, self.dashboard, self.editor.whatif):
             source.status_message.connect(self._status)
         self.editor.whatif.deploy_requested.connect(self.deploy_dialog)
+        self.canvas.deploy_requested.connect(self.deploy_dialog)
         self.editor.import_button.clicked.connect(self.import_model_dialog)
         c.fleet.node_added.connect(self._update_fleet_label)
         c.fleet.node_removed.connect(self._update_fleet_label)
@@ -282,9 +285,45 @@ class MainWindow(QMainWindow):
         return dialog
 
     @Slot()
-    def open_pipeline_dialog(self) -> QFileDialog:
-        """Choose a pipeline file (the model loads it off the GUI thread)."""
+    def open_pipeline_dialog(self) -> QFileDialog | QMessageBox:
+        """Choose a pipeline file (the model loads it off the GUI thread); unsaved changes are asked about first."""
+        if self.is_dirty():
+            return self.ask_unsaved("open", self.open_pipeline_dialog)
         return self._file_dialog("Open pipeline", "Pipelines (*.pipeline.json *.json)", False, self.open_pipeline)
+
+    # ----- document safety -------------------------------------------------------------------------------------
+    def is_dirty(self) -> bool:
+        """True while the pipeline has edits that are not saved."""
+        return not self.canvas.undo_stack.isClean()
+
+    def ask_unsaved(self, doing: str, then: object) -> QMessageBox:
+        """Save / Discard / Cancel before `doing` (close, open); `then()` runs after Save (once saved) or Discard."""
+        doc = self.console.pipeline.document
+        name = doc.path.name if doc.path else doc.name
+        box = QMessageBox(QMessageBox.Icon.Warning, "Unsaved changes",
+                          f"The pipeline {name} has changes that are not saved.\n"
+                          f"Save them before you {'close the console' if doing == 'close' else 'open another'}?",
+                          QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                          | QMessageBox.StandardButton.Cancel, self)
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+        box.setEscapeButton(QMessageBox.StandardButton.Cancel)
+        box.setAccessibleName("Unsaved changes")
+        box.finished.connect(lambda result, t=then: self._unsaved_answered(result, t))
+        self.unsaved_box = box
+        self._keep(box)
+        return box
+
+    def _unsaved_answered(self, result: int, then: object) -> None:
+        self.unsaved_box = None
+        if result == QMessageBox.StandardButton.Save:
+            self._after_save = then
+            self.save_pipeline()
+        elif result == QMessageBox.StandardButton.Discard:
+            self.canvas.undo_stack.setClean()
+            then()  # type: ignore[operator]
+        else:
+            self._status("Kept the window and the unsaved changes")
+            self.canvas.setFocus()
 
     @Slot(str)
     def open_pipeline(self, path: str) -> None:
@@ -304,8 +343,14 @@ class MainWindow(QMainWindow):
     @Slot()
     def save_pipeline_as(self) -> QFileDialog:
         """Choose where to save the pipeline."""
-        return self._file_dialog("Save pipeline as", "Pipelines (*.pipeline.json)", True, self.console.pipeline.save,
-                                 "pipeline.json")
+        dialog = self._file_dialog("Save pipeline as", "Pipelines (*.pipeline.json)", True,
+                                   self.console.pipeline.save_as, "pipeline.json")
+        dialog.rejected.connect(self._save_cancelled)
+        return dialog
+
+    @Slot()
+    def _save_cancelled(self) -> None:
+        self._after_save = None
 
     @Slot()
     def import_model_dialog(self) -> QFileDialog:
@@ -339,9 +384,13 @@ class MainWindow(QMainWindow):
         self.canvas.undo_stack.setClean()
         self._status(f"Saved {path}")
         self._title()
+        then, self._after_save = self._after_save, None
+        if then is not None:
+            then()  # type: ignore[operator]
 
     @Slot(str)
     def _save_failed(self, reason: str) -> None:
+        self._after_save = None
         self._message(QMessageBox.Icon.Critical, "Could not save the pipeline", reason)
 
     @Slot(str)
@@ -598,7 +647,12 @@ class MainWindow(QMainWindow):
             self.clock.request_frame()
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Remember the layout and stop the clock."""
+        """Ask about unsaved changes (Save / Discard / Cancel), then remember the layout and stop the clock."""
+        if self.is_dirty():
+            event.ignore()
+            if self.unsaved_box is None:
+                self.ask_unsaved("close", self.close)
+            return
         self.save_settings()
         self.clock.stop()
         super().closeEvent(event)

@@ -30,7 +30,7 @@ class PipelineEditor(QWidget):
         palette_label = QLabel("<b>Stages</b><br>drag onto a<br>lane or a node", self)
         palette_label.setProperty("muted", True)
         self.canvas = PipelineCanvas(pipeline, fleet, self.stage_palette, telemetry, clock, self)
-        self.whatif = WhatIfPanel(pipeline, telemetry, clock, pusher, self)
+        self.whatif = WhatIfPanel(pipeline, telemetry, clock, pusher, self, fleet=fleet)
         self.problems = ProblemList(self)
         self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
         self.splitter.addWidget(self.canvas)
@@ -57,6 +57,7 @@ class PipelineEditor(QWidget):
         self.whatif.threshold_chosen.connect(self._threshold_chosen)
         pipeline.problems_changed.connect(self._problems)
         self.canvas.warnings_changed.connect(self._problems)
+        self.canvas.drift_changed.connect(self._problems)
         self.problems.stage_clicked.connect(self._select)
         pipeline.model_imported.connect(self._imported)
         pipeline.pipeline_reset.connect(self._reset)
@@ -72,7 +73,10 @@ class PipelineEditor(QWidget):
     @Slot(object)
     def _problems(self, problems: object = None) -> None:
         advice = explain_all(list(self.pipeline.problems()), self.pipeline.document.stage_ids())
-        self.problems.show_items(advice, self.canvas.warnings)
+        drifted = [(sid, f"drift on '{sid}': {d.words} — "
+                         + ("Ctrl+Alt+L takes the live values into the file, " if d.live_rule is not None else "")
+                         + "Ctrl+Alt+D re-deploys the file") for sid, d in self.canvas.drifts.items()]
+        self.problems.show_items(advice, drifted + self.canvas.warnings)
 
     @Slot(str)
     def _select(self, stage_id: str) -> None:

@@ -32,6 +32,7 @@ class DemoConfig:
     pipeline: Path = PIPELINE
     base_dir: Path | None = None
     db: Path | None = None
+    mdns: bool = True                   # False: the console adds the demo's own agents by address, browses nothing
 
 
 @dataclass
@@ -59,7 +60,13 @@ class Demo:
 
     def start(self) -> None:
         """Start the agents (main thread: they must die with it) and the console core, which finds them by mDNS."""
-        self.fleet.start_agents(self.config.device, self.config.edge, self.config.cloud)
+        agents = self.fleet.start_agents(self.config.device, self.config.edge, self.config.cloud)
+        if not self.config.mdns:
+            # Other fleets advertising on this machine's loopback (other demos, tests) stay out of this console.
+            fleet_file = self.fleet.base_dir / "fleet.txt"
+            fleet_file.write_text("".join(f"{a.address} {a.tier} {a.name}\n" for a in agents))
+            self.core.fleet_file = fleet_file
+            self.core.interfaces = []
         self.core.start()
         self.core.subscribe_samples(self._on_sample)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PySide6.QtCore import QPointF
+from PySide6.QtCore import QPointF, Qt
 from PySide6.QtWidgets import QApplication
 from pytestqt.qtbot import QtBot
 from test_widgets_support import LiveConsole, drop_at, live_console, save_screenshot
@@ -309,3 +309,25 @@ def test_drift_after_a_live_push_is_marked_and_the_live_values_can_be_taken(edit
         for stage in node.stages:
             live.core.submit(live.core.fleet.client(node.key).undeploy(stage.stage_id, timeout=10)).result(20)
         live.core.submit(live.core.fleet.async_refresh(node.key)).result(20)
+
+
+def test_the_palette_lists_the_operators_models_first_and_can_hide_the_bundled_ones(
+        live: LiveConsole, qtbot: QtBot, tmp_path: Path) -> None:
+    from test_widgets_support import small_model
+
+    ed = PipelineEditor(PipelineModel(live.console), live.console.fleet, live.console.telemetry)
+    qtbot.addWidget(ed)
+    palette = ed.stage_palette
+    for name in ("detector", "heavy"):
+        ed._imported(read_model_card(BUNDLED / f"{name}.onnx"))
+    mine = read_model_card(small_model(tmp_path, "mine.onnx", classes=3))
+    ed._imported(mine)
+    names = [Path(str(palette.item(r).data(Qt.ItemDataRole.UserRole + 1))).name for r in range(palette.count())]
+    assert names == ["mine.onnx", "detector.onnx", "heavy.onnx"], "imported models come first"
+    text = palette.item(0).text()
+    assert "3 classes" in text and "→ " in text and "default rule" in text, text
+    assert "card rule" in palette.item(1).text() and "2 classes" in palette.item(1).text()
+    palette.show_bundled_action.setChecked(False)
+    assert [palette.item(r).isHidden() for r in range(3)] == [False, True, True]
+    palette.show_bundled_action.setChecked(True)
+    assert not any(palette.item(r).isHidden() for r in range(3))

@@ -180,7 +180,7 @@ class MainWindow(QMainWindow):
         view_menu = bar.addMenu("&View")
         for a in (self.pipeline_tab_action, self.dashboard_tab_action, None, *self.dashboard.window_actions, None,
                   self.fleet_panel.fleet_view_action, self.canvas.focus_action, self.events_focus_action,
-                  self.palette_focus_action, None):
+                  self.palette_focus_action, self.editor.stage_palette.show_bundled_action, None):
             view_menu.addSeparator() if a is None else view_menu.addAction(a)
         for a in self.dashboard.window_actions:
             self.addAction(a)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget
 
@@ -64,7 +66,10 @@ class PipelineEditor(QWidget):
 
     @Slot(object)
     def _imported(self, card: ModelCard) -> None:
-        self.stage_palette.add_card(card)
+        import resources.models
+
+        bundled = Path(card.path).resolve().parent == Path(resources.models.__file__).resolve().parent
+        self.stage_palette.add_card(card, bundled=bundled)
 
     @Slot(str, float)
     def _threshold_chosen(self, stage_id: str, value: float) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PySide6.QtCore import QPointF, Qt
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QPlainTextEdit
 from pytestqt.qtbot import QtBot
 from test_widgets_support import LiveConsole, drop_at, live_console, save_screenshot
 
@@ -331,3 +331,68 @@ def test_the_palette_lists_the_operators_models_first_and_can_hide_the_bundled_o
     assert [palette.item(r).isHidden() for r in range(3)] == [False, True, True]
     palette.show_bundled_action.setChecked(True)
     assert not any(palette.item(r).isHidden() for r in range(3))
+
+
+def test_six_stages_three_in_one_lane_nothing_overlaps_and_the_lanes_fit_the_default_window(
+        live: LiveConsole, qtbot: QtBot, tmp_path: Path) -> None:
+    from itertools import combinations
+
+    from PySide6.QtCore import QRectF
+
+    from app.core import InsertStage, stage_from_card
+
+    window = live.window(qtbot)
+    window.resize(1366, 768)
+    canvas = window.canvas
+    card = read_model_card(BUNDLED / "detector.onnx")
+    for i, tier in enumerate(("device", "device", "device", "edge", "edge", "cloud")):
+        stage = stage_from_card(card, f"s{i + 1}", Placement(tier=tier))
+        assert canvas.push(InsertStage(i, stage, card))
+    qtbot.waitUntil(lambda: len(canvas.chips) == 6, timeout=5_000)
+    canvas.relayout()
+    boxes: list[tuple[str, QRectF]] = []
+    boxes += [(f"chip {sid}", chip.sceneBoundingRect()) for sid, chip in canvas.chips.items()]
+    boxes += [(f"label {sid}", link.label_rect()) for sid, link in canvas.links.items()]
+    boxes += [(f"card {key[:8]}", c.sceneBoundingRect()) for key, c in canvas.cards.items()]
+    overlaps = [(a, b) for (a, ra), (b, rb) in combinations(boxes, 2) if ra.adjusted(1, 1, -1, -1).intersects(rb)]
+    assert overlaps == [], overlaps
+    # all three lanes are on screen at the default window size (fitted, not cut off)
+    shown = canvas.mapToScene(canvas.viewport().rect()).boundingRect()
+    for tier, lane in canvas.lanes.items():
+        assert shown.contains(lane.rect.adjusted(1, 1, -1, -1)), (tier, lane.rect, shown)
+    for key, node_card in canvas.cards.items():
+        assert shown.contains(node_card.sceneBoundingRect()), f"node card {key[:8]} cut off"
+    assert canvas.transform().m11() >= 0.6
+    save_screenshot(window, tmp_path, "compose-six-stages")
+    window.console.pipeline.document.stages.clear()   # leave the shared console's pipeline empty
+    canvas.undo_stack.setClean()
+
+
+def test_small_things_f1_lists_actions_export_uses_the_tab_showing_focus_returns_to_the_canvas(
+        live: LiveConsole, qtbot: QtBot, tmp_path: Path) -> None:
+    from PySide6.QtGui import QImage
+
+    from app.core import InsertStage, stage_from_card
+
+    window = live.window(qtbot)
+    canvas = window.canvas
+    card = read_model_card(BUNDLED / "detector.onnx")
+    assert canvas.push(InsertStage(0, stage_from_card(card, "detector-2", Placement(tier="device")), card))
+    canvas.undo_stack.undo()
+    text = window.show_shortcuts().findChild(QPlainTextEdit).toPlainText()
+    assert "Add stage" not in text and "    Undo " in text and "    Redo " in text
+    # the dialog closes: the keys go back to the canvas
+    window.dialogs[-1].close()
+    qtbot.waitUntil(lambda: window.focusWidget() is canvas, timeout=5_000)
+    # export on the pipeline tab writes the pipeline tab, not the dashboard
+    window.show_pipeline()
+    dialog = window.export_png_dialog()
+    assert "pipeline" in dialog.windowTitle().lower()
+    target = tmp_path / "pipeline.png"
+    dialog.fileSelected.emit(str(target))
+    dialog.close()
+    qtbot.waitUntil(target.exists, timeout=10_000)
+    assert window.tabs.currentWidget() is window.editor, "exporting did not switch tabs"
+    assert QImage(str(target)).size() == window.editor.size()
+    window.console.pipeline.document.stages.clear()
+    canvas.undo_stack.clear()

@@ -31,8 +31,10 @@ from PySide6.QtGui import (
     QPainter,
     QPixmap,
     QResizeEvent,
+    QTransform,
     QUndoCommand,
     QUndoStack,
+    QWheelEvent,
 )
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
@@ -97,6 +99,7 @@ from widgets._rule_editor import RuleEditor
 log = logging.getLogger(__name__)
 
 REACHABLE = (NodeState.ONLINE, NodeState.DEGRADED)
+MIN_FIT = 0.6   # fit-to-view zooms out no further: below that the cards' words are too small to read
 _TIER_ORDER = {t: i for i, t in enumerate(theme.TIERS)}
 COLUMN_W = LABEL_W + GAP   # stages of one lane: far enough apart that the labels under them never meet
 
@@ -258,6 +261,8 @@ class PipelineCanvas(QGraphicsView):
         self.refusal_banner.setWordWrap(True)
         self.refusal_banner.setVisible(False)
         self.refusal_banner.setAccessibleName("Drop refused")
+        self._scale = 1.0
+        self._user_zoom: float | None = None     # None: fit the view's height
         self._relayout_timer = QTimer(self)
         self._relayout_timer.setSingleShot(True)
         self._relayout_timer.setInterval(30)
@@ -315,6 +320,8 @@ class PipelineCanvas(QGraphicsView):
         self.place_action = action("&Place stage…", "Ctrl+P", self.place_selected,
                                    "Place the selected stage or palette model on a tier or pin it to a node "
                                    "(the keyboard's drag and drop)")
+        self.fit_action = action("&Fit canvas to view", "Ctrl+0", self.zoom_to_fit,
+                                 "Zoom the canvas so all three lanes fit (Ctrl+wheel zooms)")
         self.focus_action = action("Go to &canvas", "Alt+2", self.focus_canvas, "Move the focus to the canvas")
         self.dismiss_action = action("Dismiss message", "Esc", self.dismiss_refusal, "Hide the refusal message")
         self.dismiss_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
@@ -396,9 +403,44 @@ class PipelineCanvas(QGraphicsView):
 
     @Slot()
     def relayout(self) -> None:
-        """Rebuild the scene from the models (lanes, cards, chips, links)."""
+        """Rebuild the scene from the models, fitted to the view's height (zoomed out down to 60 %) unless zoomed."""
         if self._editor is not None:
             return  # never pull the editor out from under the operator; relaid out when it closes
+        self._scale = self._user_zoom or 1.0
+        self._build()
+        if self._user_zoom is None:
+            tall = self.scene_.sceneRect().height()
+            wide = self._cards_left + self.card_w + PAD    # the stages and at least one column of node cards
+            room_h = float(self.viewport().height()) - 2
+            room_w = float(self.viewport().width()) - 2
+            if room_h > 0 and room_w > 0 and (tall > room_h or wide > room_w):
+                self._scale = max(MIN_FIT, min(1.0, room_h / tall, room_w / wide))
+                self._build()
+                tall = self.scene_.sceneRect().height()   # cards re-flowed to the new width: check once more
+                if tall * self._scale > room_h:
+                    self._scale = max(MIN_FIT, room_h / tall)
+                    self._build()
+        self.setTransform(QTransform.fromScale(self._scale, self._scale))
+
+    def wheelEvent(self, event: QWheelEvent) -> None:
+        """Ctrl+wheel zooms (50–200 %); Ctrl+0 goes back to fitting the view."""
+        if event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            steps = event.angleDelta().y() / 120
+            self._user_zoom = min(2.0, max(0.5, (self._user_zoom or self._scale) * 1.1 ** steps))
+            self.relayout()
+            self.status_message.emit(f"Zoom {self._user_zoom * 100:.0f} % (Ctrl+0 fits the view)")
+            event.accept()
+            return
+        super().wheelEvent(event)
+
+    @Slot()
+    def zoom_to_fit(self) -> None:
+        """Ctrl+0: fit the lanes to the view again."""
+        self._user_zoom = None
+        self.relayout()
+
+    def _build(self) -> None:
+        """Rebuild the scene items for a view `self._scale` wide."""
         selected = self.selected_stage()
         focused = self.scene_.focusItem()
         focused_stage = focused.stage_id if isinstance(focused, StageChipItem) else ""
@@ -412,14 +454,15 @@ class PipelineCanvas(QGraphicsView):
         self.chips.clear()
         self.links.clear()
         self.routes.clear()
-        width = max(float(self.viewport().width()) - 1, HEADER_W + STAGE_W + 2 * GAP + CARD_W + 2 * PAD)
+        width = max((float(self.viewport().width()) - 1) / self._scale, HEADER_W + STAGE_W + 2 * GAP + CARD_W + 2 * PAD)
         per_lane = {t: self.stages_in_lane(t) for t in theme.TIERS}
         columns = max(1, max(len(v) for v in per_lane.values()))
         self._cards_left = HEADER_W + PAD + (columns - 1) * COLUMN_W + LABEL_W + 2 * GAP
         # Big fleets get compact cards, so a lane of dozens of nodes stays within a screen or two.
         biggest = max((len(self.fleet.by_tier(t)) for t in theme.TIERS), default=0)
         cols = max(1, int((width - self._cards_left - PAD + GAP) // (CARD_W + GAP)))
-        self.compact = math.ceil(biggest / cols) * (CARD_H + GAP) > max(self.viewport().height(), 400) * 0.6
+        self.compact = math.ceil(biggest / cols) * (CARD_H + GAP) > max(self.viewport().height() / self._scale,
+                                                                        400) * 0.6
         self.card_w, self.card_h = (COMPACT_W, COMPACT_H) if self.compact else (CARD_W, CARD_H)
         card_cols = max(1, int((width - self._cards_left - PAD + GAP) // (self.card_w + GAP)))
         y = 0.0

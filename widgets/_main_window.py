@@ -179,7 +179,8 @@ class MainWindow(QMainWindow):
                                                  "Move to the stage palette (Enter on a model places it)")
         view_menu = bar.addMenu("&View")
         for a in (self.pipeline_tab_action, self.dashboard_tab_action, None, *self.dashboard.window_actions, None,
-                  self.fleet_panel.fleet_view_action, self.canvas.focus_action, self.events_focus_action,
+                  self.fleet_panel.fleet_view_action, self.canvas.fit_action, self.canvas.focus_action,
+                  self.events_focus_action,
                   self.palette_focus_action, self.editor.stage_palette.show_bundled_action, None):
             view_menu.addSeparator() if a is None else view_menu.addAction(a)
         for a in self.dashboard.window_actions:
@@ -359,9 +360,16 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def export_png_dialog(self) -> QFileDialog:
-        """Choose where to write the dashboard view as PNG."""
-        self.show_dashboard()
+        """Choose where to write the tab that is showing (pipeline canvas or dashboard) as PNG."""
+        if self.tabs.currentWidget() is self.editor:
+            return self._file_dialog("Export pipeline view as PNG", "PNG images (*.png)", True,
+                                     self.export_pipeline_png, "png")
         return self._file_dialog("Export view as PNG", "PNG images (*.png)", True, self.dashboard.export_png, "png")
+
+    @Slot(str)
+    def export_pipeline_png(self, path: str) -> None:
+        """Write the pipeline tab as PNG (the dashboard's writer encodes and writes it off the GUI thread)."""
+        self.dashboard.writer.write_image(path, self.editor.grab().toImage())
 
     @Slot()
     def export_csv_dialog(self) -> QFileDialog:
@@ -418,8 +426,17 @@ class MainWindow(QMainWindow):
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.dialogs.append(dialog)
         dialog.finished.connect(lambda _=0, d=dialog: self.dialogs.remove(d) if d in self.dialogs else None)
+        dialog.finished.connect(self._refocus)
         dialog.open()
         return dialog
+
+    @Slot()
+    def _refocus(self) -> None:
+        """After a dialog the keys go back to where the work is: the canvas on the pipeline tab."""
+        if self.tabs.currentWidget() is self.editor:
+            self.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
+        else:
+            self.tabs.currentWidget().setFocus(Qt.FocusReason.OtherFocusReason)
 
     @Slot()
     def add_node_dialog(self) -> AddNodeDialog:
@@ -583,7 +600,10 @@ class MainWindow(QMainWindow):
                 if a.isSeparator():
                     continue
                 keys = ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in a.shortcuts())
-                lines.append(f"    {a.text().replace('&', ''):<40} {keys}")
+                # undo/redo actions carry the last edit in their text ("Redo Add stage …"): list the action
+                name = {id(self.canvas.undo_action): "Undo", id(self.canvas.redo_action): "Redo"}.get(
+                    id(a), a.text().replace("&", ""))
+                lines.append(f"    {name:<40} {keys}")
         lines += ["Canvas", "    Tab / Shift+Tab                          next / previous stage",
                   "    Enter in the palette                     place the model (menu of targets with fit)",
                   "    Enter / Esc in the threshold editor      apply / cancel"]

@@ -58,6 +58,17 @@ def editor(live: LiveConsole, qtbot: QtBot) -> PipelineEditor:
     return ed
 
 
+def fresh_window(live: LiveConsole, qtbot: QtBot) -> object:
+    """A main window on the module's console, its pipeline emptied first (the console is shared by the tests)."""
+    doc = live.console.pipeline.document
+    doc.stages.clear()
+    doc.cards.clear()
+    window = live.window(qtbot)
+    window.canvas.undo_stack.clear()
+    window.canvas.relayout()
+    return window
+
+
 def lane_pos(editor: PipelineEditor, tier: str) -> object:
     return editor.canvas.mapFromScene(editor.canvas.lanes[tier].rect.topLeft() + QPointF(60, 50))
 
@@ -248,7 +259,7 @@ def test_closing_with_unsaved_changes_asks_and_cancel_keeps_the_window(live: Liv
 
     from app.core import InsertStage, stage_from_card
 
-    window = live.window(qtbot)
+    window = fresh_window(live, qtbot)
     assert window.console.pipeline.stages() == []
     card = read_model_card(BUNDLED / "detector.onnx")
     assert window.canvas.push(InsertStage(0, stage_from_card(card, "detector", Placement(tier="device")), card))
@@ -341,7 +352,7 @@ def test_six_stages_three_in_one_lane_nothing_overlaps_and_the_lanes_fit_the_def
 
     from app.core import InsertStage, stage_from_card
 
-    window = live.window(qtbot)
+    window = fresh_window(live, qtbot)
     window.resize(1366, 768)
     canvas = window.canvas
     card = read_model_card(BUNDLED / "detector.onnx")
@@ -374,7 +385,7 @@ def test_small_things_f1_lists_actions_export_uses_the_tab_showing_focus_returns
 
     from app.core import InsertStage, stage_from_card
 
-    window = live.window(qtbot)
+    window = fresh_window(live, qtbot)
     canvas = window.canvas
     card = read_model_card(BUNDLED / "detector.onnx")
     assert canvas.push(InsertStage(0, stage_from_card(card, "detector-2", Placement(tier="device")), card))

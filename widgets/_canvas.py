@@ -553,8 +553,11 @@ class PipelineCanvas(CanvasDragDrop, CanvasLiveOverlay, QGraphicsView):
                             + "\nDrag to another lane to move it there, onto a node card to pin it; F2 threshold, "
                               "Shift+F2 rule, Del delete")
             chip.update()
+        ids = [s.id for s in stages]
         for stage_id, link in self.links.items():
-            following = stages[[s.id for s in stages].index(stage_id) + 1].id if stage_id in self.chips else ""
+            # the scene may lag the model by one relayout (it is rebuilt on a timer): skip what is gone
+            at = ids.index(stage_id) if stage_id in ids else -1
+            following = ids[at + 1] if 0 <= at < len(ids) - 1 else ""
             link.view = LinkView(self.rule_text(stage_id, short=True), tuple(words.get(stage_id, ())), link.view.live,
                                  following in warned)
             link.update()

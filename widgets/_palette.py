@@ -96,6 +96,7 @@ class StagePalette(QListWidget):
         self.show_bundled_action = QAction("Show &bundled demo models", self)
         self.show_bundled_action.setCheckable(True)
         self.show_bundled_action.setChecked(True)
+        self.show_bundled_action.setShortcut("Ctrl+Shift+B")
         self.show_bundled_action.setToolTip("List the demo models that ship with tierdeck after your own")
         self.show_bundled_action.toggled.connect(self.set_show_bundled)
         self.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)

@@ -209,7 +209,40 @@ def test_an_operators_skl2onnx_model_gets_a_rule_on_its_probabilities(editor: Pi
     assert first.rule.confidence_below == pytest.approx(0.9)
     assert editor.pipeline.problems() == []
     assert editor.canvas.chips[first.id].view.note == "default rule: F2 to tune"
-    assert live.core.plan(editor.pipeline.pipeline()).result(30).ok
+    plan = live.core.plan(editor.pipeline.pipeline()).result(30)
+    assert plan.ok, plan.problems
+    # deployed as dropped, every answer is the one onnxruntime gives, and the rows the rule escalates (on the
+    # probabilities, below 0.9) are the ones the cloud stage answered
+    import asyncio
+
+    import onnxruntime as ort
+
+    from runners.client import NodeClient
+
+    result = live.core.apply(plan).result(120)
+    assert result.ok, result.reason
+    try:
+        session = ort.InferenceSession(str(card.path), providers=["CPUExecutionProvider"])
+        probabilities = session.run(["probabilities"], {"X": x})[0]
+        decision = first.rule.evaluate(probabilities)
+        assert 0 < decision.escalate.sum() < len(x), "the data must exercise both tiers"
+        expected = [first.rule.labels[i] for i in decision.top_class]
+        last = editor.pipeline.stages()[1].id
+
+        async def ask() -> tuple[list[str], list[str]]:
+            async with NodeClient(live.agents["device-1"].address) as client:
+                out = await client.infer(first.id, {"X": x})
+            return ([v.decode() for v in out.outputs["decision_label"]],
+                    [v.decode() for v in out.outputs["decision_stage"]])
+
+        labels, stages = asyncio.run(ask())
+        assert labels == expected
+        assert [s == last for s in stages] == list(decision.escalate)
+    finally:
+        for node in live.console.fleet.nodes():
+            for stage in node.stages:
+                live.core.submit(live.core.fleet.client(node.key).undeploy(stage.stage_id, timeout=10)).result(20)
+            live.core.submit(live.core.fleet.async_refresh(node.key)).result(20)
 
 
 def test_problems_speak_in_operator_words_and_a_click_selects_the_stage(editor: PipelineEditor,

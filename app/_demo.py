@@ -34,6 +34,7 @@ class DemoConfig:
     base_dir: Path | None = None
     db: Path | None = None
     fleet_id: str = ""                  # "" = a new id per run
+    mdns: bool = True                   # False: the console adds the demo's own agents by address, browses nothing
 
 
 @dataclass
@@ -64,7 +65,13 @@ class Demo:
 
     def start(self) -> None:
         """Start the agents (main thread: they must die with it) and the console core, which finds them by mDNS."""
-        self.fleet.start_agents(self.config.device, self.config.edge, self.config.cloud)
+        agents = self.fleet.start_agents(self.config.device, self.config.edge, self.config.cloud)
+        if not self.config.mdns:
+            # Other fleets advertising on this machine's loopback (other demos, tests) stay out of this console.
+            fleet_file = self.fleet.base_dir / "fleet.txt"
+            fleet_file.write_text("".join(f"{a.address} {a.tier} {a.name}\n" for a in agents))
+            self.core.fleet_file = fleet_file
+            self.core.interfaces = []
         self.core.start()
         self.core.subscribe_samples(self._on_sample)
         self.fleet.watch(self._on_child_exit)

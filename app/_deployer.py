@@ -40,7 +40,8 @@ import grpc
 import numpy as np
 
 from app._fit import Requirements, check_fit, expected_provider, memory_estimate
-from app._records import ConsoleEvent, NodeSnapshot, NodeState, Severity, now_ms
+from app._records import ConsoleEvent, NodeSnapshot, Severity, now_ms
+from app._routing import REACHABLE, next_hop, placement_warnings, stage_targets
 from app.pipeline_file import Pipeline, Rule, Stage
 from runners._forward import SMOKE
 from runners._proto import grpc_predict_v2_pb2 as pb
@@ -51,7 +52,6 @@ from runners.client import ClientTLS, DeployError, NodeClient, infer_request, in
 log = logging.getLogger(f"tierdeck.{__name__}")
 
 ADD, UPDATE, REMOVE, UNCHANGED = "add", "update", "remove", "unchanged"
-REACHABLE = (NodeState.ONLINE, NodeState.DEGRADED)
 
 
 @dataclass(frozen=True)
@@ -247,11 +247,9 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
     nodes = [n for n in nodes if n.source != "endpoint"]  # engines are checked, never deployed to
     chain = pipeline.chain()
     ids = {s.id for s in chain}
-    by_key = {n.key: n for n in nodes}
-    by_id = {n.node_id: n for n in nodes if n.node_id}
+    by_address = {n.address: n for n in nodes}
     targets: dict[str, list[NodeSnapshot]] = {}
     for stage in chain:
-        chosen: list[NodeSnapshot] = []
         if stage.endpoint is not None:
             e = stage.endpoint
             warnings.append(f"stage {stage.id} is served by the engine at {e.address} (model {e.model}): "
@@ -260,25 +258,12 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
                 warnings.append(f"the link to the engine at {e.address} is plaintext (no tls.ca in the pipeline)")
             targets[stage.id] = []
             continue
-        if stage.placement.tier:
-            tier_nodes = [n for n in nodes if n.tier == stage.placement.tier]
-            chosen = [n for n in tier_nodes if n.state in REACHABLE]
-            for n in tier_nodes:
-                if n.state not in REACHABLE:
-                    warnings.append(f"{n.name} ({stage.placement.tier}) is {n.state}: stage {stage.id} "
-                                    "is not deployed there")
-            if not chosen:
-                problems.append(f"stage {stage.id}: no reachable node in tier {stage.placement.tier}")
-        else:
-            for wanted in stage.placement.nodes:
-                found = by_id.get(wanted) or by_key.get(wanted)
-                if found is None:
-                    problems.append(f"stage {stage.id}: pinned node {wanted} is not in the fleet")
-                elif found.state not in REACHABLE:
-                    problems.append(f"stage {stage.id}: pinned node {found.name} is {found.state}")
-                else:
-                    chosen.append(found)
-        targets[stage.id] = sorted(chosen, key=lambda n: n.node_id or n.key)
+        found = stage_targets(stage, nodes)
+        problems += found.problems
+        warnings += found.warnings
+        targets[stage.id] = list(found.nodes)
+    sizes = {sid: r.model_bytes for sid, r in (requirements or {}).items()}
+    warnings += [words for _sid, words in placement_warnings([s for s in chain if s.endpoint is None], nodes, sizes)]
     # Fit check: all new/updated stages going to one node must fit there together. A stage's own
     # provider choice is part of what it needs, with or without its model card.
     needs = {s.id: stage_requirements(s, (requirements or {}).get(s.id)) for s in chain}
@@ -307,7 +292,7 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
         hops = targets[following.id] if following is not None else []
         engine = following.endpoint if following is not None else None
         for i, node in enumerate(targets[stage.id]):
-            hop = hops[i % len(hops)] if hops else None
+            hop = next_hop(i, hops)
             fields = policy_fields(stage, following, hop.address if hop else "", hop.node_id if hop else "")
             hop_address = engine.address if engine is not None else hop.address if hop else ""
             hop_node = f"endpoint:{engine.address}" if engine is not None else (hop.node_id or hop.key) if hop else ""
@@ -320,7 +305,10 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
             elif running.sha256 != stage.sha256:
                 kind, why = UPDATE, f"model changed ({running.sha256[:8]} → {stage.sha256[:8]})"
             elif hop_address and running.next_hop != hop_address:
-                kind, why = UPDATE, f"next hop {running.next_hop or 'none'} → {hop_address}"
+                was = by_address.get(running.next_hop)
+                old = f"{was.name} ({was.tier})" if was is not None else (running.next_hop or "none")
+                new = f"{hop.name} ({hop.tier})" if hop is not None else f"the engine at {hop_address}"
+                kind, why = UPDATE, f"escalates to {new} instead of {old}"
             else:
                 kind, why = UPDATE, "rule, budget or tensors changed"
             req = needs[stage.id] or Requirements(0, 0, stage_id=stage.id)
@@ -342,6 +330,10 @@ def plan(pipeline: Pipeline, nodes: list[NodeSnapshot], *,
             elif running.stage_id in earlier:
                 actions[node.key].append(StageAction(REMOVE, running.stage_id, "", running.version,
                                                      "no longer in the pipeline"))
+            else:
+                warnings.append(f"{node.name} ({node.tier}) also runs stage {running.stage_id}, which this "
+                                f"pipeline does not have and did not deploy: it is left running; remove it with "
+                                f"`tierdeck undeploy {running.stage_id} --node {node.name}`")
     node_plans = tuple(NodePlan(n.key, n.node_id, n.name, n.tier, n.address, tuple(actions[n.key]))
                        for n in nodes if actions.get(n.key))
     return Plan(pipeline, node_plans, tuple(problems), tuple(warnings))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from app._fit import ModelCard, Requirements, TensorInfo, memory_estimate, read_model_card
+from app._model_inspect import DEFAULT_CONFIDENCE
 from app.pipeline_file import (
     FORMAT,
     VERSION,
@@ -110,7 +111,11 @@ class PipelineDocument:
         """The pipeline file form; model paths relative to `base_dir` (default: the file's folder)."""
         base = base_dir or (self.path.parent if self.path else None)
         stages = []
-        for s in self.stages:
+        for i, s in enumerate(self.stages):
+            if i == len(self.stages) - 1 and s.rule.escalates:
+                # The last stage gives the final answer: its escalate conditions (kept in the document for
+                # when a stage is added after it again) do not go into the file.
+                s = replace(s, rule=replace(s.rule, confidence_below=None, class_in=(), score_above=None))
             model = s.model
             if s.model_path is not None and base is not None:
                 model = Path(os.path.relpath(s.model_path.resolve(), base.resolve())).as_posix()
@@ -215,6 +220,31 @@ def open_document(path: Path | str) -> tuple[Pipeline, dict[str, ModelCard]]:
     return pipeline, cards
 
 
+def import_model_file(path: Path | str) -> ModelCard:
+    """Read a model for the palette (blocking: disk); a skl2onnx ZipMap model is imported as a copy without it.
+
+    The copy (`NAME.nozipmap.onnx`, next to the file, or in the temp folder when that is read-only)
+    serves the [N, C] probability tensor the ZipMap was fed, which is what `zipmap=False` exports.
+    """
+    import tempfile
+
+    import onnx
+
+    from app._model_inspect import has_zipmap, without_zipmap
+
+    source = Path(path)
+    if not has_zipmap(onnx.load(str(source), load_external_data=False)):
+        return read_model_card(source)
+    name = source.stem + ".nozipmap.onnx"
+    for folder in (source.parent, Path(tempfile.gettempdir()) / "tierdeck-models"):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            return read_model_card(without_zipmap(source, folder / name))
+        except OSError:
+            continue
+    return read_model_card(source)
+
+
 def save_document(doc_dict: dict[str, Any], path: Path | str) -> None:
     """Write a pipeline document (from `PipelineDocument.to_dict(Path(path).parent)`) atomically."""
     import json
@@ -225,17 +255,33 @@ def save_document(doc_dict: dict[str, Any], path: Path | str) -> None:
 
 def stage_from_card(card: ModelCard, stage_id: str, placement: Placement, rule: Rule | None = None,
                     budget: Budget | None = None) -> Stage:
-    """A new stage for a model card (e.g. dropped from the palette); rule defaults to the first output."""
+    """A new stage for a model card (e.g. dropped from the palette); the rule defaults to the card's suggestion.
+
+    The suggestion (app/_model_inspect.py) puts the rule on the [N, C] probability or score tensor with
+    the model's own labels and the model card's recommended rule, else a visible default. Only tensor
+    outputs are declared (a ZipMap sequence cannot be served).
+    """
     def spec(t: TensorInfo) -> TensorSpec:
         return TensorSpec(t.name, t.datatype, t.shape)
 
     if rule is None:
-        first = card.outputs[0] if card.outputs else TensorInfo("output", "FP32", (-1,))
-        classes = first.shape[-1] if first.shape and first.shape[-1] > 0 else 2
-        rule = Rule(first.name, tuple(f"class{i}" for i in range(classes)))
+        if card.suggestion is not None:
+            rule = card.suggestion.rule()
+        else:
+            first = card.outputs[0] if card.outputs else TensorInfo("output", "FP32", (-1,))
+            classes = first.shape[-1] if first.shape and first.shape[-1] > 0 else 2
+            rule = Rule(first.name, tuple(f"class{i}" for i in range(classes)),
+                        confidence_below=DEFAULT_CONFIDENCE)
     return Stage(stage_id, card.path.name, card.sha256, placement, tuple(spec(t) for t in card.inputs),
                  tuple(spec(t) for t in card.outputs), rule, budget or Budget(), None, None, "",
                  card.path.resolve())
+
+
+def rule_origin(card: ModelCard | None) -> str:
+    """Words for where a new stage's rule came from ('rule from the model card: …' / 'default rule: …')."""
+    if card is None or card.suggestion is None:
+        return f"default rule: escalate when confidence < {DEFAULT_CONFIDENCE:.2f} — tune it with F2"
+    return card.suggestion.words()
 
 
 # ----- edits -------------------------------------------------------------------------------------------
@@ -340,13 +386,46 @@ class SetPlacement(_ReplaceField):
     """Place a stage on a tier (lane drop) or pin it to nodes (node-card drop)."""
 
     placement: Placement = field(default_factory=Placement)
+    where: str = ""     # words for the undo text (node names); default: the tier or node ids
 
     def __post_init__(self) -> None:
-        where = self.placement.tier or ", ".join(n[:8] for n in self.placement.nodes)
+        where = self.where or self.placement.tier or ", ".join(n[:8] for n in self.placement.nodes)
         self.text = f"Place {self.stage_id} on {where}"
 
     def _new(self, stage: Stage) -> Stage:
         return replace(stage, placement=self.placement)
+
+
+@dataclass
+class Retier(Edit):
+    """Move a stage to another tier or node: new placement and its place in the hop order, as one edit."""
+
+    stage_id: str
+    placement: Placement
+    to_index: int
+    where: str = ""
+    _old: Placement | None = field(default=None, init=False, repr=False)
+    _from: int = field(default=-1, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        where = self.where or self.placement.tier or ", ".join(n[:8] for n in self.placement.nodes)
+        self.text = f"Move {self.stage_id} to {where}"
+
+    def redo(self, doc: PipelineDocument) -> None:
+        """Re-place the stage, then put it where its new tier belongs in the chain."""
+        stage = doc.stage(self.stage_id)
+        self._old = stage.placement
+        doc.replace_stage(replace(stage, placement=self.placement))
+        self._from = doc.index(self.stage_id)
+        if self.to_index != self._from:
+            doc.move(self.stage_id, max(0, min(self.to_index, len(doc.stages) - 1)))
+
+    def undo(self, doc: PipelineDocument) -> None:
+        """Back to the old position and placement."""
+        assert self._old is not None
+        if doc.index(self.stage_id) != self._from:
+            doc.move(self.stage_id, self._from)
+        doc.replace_stage(replace(doc.stage(self.stage_id), placement=self._old))
 
 
 @dataclass

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from app._model_inspect import RuleSuggestion, suggest_rule
 from app._records import NodeInfoSummary, NodeSnapshot, NodeState
 from runners._providers import CPU, DEFAULT_ORDER, canonical, short_name
 from runners.protocol import ONNX_DATATYPES
@@ -60,6 +61,7 @@ class ModelCard:
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     watts: float = 0.0
     metadata: tuple[tuple[str, str], ...] = ()
+    suggestion: RuleSuggestion | None = None   # the rule a new stage of this model starts with
 
     @property
     def memory_estimate_bytes(self) -> int:
@@ -86,6 +88,8 @@ def read_model_card(path: Path | str) -> ModelCard:
         for v in values:  # type: ignore[attr-defined]
             if v.name in initializers:
                 continue
+            if v.type.WhichOneof("value") != "tensor_type":
+                continue  # a sequence or map (skl2onnx's ZipMap): not a tensor a stage can declare
             tt = v.type.tensor_type
             dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in tt.shape.dim)
             out.append(TensorInfo(v.name, ONNX_DATATYPES.get(tt.elem_type, str(tt.elem_type)), dims))
@@ -100,7 +104,7 @@ def read_model_card(path: Path | str) -> ModelCard:
     opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
     return ModelCard(p, len(data), hashlib.sha256(data).hexdigest(), tensors(model.graph.input),
                      tensors(model.graph.output), opset, providers or DEFAULT_PROVIDERS, watts,
-                     tuple(sorted(meta.items())))
+                     tuple(sorted(meta.items())), suggest_rule(model, p))
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,8 @@ class StageSnapshot:
     def runs_on_text(self) -> str:
         """'runs on OpenVINO (CPU fallback for 2 nodes)', or '' when the agent did not say."""
         return describe(self.runs_on, self.cpu_fallback_nodes)
+    # the rule's values: (output, labels, confidence_below, class_in, score_above, drop_class); () when none
+    rule_values: tuple[Any, ...] = ()
 
     @classmethod
     def from_proto(cls, info: ctl.StageInfo, serving: bool = True) -> StageSnapshot:
@@ -135,6 +137,7 @@ class StageSnapshot:
             runs_on=info.runs_on, cpu_fallback_nodes=info.cpu_fallback_nodes,
             session_providers=tuple(info.session_providers), warmup_ms=info.warmup_ms,
             placement_notes=tuple(info.placement_notes),
+            rule_values=rule_values(m.rule) if m.HasField("rule") else (),
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -149,6 +152,13 @@ class StageSnapshot:
             "session_providers": list(self.session_providers), "warmup_ms": self.warmup_ms,
             "placement_notes": list(self.placement_notes),
         }
+
+
+def rule_values(rule: ctl.EscalationRule) -> tuple[Any, ...]:
+    """(output, labels, confidence_below, class_in, score_above, drop_class) of a rule; None where unset."""
+    return (rule.output, tuple(rule.labels),
+            rule.confidence_below if rule.HasField("confidence_below") else None, tuple(rule.class_in),
+            rule.score_above if rule.HasField("score_above") else None, tuple(rule.drop_class))
 
 
 def describe_rule(rule: ctl.EscalationRule) -> str:

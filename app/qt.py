@@ -45,6 +45,7 @@ from app._document import (
     DocumentChange,
     Edit,
     PipelineDocument,
+    import_model_file,
     open_document,
     save_document,
 )
@@ -526,9 +527,17 @@ class PipelineModel(QObject):
         self._dispatcher.when_done(self._files.submit(save_document, doc, target), written,
                                    lambda exc: self.save_failed.emit(f"{type(exc).__name__}: {exc}"))
 
+    def save_as(self, path: Path | str) -> None:
+        """Save under a new file; the pipeline takes the file's name ('harbour.pipeline.json' → 'harbour')."""
+        target = Path(path)
+        name = target.name.removesuffix(".json").removesuffix(".pipeline") or self.document.name
+        if target != self.document.path and name != self.document.name:
+            self.document.name = name
+        self.save(target)
+
     def import_model(self, path: Path | str) -> None:
         """Read an ONNX model's card (inputs, outputs, size, opset) off the GUI thread; `model_imported` follows."""
-        self._dispatcher.when_done(self._files.submit(read_model_card, path), self.model_imported.emit,
+        self._dispatcher.when_done(self._files.submit(import_model_file, path), self.model_imported.emit,
                                    lambda exc: self.import_failed.emit(f"{Path(path).name}: {exc}"))
 
     def _on_change(self, change: DocumentChange) -> None:

@@ -1,6 +1,6 @@
 """`tierdeck demo`: a local fleet on loopback, sensor replays, and the console with ship-finder on the canvas.
 
-    tierdeck demo [--deploy] [--device 4 --edge 2 --cloud 1] [--rate 20]
+    tierdeck demo [--deploy | --empty] [--device 4 --edge 2 --cloud 1] [--rate 20]
                   [--headless --duration S --screenshot PNG [--json OUT]]
 
 Interactive: the window opens with the example pipeline on the canvas; deploy it with Deploy → Deploy
@@ -40,6 +40,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="seconds between bursts of vessel traffic (default 30)")
     parser.add_argument("--pipeline", type=Path, default=PIPELINE, metavar="FILE",
                         help="the pipeline put on the canvas (default: ship-finder)")
+    parser.add_argument("--empty", action="store_true",
+                        help="start with an empty canvas (build the cascade yourself from the palette)")
+    parser.add_argument("--no-mdns", action="store_true",
+                        help="add the demo's own nodes by address instead of finding them by mDNS (other fleets "
+                             "advertising on this machine stay out of the console)")
+    parser.add_argument("--probe", type=Path, default=None, metavar="FILE", help=argparse.SUPPRESS)
     parser.add_argument("--deploy", action="store_true", help="deploy the pipeline as soon as the fleet is online")
     parser.add_argument("--headless", action="store_true",
                         help="no window: offscreen, deploy, run --duration seconds, write --screenshot and --json")
@@ -51,6 +57,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, metavar="DIR",
                         help="where the nodes keep their data and logs (default: a new temp dir)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
+
+
+def write_probe(path: Path, window: object, demo: Demo, console: object) -> None:
+    """The window's probe (widgets/_probe.py) plus the deployment and per-tier traffic, written atomically."""
+    from widgets._probe import probe
+
+    data = probe(window)  # type: ignore[arg-type]
+    result = demo.deploy_result
+    data["deploy"] = None if result is None else {"ok": result.ok, "status": result.status, "reason": result.reason,
+                                                  "id": result.deployment_id}
+    data["sensors"] = demo.sensors_started
+    tiers: dict[str, dict[str, float]] = {}
+    names = {n.node_id: (n.name, n.tier) for n in console.fleet.nodes()}  # type: ignore[attr-defined]
+    for node_id, sample in list(demo.latest.items()):
+        _name, tier = names.get(node_id, ("", ""))
+        row = tiers.setdefault(tier, {"inferences_per_s": 0.0, "escalated_per_s": 0.0, "inferences_total": 0.0})
+        for st in sample.stages:
+            row["inferences_per_s"] += st.inferences_per_s
+            row["escalated_per_s"] += st.escalated_per_s
+            row["inferences_total"] += st.inferences_total
+    data["tiers"] = tiers
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,7 +109,8 @@ def run(args: argparse.Namespace) -> int:
     from widgets import MainWindow, apply_theme
 
     demo = Demo(DemoConfig(device=args.device, edge=args.edge, cloud=args.cloud, rate=args.rate,
-                           burst_every=args.burst_every, pipeline=args.pipeline, base_dir=args.data_dir))
+                           burst_every=args.burst_every, pipeline=args.pipeline, base_dir=args.data_dir,
+                           mdns=not args.no_mdns))
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setApplicationName("tierdeck demo")
@@ -91,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
     console = QtConsole(demo.core)
     window = MainWindow(console, palette_models=bundled_models(), enroller=make_enroller(demo.core),
                         policy_pusher=make_policy_pusher(demo.core))
-    window.open_pipeline(str(args.pipeline))
+    if not args.empty:
+        window.open_pipeline(str(args.pipeline))
     window.show()
     window.resize(1366, 768)
     state = {"deploying": False, "exit": 0, "sensors_at": 0.0, "started": time.monotonic()}
@@ -99,6 +131,9 @@ def run(args: argparse.Namespace) -> int:
     def deployed(result: object) -> None:
         demo.deploy_result = result  # type: ignore[assignment]
         state["deploying"] = False
+        plan = console.deployments.last_plan
+        if getattr(result, "ok", False) and plan is not None:
+            demo.pipeline = plan.pipeline   # the sensors feed what was deployed (maybe built on the canvas)
         if getattr(result, "ok", False) and not demo.sensors_started:
             demo.start_sensors()  # GUI thread is the main thread: the sensors die with it too
             state["sensors_at"] = time.monotonic()
@@ -151,6 +186,10 @@ def run(args: argparse.Namespace) -> int:
     timer = QTimer(window)
     timer.timeout.connect(tick)
     timer.start(500)
+    if args.probe:
+        probe_timer = QTimer(window)
+        probe_timer.timeout.connect(lambda: write_probe(args.probe, window, demo, console))
+        probe_timer.start(250)
     # Ctrl+C in the terminal closes the window (Python only sees signals while it runs: the timer lets it).
     signal.signal(signal.SIGINT, lambda *_: window.close())
     signal.signal(signal.SIGTERM, lambda *_: window.close())

@@ -65,6 +65,17 @@ def test_the_diff_says_add_update_remove_unchanged_and_why(pipeline: Pipeline) -
     assert kinds[("c0", "heavy")][0] == UNCHANGED
     assert kinds[("c0", "retired")] == (REMOVE, "no longer in the pipeline")
     assert ("c0", "someone-elses") not in kinds, "stages of other pipelines are left alone"
+    # ... but the plan says so, in the node's name, with the command that removes it
+    left = [w for w in p.warnings if "someone-elses" in w]
+    assert left and "cloud-c0 (cloud) also runs stage someone-elses" in left[0]
+    assert "tierdeck undeploy someone-elses --node cloud-c0" in left[0]
+    assert not any("retired" in w for w in p.warnings), "a stage the plan removes is not also warned about"
+    # next-hop changes are said with node names and tiers
+    moved = plan(pipeline, [replace(running[0], stages=(StageSnapshot("detector", "v", detector.sha256,
+                                                                      next_hop="10.9.9.9:1"),)),
+                            running[1], running[2]])
+    why = next(a.reason for n in moved.nodes for a in n.actions if a.stage_id == "detector")
+    assert why == "escalates to edge-e0 (edge) instead of 10.9.9.9:1"
 
     # Only the edge threshold changes: a policy update there, nothing else moves.
     tweaked = replace(pipeline, stages=tuple(
@@ -137,3 +148,23 @@ def test_fit_check_rejections_carry_their_reason(tmp_path: Path, pipeline: Pipel
     p = plan(pipeline, fleet, requirements=requirements_for(pipeline))
     assert not p.ok
     assert p.problems[0].startswith(f"stage detector does not fit on {tight.name}: needs about")
+
+
+def test_routing_and_odd_placements_in_words(pipeline: Pipeline) -> None:
+    from app._routing import links, placement_warnings
+    from app.pipeline_file import Placement
+
+    fleet = [node("d0", "device"), node("d1", "device"), node("e0", "edge"), node("c0", "cloud")]
+    chain = pipeline.chain()
+    words = {link.stage_id: link.words() for link in links(chain, fleet)}
+    assert words["detector"] == ["device-d0, device-d1 → edge-e0 (edge)"]
+    assert placement_warnings(chain, fleet, {"detector": 1000, "classifier": 5000, "heavy": 50000}) == []
+    # heavy pinned to one device node, right after the detector: everything funnels into device-d0
+    odd = [chain[0], replace(chain[2], placement=Placement(nodes=("d0",))), chain[1]]
+    said = placement_warnings(odd, fleet, {"detector": 1000, "classifier": 5000, "heavy": 50000})
+    assert any(sid == "heavy" and "ahead of lighter model classifier" in w for sid, w in said)
+    assert any(sid == "heavy" and "all 2 nodes running detector escalate to one node, device-d0 (device tier)" in w
+               for sid, w in said)
+    down = placement_warnings([chain[0], chain[2], chain[1]], fleet)
+    assert ("classifier", "heavy on the cloud tier escalates down to classifier on the edge tier: escalations "
+                          "normally go up, towards more compute") in down

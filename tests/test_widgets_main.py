@@ -13,7 +13,7 @@ from agents import running_agent
 from PySide6.QtCore import QSettings
 from PySide6.QtGui import QKeySequence
 from PySide6.QtTest import QTest
-from PySide6.QtWidgets import QApplication, QFileDialog, QPlainTextEdit
+from PySide6.QtWidgets import QApplication, QFileDialog, QMessageBox, QPlainTextEdit
 from pytestqt.qtbot import QtBot
 from test_app_support import started_core, synthetic_sample, write_pipeline
 from test_widgets_support import assert_not_blank, dispose, small_model
@@ -131,7 +131,9 @@ def test_open_pipeline_through_a_file_dialog_opened_with_open(console: QtConsole
         with qtbot.waitSignal(console.pipeline.saved, timeout=20_000):
             save.fileSelected.emit(str(target))
             save.close()
-        assert load_pipeline(target).name == "test-chain" and "copy.pipeline.json" in window.windowTitle()
+        # Save As names the pipeline after its new file (#18: it stayed "untitled" in the file and the deploy dialog)
+        assert load_pipeline(target).name == "copy" and "copy.pipeline.json" in window.windowTitle()
+        assert console.pipeline.document.name == "copy"
         model = small_model(tmp_path / "models", "extra.onnx")
         pick = window.import_model_dialog()
         with qtbot.waitSignal(console.pipeline.model_imported, timeout=20_000):
@@ -210,6 +212,14 @@ def test_what_if_plot_marks_the_threshold_and_prices_a_new_one(console: QtConsol
         # push live: through the seam, with the same change in the pipeline
         whatif.proposal.setValue(0.65)
         whatif.push_button.click()
+        # asked first: Cancel pushes nothing
+        box = whatif.confirm_box
+        assert box is not None and box.isVisible() and "0.650" in box.text()
+        box.button(QMessageBox.StandardButton.Cancel).click()
+        assert not pushed and console.pipeline.stage("classifier").rule.confidence_below == pytest.approx(0.6)
+        whatif.push_button.click()
+        assert whatif.confirm_box is not None
+        whatif.confirm_box.button(QMessageBox.StandardButton.Yes).click()
         assert pushed and pushed[0][0] == "classifier" and pushed[0][1].confidence_below == pytest.approx(0.65)
         qtbot.waitUntil(lambda: "updated live on 1 node" in window.statusBar().currentMessage(), timeout=5_000)
         assert console.pipeline.stage("classifier").rule.confidence_below == pytest.approx(0.65)

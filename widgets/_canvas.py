@@ -4,35 +4,30 @@ Every change is a `QUndoCommand` wrapping one of the core's reversible `Edit`s (
 RemoveStage, MoveStage, SetPlacement, SetRule); its redo()/undo() call the pipeline model, and the
 scene redraws from the model's signals — undo/redo (Ctrl+Z / Ctrl+Shift+Z) comes for free.
 
-Drag and drop: a drag carries `STAGE_MIME` (see `_palette`). When it enters the canvas, every target
-is fit-checked through the fleet model (`FleetModel.fit`, no I/O): a node card for pinning, a lane
-for "every reachable node of the tier". Each target then shows ✔/✖ with words, the hovered one its
-full reason next to the cursor; a drop where the stage does not fit is refused and the reason stays
-on screen (`refusal`). The keyboard does the same through "Place stage…" (Ctrl+P): a menu of the
-targets with their fit.
+The canvas in parts, each readable on its own: this module lays the scene out from the models (lanes,
+node cards, stage chips, links, routing lines; fitted to the view) and edits (undo commands, the
+threshold editor, the rule editor, drift); `_canvas_dnd` is drag and drop with fit checks and the
+keyboard's placement menu; `_canvas_live` the live overlay; `_canvas_items` the items, which are told
+what to draw (`ChipView`, `LinkView`, `FitMark`, route lines) and never reach into the models.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import replace
 
-from PySide6.QtCore import QPoint, QPointF, QRectF, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import (
     QAction,
-    QDragEnterEvent,
-    QDragLeaveEvent,
-    QDragMoveEvent,
-    QDropEvent,
     QKeyEvent,
     QKeySequence,
     QPainter,
-    QPixmap,
     QResizeEvent,
+    QTransform,
     QUndoCommand,
     QUndoStack,
+    QWheelEvent,
 )
 from PySide6.QtWidgets import (
     QDoubleSpinBox,
@@ -42,27 +37,25 @@ from PySide6.QtWidgets import (
     QGraphicsView,
     QLabel,
     QMenu,
-    QStyleOptionGraphicsItem,
     QWidget,
 )
 
+from app._drift import Drift, drift
+from app._routing import links as route_links
+from app._routing import placement_warnings
 from app.core import (
     Edit,
-    InsertStage,
-    ModelCard,
     MoveStage,
     NodeSnapshot,
     NodeState,
     RemoveStage,
     Requirements,
-    SetPlacement,
     SetRule,
-    stage_from_card,
 )
-from app.pipeline_file import Placement, Rule
+from app.pipeline_file import Rule
 from app.qt import FleetModel, PipelineModel, TelemetryModel
-from widgets import _format as fmt
 from widgets import _theme as theme
+from widgets._canvas_dnd import CanvasDragDrop
 from widgets._canvas_items import (
     CARD_H,
     CARD_W,
@@ -71,25 +64,32 @@ from widgets._canvas_items import (
     GAP,
     HEADER_W,
     LABEL_H,
+    LABEL_W,
     LANE_MIN_H,
     LINK_X,
     PAD,
     STAGE_H,
     STAGE_W,
+    ChipView,
     DropHintItem,
-    FitMark,
     LaneItem,
     LinkItem,
+    LinkView,
     NodeCardItem,
+    RouteItem,
     StageChipItem,
 )
+from widgets._canvas_live import CanvasLiveOverlay
 from widgets._clock import FrameClock
-from widgets._palette import StageDrag, StagePalette, read_stage_mime, stage_mime
+from widgets._palette import StageDrag, StagePalette
+from widgets._rule_editor import RuleEditor
 
 log = logging.getLogger(__name__)
 
 REACHABLE = (NodeState.ONLINE, NodeState.DEGRADED)
+MIN_FIT = 0.6   # fit-to-view zooms out no further: below that the cards' words are too small to read
 _TIER_ORDER = {t: i for i, t in enumerate(theme.TIERS)}
+COLUMN_W = LABEL_W + GAP   # stages of one lane: far enough apart that the labels under them never meet
 
 
 class EditCommand(QUndoCommand):
@@ -113,18 +113,6 @@ class EditCommand(QUndoCommand):
     def undo(self) -> None:
         """Revert the edit."""
         self.pipeline.undo(self.edit)
-
-
-def new_stage_id(card: ModelCard, taken: set[str]) -> str:
-    """A stage id from the model file name, unique in the pipeline (a-z 0-9 _ . -)."""
-    base = re.sub(r"[^a-z0-9_.-]+", "-", card.path.stem.lower()).strip("-._") or "stage"
-    if not base[0].isalnum():
-        base = "s" + base
-    base = base[:56]
-    candidate, n = base, 2
-    while candidate in taken:
-        candidate, n = f"{base}-{n}", n + 1
-    return candidate
 
 
 def rule_text(rule: Rule, short: bool = False) -> str:
@@ -194,13 +182,16 @@ class ThresholdEditor(QDoubleSpinBox):
             self.cancelled.emit()
 
 
-class PipelineCanvas(QGraphicsView):
+class PipelineCanvas(CanvasDragDrop, CanvasLiveOverlay, QGraphicsView):
     """Tier lanes, node cards and the pipeline's stages; drop stages on lanes or cards; edits are undoable."""
 
     link_selected = Signal(str)          # upstream stage id of the selected escalation link ("" = none)
     stage_selected = Signal(str)         # stage id ("" = none)
     drop_refused = Signal(str)           # why a drop was refused
     status_message = Signal(str)         # a line for the status bar
+    warnings_changed = Signal(object)    # list[(stage id, words)]: placements that deploy but make little sense
+    drift_changed = Signal(object)       # dict[stage id, Drift]: the fleet runs something other than the file
+    deploy_requested = Signal()          # "re-deploy the file"
 
     def __init__(self, pipeline: PipelineModel, fleet: FleetModel, palette: StagePalette,
                  telemetry: TelemetryModel | None = None, clock: FrameClock | None = None,
@@ -227,6 +218,10 @@ class PipelineCanvas(QGraphicsView):
         self.cards: dict[str, NodeCardItem] = {}
         self.chips: dict[str, StageChipItem] = {}
         self.links: dict[str, LinkItem] = {}
+        self.routes: dict[str, RouteItem] = {}
+        self.rule_editor: RuleEditor | None = None
+        self.warnings: list[tuple[str, str]] = []
+        self.drifts: dict[str, Drift] = {}
         self.hint = DropHintItem(self)
         self._drag: StageDrag | None = None
         self._drag_req: Requirements | None = None
@@ -242,6 +237,8 @@ class PipelineCanvas(QGraphicsView):
         self.refusal_banner.setWordWrap(True)
         self.refusal_banner.setVisible(False)
         self.refusal_banner.setAccessibleName("Drop refused")
+        self._scale = 1.0
+        self._user_zoom: float | None = None     # None: fit the view's height
         self._relayout_timer = QTimer(self)
         self._relayout_timer.setSingleShot(True)
         self._relayout_timer.setInterval(30)
@@ -288,20 +285,31 @@ class PipelineCanvas(QGraphicsView):
                                    "Move the selected stage one hop towards the cloud")
         self.threshold_action = action("Edit &threshold", "F2", self.edit_selected_threshold,
                                        "Edit the escalation threshold of the selected stage's outgoing link")
+        self.rule_action = action("Edit &rule…", "Shift+F2", self.edit_selected_rule,
+                                  "Edit the selected stage's rule: which output it reads, what its values are, "
+                                  "the labels, when to escalate")
+        self.take_live_action = action("Take &live values into the file", "Ctrl+Alt+L", self.take_live_selected,
+                                       "The selected stage's nodes run another rule than the file (pushed live, "
+                                       "deployed elsewhere, rolled back): put what they run into the pipeline")
+        self.redeploy_action = action("Re-deploy the &file", "Ctrl+Alt+D", self.deploy_requested.emit,
+                                      "Deploy the pipeline as the file says, replacing what the nodes run")
         self.place_action = action("&Place stage…", "Ctrl+P", self.place_selected,
                                    "Place the selected stage or palette model on a tier or pin it to a node "
                                    "(the keyboard's drag and drop)")
+        self.fit_action = action("&Fit canvas to view", "Ctrl+0", self.zoom_to_fit,
+                                 "Zoom the canvas so all three lanes fit (Ctrl+wheel zooms)")
         self.focus_action = action("Go to &canvas", "Alt+2", self.focus_canvas, "Move the focus to the canvas")
         self.dismiss_action = action("Dismiss message", "Esc", self.dismiss_refusal, "Hide the refusal message")
         self.dismiss_action.setShortcutContext(Qt.ShortcutContext.WidgetWithChildrenShortcut)
         for a in (self.delete_action, self.earlier_action, self.later_action, self.threshold_action,
-                  self.place_action):
+                  self.rule_action, self.place_action, self.take_live_action, self.redeploy_action):
             a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
 
     def edit_actions(self) -> list[QAction]:
         """The canvas actions for the Edit menu, in order."""
         return [self.undo_action, self.redo_action, self.delete_action, self.earlier_action, self.later_action,
-                self.threshold_action, self.place_action]
+                self.threshold_action, self.rule_action, self.place_action, self.take_live_action,
+                self.redeploy_action]
 
     # ----- what items ask ------------------------------------------------------------------------------
     def stage_lane(self, stage_id: str) -> str:
@@ -371,9 +379,44 @@ class PipelineCanvas(QGraphicsView):
 
     @Slot()
     def relayout(self) -> None:
-        """Rebuild the scene from the models (lanes, cards, chips, links)."""
+        """Rebuild the scene from the models, fitted to the view's height (zoomed out down to 60 %) unless zoomed."""
         if self._editor is not None:
             return  # never pull the editor out from under the operator; relaid out when it closes
+        self._scale = self._user_zoom or 1.0
+        self._build()
+        if self._user_zoom is None:
+            tall = self.scene_.sceneRect().height()
+            wide = self._cards_left + self.card_w + PAD    # the stages and at least one column of node cards
+            room_h = float(self.viewport().height()) - 2
+            room_w = float(self.viewport().width()) - 2
+            if room_h > 0 and room_w > 0 and (tall > room_h or wide > room_w):
+                self._scale = max(MIN_FIT, min(1.0, room_h / tall, room_w / wide))
+                self._build()
+                tall = self.scene_.sceneRect().height()   # cards re-flowed to the new width: check once more
+                if tall * self._scale > room_h:
+                    self._scale = max(MIN_FIT, room_h / tall)
+                    self._build()
+        self.setTransform(QTransform.fromScale(self._scale, self._scale))
+
+    def wheelEvent(self, event: QWheelEvent) -> None:
+        """Ctrl+wheel zooms (50–200 %); Ctrl+0 goes back to fitting the view."""
+        if event.modifiers() & Qt.KeyboardModifier.ControlModifier:
+            steps = event.angleDelta().y() / 120
+            self._user_zoom = min(2.0, max(0.5, (self._user_zoom or self._scale) * 1.1 ** steps))
+            self.relayout()
+            self.status_message.emit(f"Zoom {self._user_zoom * 100:.0f} % (Ctrl+0 fits the view)")
+            event.accept()
+            return
+        super().wheelEvent(event)
+
+    @Slot()
+    def zoom_to_fit(self) -> None:
+        """Ctrl+0: fit the lanes to the view again."""
+        self._user_zoom = None
+        self.relayout()
+
+    def _build(self) -> None:
+        """Rebuild the scene items for a view `self._scale` wide."""
         selected = self.selected_stage()
         focused = self.scene_.focusItem()
         focused_stage = focused.stage_id if isinstance(focused, StageChipItem) else ""
@@ -386,14 +429,16 @@ class PipelineCanvas(QGraphicsView):
         self.cards.clear()
         self.chips.clear()
         self.links.clear()
-        width = max(float(self.viewport().width()) - 1, HEADER_W + STAGE_W + 2 * GAP + CARD_W + 2 * PAD)
+        self.routes.clear()
+        width = max((float(self.viewport().width()) - 1) / self._scale, HEADER_W + STAGE_W + 2 * GAP + CARD_W + 2 * PAD)
         per_lane = {t: self.stages_in_lane(t) for t in theme.TIERS}
         columns = max(1, max(len(v) for v in per_lane.values()))
-        self._cards_left = HEADER_W + PAD + columns * (STAGE_W + GAP) + 2 * GAP
+        self._cards_left = HEADER_W + PAD + (columns - 1) * COLUMN_W + LABEL_W + 2 * GAP
         # Big fleets get compact cards, so a lane of dozens of nodes stays within a screen or two.
         biggest = max((len(self.fleet.by_tier(t)) for t in theme.TIERS), default=0)
         cols = max(1, int((width - self._cards_left - PAD + GAP) // (CARD_W + GAP)))
-        self.compact = math.ceil(biggest / cols) * (CARD_H + GAP) > max(self.viewport().height(), 400) * 0.6
+        self.compact = math.ceil(biggest / cols) * (CARD_H + GAP) > max(self.viewport().height() / self._scale,
+                                                                        400) * 0.6
         self.card_w, self.card_h = (COMPACT_W, COMPACT_H) if self.compact else (CARD_W, CARD_H)
         card_cols = max(1, int((width - self._cards_left - PAD + GAP) // (self.card_w + GAP)))
         y = 0.0
@@ -404,6 +449,9 @@ class PipelineCanvas(QGraphicsView):
             height = max(LANE_MIN_H, STAGE_H + 2 * PAD, rows * (self.card_h + GAP) - GAP + 2 * PAD)
             if per_lane[tier] and any(per_lane[t] for t in theme.TIERS[theme.TIERS.index(tier) + 1:]):
                 height = max(height, STAGE_H + PAD + LABEL_H + 2 * GAP)   # room for the link label below
+            if len(per_lane[tier]) > 1:   # same-lane links: their labels go under the chips
+                height = max(height, STAGE_H + 2 * PAD + LABEL_H + 2 * GAP + (
+                    LABEL_H + 2 * GAP if any(per_lane[t] for t in theme.TIERS[theme.TIERS.index(tier) + 1:]) else 0))
             lane = LaneItem(self, tier, QRectF(0, y, width, height))
             self.scene_.addItem(lane)
             self.lanes[tier] = lane
@@ -414,7 +462,7 @@ class PipelineCanvas(QGraphicsView):
                 self.scene_.addItem(card)
                 self.cards[node.key] = card
             for i, stage_id in enumerate(per_lane[tier]):
-                pos = QPointF(HEADER_W + PAD + i * (STAGE_W + GAP), y + PAD)
+                pos = QPointF(HEADER_W + PAD + i * COLUMN_W, y + PAD)
                 chip = StageChipItem(self, stage_id, pos)
                 self.scene_.addItem(chip)
                 self.chips[stage_id] = chip
@@ -435,8 +483,11 @@ class PipelineCanvas(QGraphicsView):
                 start = a + QPointF(LINK_X, 0)
                 end = b + QPointF(LINK_X, STAGE_H)
             link = LinkItem(self, stage.id, start, end)
+            link.below = abs(a.y() - b.y()) < 1
             self.scene_.addItem(link)
             self.links[stage.id] = link
+        self._add_routes()
+        self._update_views()
         self.scene_.setSceneRect(QRectF(0, 0, width, y))
         if selected in self.chips:
             self.chips[selected].setSelected(True)
@@ -444,6 +495,120 @@ class PipelineCanvas(QGraphicsView):
             self.chips[focused_stage].setFocus()
         self._refresh_live(force=True)
         self._position_banner()
+
+    def _add_routes(self) -> None:
+        """Fan-in lines from every node running a stage to the node it escalates to (the deployer's rule)."""
+        for link in route_links(self.pipeline.stages(), self.fleet.nodes()):
+            lines = []
+            for route in link.routes:
+                a, b = self.cards.get(route.source.key), self.cards.get(route.target.key)
+                if a is None or b is None or a is b:
+                    continue
+                ra, rb = a.sceneBoundingRect(), b.sceneBoundingRect()
+                if rb.top() > ra.bottom():
+                    lines.append((QPointF(ra.center().x(), ra.bottom()), QPointF(rb.center().x(), rb.top())))
+                elif rb.bottom() < ra.top():
+                    lines.append((QPointF(ra.center().x(), ra.top()), QPointF(rb.center().x(), rb.bottom())))
+                else:   # same row: bottom to bottom (drawn as an arc under the cards)
+                    lines.append((QPointF(ra.center().x(), ra.bottom()), QPointF(rb.center().x(), rb.bottom())))
+            if not lines:
+                continue
+            tier = link.routes[0].target.tier if link.routes else ""
+            item = RouteItem(link.stage_id, lines, theme.TIER_COLOURS.get(tier, theme.ACCENT))
+            self.scene_.addItem(item)
+            self.routes[link.stage_id] = item
+
+    def route_words(self) -> dict[str, list[str]]:
+        """Per upstream stage id: 'device-1, device-3 → edge-1 (edge)' lines, as a deployment would wire them."""
+        return {link.stage_id: link.words() for link in route_links(self.pipeline.stages(), self.fleet.nodes())}
+
+    def _update_views(self) -> None:
+        """Tell chips and links what to draw; recompute the placement warnings."""
+        stages = self.pipeline.stages()
+        sizes = {}
+        for s in stages:
+            req = self.pipeline.requirements(s.id)
+            if req is not None:
+                sizes[s.id] = req.model_bytes
+        warnings = placement_warnings(stages, self.fleet.nodes(), sizes)
+        warned = {sid for sid, _ in warnings}
+        drifts = drift(stages, self.fleet.nodes())
+        words = self.route_words()
+        for index, stage in enumerate(stages):
+            chip = self.chips.get(stage.id)
+            if chip is None:
+                continue
+            if stage.placement.tier:
+                where = f"on every {stage.placement.tier} node"
+            else:
+                where = "pinned to " + ", ".join(self.node_name(n) for n in stage.placement.nodes)
+            drifted = drifts.get(stage.id)
+            note = (f"drift: {drifted.words}" if drifted is not None else
+                    next((w for sid, w in warnings if sid == stage.id), "") or self.rule_note(stage.id))
+            chip.view = ChipView(f"{index + 1}. {stage.id}", (stage.model.rsplit("/", 1)[-1], where,
+                                                              self.deployed_count(stage.id)),
+                                 note, stage.id in warned or drifted is not None)
+            chip.setToolTip(f"{stage.id}: {where}\n{self.rule_note(stage.id) or self.settle_text(stage.id)}"
+                            + "".join(f"\n⚠ {w}" for sid, w in warnings if sid == stage.id)
+                            + "\nDrag to another lane to move it there, onto a node card to pin it; F2 threshold, "
+                              "Shift+F2 rule, Del delete")
+            chip.update()
+        ids = [s.id for s in stages]
+        for stage_id, link in self.links.items():
+            # the scene may lag the model by one relayout (it is rebuilt on a timer): skip what is gone
+            at = ids.index(stage_id) if stage_id in ids else -1
+            following = ids[at + 1] if 0 <= at < len(ids) - 1 else ""
+            link.view = LinkView(self.rule_text(stage_id, short=True), tuple(words.get(stage_id, ())), link.view.live,
+                                 following in warned)
+            link.update()
+        if warnings != self.warnings:
+            self.warnings = warnings
+            self.warnings_changed.emit(list(warnings))
+        if drifts != self.drifts:
+            self.drifts = drifts
+            self.drift_changed.emit(dict(drifts))
+        self.take_live_action.setEnabled(any(d.live_rule is not None for d in drifts.values()))
+
+    @Slot()
+    def take_live_selected(self) -> bool:
+        """Put the rule the selected stage's nodes run into the pipeline (undoable); any drifting stage if none."""
+        stage_id = self.selected_stage()
+        if stage_id not in self.drifts:
+            stage_id = next((sid for sid, d in self.drifts.items() if d.live_rule is not None), "")
+        found = self.drifts.get(stage_id)
+        if found is None or found.live_rule is None:
+            self.status_message.emit("No stage runs another rule than the file")
+            return False
+        ok = self.push(SetRule(stage_id, rule=found.live_rule))
+        if ok:
+            self.status_message.emit(f"Took the live rule of {stage_id} into the pipeline ({found.words}); "
+                                     "save to keep it in the file")
+        return ok
+
+    def chip_menu(self, stage_id: str) -> QMenu:
+        """The context menu of a stage chip: edit, place, and the two ways out of a drift."""
+        self.select_stage(stage_id)
+        menu = QMenu(self)
+        for a in (self.threshold_action, self.rule_action, self.place_action, self.delete_action):
+            menu.addAction(a)
+        if stage_id in self.drifts:
+            menu.addSeparator()
+            menu.addAction(self.take_live_action)
+            menu.addAction(self.redeploy_action)
+        return menu
+
+    def rule_note(self, stage_id: str) -> str:
+        """Where the stage's rule came from while it is still the dropped model's suggestion ('' once edited)."""
+        try:
+            stage = self.pipeline.stage(stage_id)
+        except KeyError:
+            return ""
+        card = self.pipeline.card(stage_id)
+        if card is None or card.suggestion is None or stage.next is None:
+            return ""
+        if card.suggestion.rule() != stage.rule:
+            return ""
+        return "rule from model card" if card.suggestion.source == "card" else "default rule: F2 to tune"
 
     def resizeEvent(self, event: QResizeEvent) -> None:
         """Re-flow the node cards to the new width."""
@@ -482,85 +647,13 @@ class PipelineCanvas(QGraphicsView):
             self._schedule_relayout()  # new node, or its tier changed
             return
         card.update()
-        for chip in self.chips.values():
-            chip.update()
+        self._update_views()
 
     @Slot(str, str, str)
     def _state_changed(self, key: str, _old: str, _new: str) -> None:
         self._node_changed(key)
         for lane in self.lanes.values():
             lane.update()
-
-    @Slot()
-    def _frame(self) -> None:
-        self._refresh_live()
-
-    def _refresh_live(self, force: bool = False) -> None:
-        """Sparklines and live rates from the ring buffers, at most twice a second and only when shown."""
-        import time
-
-        if self.telemetry is None or (not force and not self.isVisible()):
-            return
-        now = time.monotonic()
-        if not force and now - self._last_live < self._live_every:
-            return
-        self._last_live = now
-        telemetry = self.telemetry
-        since = time.time() - 60
-        for key, card in self.cards.items():
-            node = self.fleet.node(key)
-            if node is None or not node.node_id:
-                continue
-            total = None
-            for st in node.stages:
-                ring = telemetry.stage_series(node.node_id, st.stage_id)
-                if ring is None or not len(ring):
-                    continue
-                v = ring.series("inferences_per_s", since)[1][-60:]
-                if len(v) == 0:
-                    continue
-                if total is None:
-                    total = v
-                else:   # stages of one node sample together: align on the newest samples
-                    n = min(len(total), len(v))
-                    total = total[-n:] + v[-n:]
-            latest = telemetry.latest(node.node_id)
-            parts = []
-            if total is not None and len(total):
-                parts.append(f"{total[-1]:,.0f} inf/s")
-                card.spark = [float(x) for x in total]
-            if latest is not None:
-                parts.append(f"{latest.power_watts:.1f} W{' est.' if not latest.power_measured else ''}")
-            card.live = " · ".join(parts)
-            card.update()
-        for stage_id, link in self.links.items():
-            live = self.live_rate_text(stage_id)
-            if live != link.live or force:
-                link.live = live
-                link.setToolTip(f"{stage_id} escalates when {self.rule_text(stage_id)}\n"
-                                f"{live or 'not deployed: no live rate yet'}\n"
-                                "Double-click or F2 edits the threshold; the what-if plot prices a new one.")
-                link.update()
-
-    def live_rate_text(self, stage_id: str) -> str:
-        """'live 12.3 % (41/s) on 2 nodes' from the latest samples of the nodes running the stage."""
-        if self.telemetry is None:
-            return ""
-        inferred = escalated = 0.0
-        nodes = 0
-        for node_id, sid in self.telemetry.stage_keys():
-            if sid != stage_id:
-                continue
-            ring = self.telemetry.stage_series(node_id, sid)
-            if ring is None or not len(ring):
-                continue
-            inferred += ring.last("inferences_per_s") or 0.0
-            escalated += ring.last("escalated_per_s") or 0.0
-            nodes += 1
-        if not nodes:
-            return ""
-        rate = escalated / inferred if inferred else 0.0
-        return f"live {rate * 100:.1f} % · {escalated:,.1f}/s"
 
     # ----- selection -----------------------------------------------------------------------------------
     def selected_stage(self) -> str:
@@ -675,6 +768,34 @@ class PipelineCanvas(QGraphicsView):
         return self.push(SetRule(stage_id, rule=rule))
 
     @Slot()
+    def edit_selected_rule(self) -> RuleEditor | None:
+        """Shift+F2: the rule editor for the selected stage (non-modal open(); the answer is an undoable SetRule)."""
+        stage_id = self.selected_stage()
+        if not stage_id:
+            self.status_message.emit("Select a stage first (click it, or Tab to it)")
+            return None
+        return self.edit_rule(stage_id)
+
+    def edit_rule(self, stage_id: str) -> RuleEditor:
+        """Open the rule editor on a stage."""
+        dialog = RuleEditor(self.pipeline.stage(stage_id), self)
+        dialog.rule_chosen.connect(self._rule_chosen)
+        dialog.finished.connect(self._dialog_finished)
+        self.rule_editor = dialog
+        dialog.open()
+        return dialog
+
+    @Slot(str, object)
+    def _rule_chosen(self, stage_id: str, rule: Rule) -> None:
+        self.push(SetRule(stage_id, rule=rule))
+        self.select_stage(stage_id)
+
+    @Slot(int)
+    def _dialog_finished(self, _result: int) -> None:
+        self.rule_editor = None
+        self.setFocus(Qt.FocusReason.OtherFocusReason)
+
+    @Slot()
     def edit_selected_threshold(self) -> None:
         """F2: edit the threshold of the selected stage's outgoing link in place."""
         stage_id = self.selected_stage()
@@ -749,324 +870,3 @@ class PipelineCanvas(QGraphicsView):
     def dismiss_refusal(self) -> None:
         """Hide the refusal message."""
         self.refusal_banner.setVisible(False)
-
-    # ----- drag and drop ---------------------------------------------------------------------------------
-    def start_stage_drag(self, chip: StageChipItem, widget: QWidget | None) -> None:
-        """Drag an existing stage (re-place it on a lane or a node card, or drop it on another stage to reorder)."""
-        from PySide6.QtGui import QDrag
-
-        drag = QDrag(widget or self.viewport())
-        drag.setMimeData(stage_mime(StageDrag(stage_id=chip.stage_id)))
-        pixmap = QPixmap(int(STAGE_W), int(STAGE_H))
-        pixmap.fill(Qt.GlobalColor.transparent)
-        painter = QPainter(pixmap)
-        chip.paint(painter, QStyleOptionGraphicsItem(), None)
-        painter.end()
-        drag.setPixmap(pixmap.scaledToWidth(int(STAGE_W * 0.8)))
-        drag.setHotSpot(QPoint(20, 20))
-        drag.exec(Qt.DropAction.MoveAction | Qt.DropAction.CopyAction, Qt.DropAction.MoveAction)
-
-    def requirements_for(self, drag: StageDrag) -> Requirements | None:
-        """What the dragged stage needs from a node (None when unknown)."""
-        if drag.is_new:
-            card = self.stage_palette.card(drag.model_path)
-            return Requirements.from_card(card) if card is not None else None
-        try:
-            self.pipeline.stage(drag.stage_id)
-        except KeyError:
-            return None
-        return self.pipeline.requirements(drag.stage_id)
-
-    def fit_node(self, req: Requirements | None, key: str) -> FitMark:
-        """Fit of the dragged stage on one node card (pin)."""
-        node = self.fleet.node(key)
-        if node is None:
-            return FitMark(False, f"node {key} is gone", "gone")
-        if not node.node_id:
-            return FitMark(False, f"{node.name} has not answered yet: its node id is unknown, so nothing can be "
-                                  "pinned to it", "not answered yet")
-        if req is None:
-            return FitMark(False, "the model card is not read yet (cannot check memory or providers)",
-                           "model not read yet")
-        result = self.fleet.fit(req, key)
-        if result.fits:
-            return FitMark(True, f"{result.hint} — pin the stage to this node",
-                           f"fits: {fmt.providers((result.provider,))}")
-        return FitMark(False, result.reason, _short(result.reasons))
-
-    def fit_lane(self, req: Requirements | None, tier: str) -> FitMark:
-        """Fit of the dragged stage on a whole tier: every reachable node of it must take the stage."""
-        nodes = self.fleet.by_tier(tier)
-        reachable = [n for n in nodes if n.state in REACHABLE]
-        if not reachable:
-            why = "it has no nodes" if not nodes else "none of its nodes is reachable"
-            return FitMark(False, f"tier {tier}: {why}, so a stage placed here could not be deployed",
-                           "no reachable node")
-        if req is None:
-            return FitMark(False, "the model card is not read yet (cannot check memory or providers)",
-                           "model not read yet")
-        results = [self.fleet.fit(req, n.key) for n in reachable]
-        bad = [r for r in results if not r.fits]
-        skipped = len(nodes) - len(reachable)
-        note = f"; {skipped} unreachable node{'s' if skipped != 1 else ''} will be skipped" if skipped else ""
-        if not bad:
-            hints = "; ".join(r.hint for r in results)
-            return FitMark(True, f"fits on all {len(reachable)} reachable {tier} node"
-                                 f"{'s' if len(reachable) != 1 else ''} ({hints}){note}", f"fits on {len(reachable)}")
-        return FitMark(False, f"{len(bad)} of {len(reachable)} {tier} nodes cannot take it: "
-                              + "; ".join(r.reason for r in bad[:3]) + ("; …" if len(bad) > 3 else ""),
-                       f"{len(bad)}/{len(reachable)} refuse")
-
-    def target_at(self, pos: QPoint) -> QGraphicsItem | None:
-        """The drop target under a viewport position: a node card, a stage chip, else a lane."""
-        lane = None
-        for item in self.items(pos):
-            if isinstance(item, NodeCardItem | StageChipItem):
-                return item
-            if isinstance(item, LaneItem) and lane is None:
-                lane = item
-        return lane
-
-    def _mark_targets(self, drag: StageDrag) -> None:
-        req = self.requirements_for(drag)
-        self._drag_req = req
-        for key, card in self.cards.items():
-            card.mark = self.fit_node(req, key)
-            card.update()
-        for tier, lane in self.lanes.items():
-            lane.mark = self.fit_lane(req, tier)
-            lane.update()
-
-    def _clear_marks(self) -> None:
-        for card in self.cards.values():
-            card.mark = None
-            card.hovered = False
-            card.update()
-        for lane in self.lanes.values():
-            lane.mark = None
-            lane.hovered = False
-            lane.update()
-        self.hint.setVisible(False)
-        self._drag = None
-        self._hover = None
-
-    def mark_of(self, target: QGraphicsItem | None) -> FitMark | None:
-        """The fit mark a target shows during the current drag."""
-        if isinstance(target, NodeCardItem | LaneItem):
-            return target.mark
-        return None
-
-    def _describe_drop(self, drag: StageDrag, target: QGraphicsItem | None) -> tuple[bool, str]:
-        """(allowed, words) for dropping `drag` on `target`."""
-        what = (f"new stage from {drag.model_path.rsplit('/', 1)[-1]}" if drag.is_new else f"stage {drag.stage_id}")
-        if isinstance(target, StageChipItem):
-            if drag.is_new or target.stage_id == drag.stage_id:
-                return False, "drop on a lane or a node card (drop a stage on another stage to reorder)"
-            index = self.pipeline.document.index(target.stage_id)
-            return True, f"move {what} to position {index + 1} (before/after {target.stage_id})"
-        if isinstance(target, NodeCardItem):
-            mark = target.mark or self.fit_node(self._drag_req, target.key)
-            node = target.node()
-            name = node.name if node is not None else target.key
-            if mark.fits:
-                return True, f"pin {what} to {name}\n{mark.reason}"
-            return False, f"{what} cannot be pinned to {name}: {mark.reason}"
-        if isinstance(target, LaneItem):
-            mark = target.mark or self.fit_lane(self._drag_req, target.tier)
-            if mark.fits:
-                return True, f"place {what} on every {target.tier} node\n{mark.reason}"
-            return False, f"{what} cannot be placed on tier {target.tier}: {mark.reason}"
-        return False, "drop on a tier lane or a node card"
-
-    def dragEnterEvent(self, event: QDragEnterEvent) -> None:
-        """Accept our mime type and fit-check every target."""
-        drag = read_stage_mime(event.mimeData())
-        if drag is None:
-            event.ignore()
-            return
-        self._drag = drag
-        self._mark_targets(drag)
-        event.setDropAction(Qt.DropAction.CopyAction if drag.is_new else Qt.DropAction.MoveAction)
-        event.accept()
-        self._hover_at(event.position().toPoint(), event)
-
-    def dragMoveEvent(self, event: QDragMoveEvent) -> None:
-        """Highlight the target under the cursor and say what a drop would do (or why not)."""
-        if self._drag is None:
-            drag = read_stage_mime(event.mimeData())
-            if drag is None:
-                event.ignore()
-                return
-            self._drag = drag
-            self._mark_targets(drag)
-        self._hover_at(event.position().toPoint(), event)
-
-    def _hover_at(self, pos: QPoint, event: QDragMoveEvent) -> None:
-        assert self._drag is not None
-        target = self.target_at(pos)
-        if target is not self._hover:
-            for item in (self._hover, target):
-                if isinstance(item, NodeCardItem | LaneItem):
-                    item.hovered = item is target
-                    item.update()
-            self._hover = target
-        allowed, words = self._describe_drop(self._drag, target)
-        self.hint.show_text(words, allowed, self.mapToScene(pos))
-        visible = self.mapToScene(self.viewport().rect()).boundingRect()
-        box = self.hint.sceneBoundingRect()
-        dx = min(0.0, visible.right() - box.right() - 4)
-        dy = min(0.0, visible.bottom() - box.bottom() - 4)
-        if dx or dy:
-            at = self.mapToScene(pos)
-            self.hint.setPos(self.hint.pos().x() + dx if dx == 0 else at.x() - box.width() - 12,
-                             self.hint.pos().y() + dy if dy == 0 else at.y() - box.height() - 12)
-        self.status_message.emit(words.replace("\n", " — "))
-        # A refused target still accepts the move event, so the drop arrives and can say why it was refused.
-        event.setDropAction(Qt.DropAction.CopyAction if self._drag.is_new else Qt.DropAction.MoveAction)
-        event.accept()
-
-    def dragLeaveEvent(self, event: QDragLeaveEvent) -> None:
-        """Forget the marks."""
-        self._clear_marks()
-        event.accept()
-
-    def dropEvent(self, event: QDropEvent) -> None:
-        """Apply the drop as an undoable edit, or refuse it and show why."""
-        drag = read_stage_mime(event.mimeData())
-        if drag is None:
-            event.ignore()
-            self._clear_marks()
-            return
-        if self._drag is None:
-            self._mark_targets(drag)
-        self._drag = drag
-        target = self.target_at(event.position().toPoint())
-        ok = self.drop_on(drag, target)
-        self._clear_marks()
-        if ok:
-            event.setDropAction(Qt.DropAction.CopyAction if drag.is_new else Qt.DropAction.MoveAction)
-            event.accept()
-        else:
-            event.setDropAction(Qt.DropAction.IgnoreAction)
-            event.ignore()
-
-    def drop_on(self, drag: StageDrag, target: QGraphicsItem | None) -> bool:
-        """Perform (or refuse) dropping `drag` on `target`; True when the pipeline changed."""
-        if self._drag_req is None or self._drag != drag:
-            self._drag_req = self.requirements_for(drag)
-        allowed, words = self._describe_drop(drag, target)
-        if not allowed:
-            self.refuse(words)
-            return False
-        if isinstance(target, StageChipItem):
-            return self.push(MoveStage(drag.stage_id, self.pipeline.document.index(target.stage_id)))
-        if isinstance(target, NodeCardItem):
-            node = target.node()
-            assert node is not None
-            return self._place(drag, Placement(nodes=(node.node_id,)), self.stage_lane_tier(node))
-        if isinstance(target, LaneItem):
-            return self._place(drag, Placement(tier=target.tier), target.tier)
-        return False
-
-    def stage_lane_tier(self, node: NodeSnapshot) -> str:
-        """The tier a pinned stage on this node belongs to (for insertion order)."""
-        return node.tier if node.tier in theme.TIERS else "device"
-
-    def _place(self, drag: StageDrag, placement: Placement, tier: str) -> bool:
-        if not drag.is_new:
-            return self.push(SetPlacement(drag.stage_id, placement))
-        card = self.stage_palette.card(drag.model_path)
-        if card is None:
-            self.refuse(f"model {drag.model_path} is not in the palette (import it first)")
-            return False
-        stage_id = new_stage_id(card, set(self.pipeline.document.stage_ids()))
-        stage = stage_from_card(card, stage_id, placement)
-        index = self._insert_index(tier)
-        ok = self.push(InsertStage(index, stage, card))
-        if ok:
-            self.select_stage(stage_id)
-        return ok
-
-    def _insert_index(self, tier: str) -> int:
-        """After the last stage of the same or a lower tier: device stages come first, cloud last."""
-        order = _TIER_ORDER.get(tier, 0)
-        index = 0
-        for i, s in enumerate(self.pipeline.stages()):
-            if _TIER_ORDER.get(self.stage_lane(s.id), 0) <= order:
-                index = i + 1
-        return index
-
-    # ----- the keyboard's drag and drop --------------------------------------------------------------------
-    @Slot()
-    def place_selected(self) -> None:
-        """Ctrl+P: place the selected palette model (when the palette has focus) or the selected stage."""
-        if self.stage_palette.hasFocus() and self.stage_palette.currentItem() is not None:
-            self._place_card_by_keyboard(str(self.stage_palette.currentItem().data(Qt.ItemDataRole.UserRole + 1)))
-            return
-        stage_id = self.selected_stage()
-        if stage_id:
-            self.show_place_menu(StageDrag(stage_id=stage_id))
-        elif self.stage_palette.currentItem() is not None:
-            self._place_card_by_keyboard(str(self.stage_palette.currentItem().data(Qt.ItemDataRole.UserRole + 1)))
-        else:
-            self.status_message.emit("Select a stage on the canvas or a model in the palette first")
-
-    @Slot(str)
-    def _place_card_by_keyboard(self, path: str) -> None:
-        self.show_place_menu(StageDrag(model_path=path))
-
-    def place_menu(self, drag: StageDrag) -> QMenu:
-        """A menu of every target with its fit (targets that do not fit are listed, disabled, with the reason)."""
-        req = self.requirements_for(drag)
-        self._drag_req = req
-        menu = QMenu(self)
-        menu.setToolTipsVisible(True)
-        menu.setTitle("Place stage")
-        for tier, _lane in self.lanes.items():
-            mark = self.fit_lane(req, tier)
-            a = menu.addAction(theme.icon("fit-ok" if mark.fits else "fit-no"),
-                               f"Every {tier} node — {'fits' if mark.fits else 'refused: ' + mark.short}")
-            a.setToolTip(mark.reason)
-            a.setEnabled(mark.fits)
-            a.setData(("lane", tier))
-        menu.addSeparator()
-        for key, card in self.cards.items():
-            node = card.node()
-            if node is None:
-                continue
-            mark = self.fit_node(req, key)
-            verdict = "fits" if mark.fits else "refused: " + mark.short
-            a = menu.addAction(theme.icon("fit-ok" if mark.fits else "fit-no"),
-                               f"Pin to {node.name} ({node.tier}) — {verdict}")
-            a.setToolTip(mark.reason)
-            a.setEnabled(mark.fits)
-            a.setData(("node", key))
-        menu.triggered.connect(lambda action: self._menu_drop(drag, action))
-        return menu
-
-    def show_place_menu(self, drag: StageDrag) -> None:
-        """Pop the place menu up near the focus."""
-        menu = self.place_menu(drag)
-        anchor = self.mapToGlobal(QPoint(40, 40))
-        chip = self.chips.get(drag.stage_id)
-        if chip is not None:
-            anchor = self.mapToGlobal(self.mapFromScene(chip.pos() + QPointF(20, STAGE_H)))
-        menu.popup(anchor)
-
-    def _menu_drop(self, drag: StageDrag, action: QAction) -> None:
-        kind, value = action.data()
-        target: QGraphicsItem | None = self.lanes.get(value) if kind == "lane" else self.cards.get(value)
-        self.drop_on(drag, target)
-
-
-def _short(reasons: tuple[str, ...]) -> str:
-    """A few words of the first reason for a card-sized label."""
-    if not reasons:
-        return ""
-    first = reasons[0]
-    for key, words in (("memory cap", "memory cap"), ("of memory", "not enough memory"),
-                       ("execution provider", "missing provider"), ("power budget", "over power budget"),
-                       ("offline", "offline"), ("cannot check fit", "hardware unknown")):
-        if key in first:
-            return words
-    return first[:40]

@@ -16,6 +16,7 @@ from PySide6.QtGui import QBrush, QColor, QFont, QFontMetricsF, QPainter, QPaint
 from PySide6.QtWidgets import (
     QGraphicsItem,
     QGraphicsObject,
+    QGraphicsSceneContextMenuEvent,
     QGraphicsSceneHoverEvent,
     QGraphicsSceneMouseEvent,
     QStyleOptionGraphicsItem,
@@ -40,7 +41,28 @@ GAP = 12.0
 PAD = 12.0
 LANE_MIN_H = 120.0
 LINK_X = 14.0          # vertical links run down the chips' left side; their labels sit to the right
-LABEL_H = 42.0
+LABEL_H = 60.0
+LABEL_W = STAGE_W + 64.0   # a link label reaches into the gap before the node cards (the canvas leaves it)
+
+
+@dataclass(frozen=True)
+class ChipView:
+    """What a stage chip shows: its title, lines of words, and a warning (the canvas computes them)."""
+
+    title: str
+    lines: tuple[str, ...] = ()
+    note: str = ""          # the rule's origin or a warning, drawn in the accent/warning colour
+    warning: bool = False
+
+
+@dataclass(frozen=True)
+class LinkView:
+    """What an escalation link shows: the rule, where escalations go (node names), the live rate."""
+
+    rule: str = ""
+    routes: tuple[str, ...] = ()
+    live: str = ""
+    warning: bool = False
 
 
 @dataclass(frozen=True)
@@ -270,6 +292,7 @@ class StageChipItem(QGraphicsObject):
         super().__init__()
         self.canvas = canvas
         self.stage_id = stage_id
+        self.view = ChipView(stage_id)
         self._press: QPointF | None = None
         self.setPos(pos)
         self.setZValue(4)
@@ -283,14 +306,12 @@ class StageChipItem(QGraphicsObject):
         return QRectF(0, 0, STAGE_W, STAGE_H)
 
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
-        """Chip body: id, model, placement, rule, deployment state."""
-        try:
-            stage = self.canvas.pipeline.stage(self.stage_id)
-        except KeyError:
-            return
+        """Chip body: the title and lines it was told (model, placement, rule and its origin, deployment)."""
+        view = self.view
         r = self.boundingRect()
         selected = self.isSelected()
-        painter.setPen(QPen(QColor("#ffffff" if selected else theme.ACCENT), 3 if selected else 1.5))
+        edge = theme.WARN if view.warning else theme.ACCENT
+        painter.setPen(QPen(QColor("#ffffff" if selected else edge), 3 if selected else 1.5))
         painter.setBrush(QColor("#0f2240"))
         painter.drawRoundedRect(r.adjusted(1, 1, -1, -1), 8, 8)
         font = QFont(self.canvas.font())
@@ -299,28 +320,21 @@ class StageChipItem(QGraphicsObject):
         bold.setPointSizeF(font.pointSizeF() * 1.12)
         line = QFontMetricsF(font).height()
         theme.icon("stage").paint(painter, QRectF(8, 8, 18, 18).toRect())
-        index = self.canvas.pipeline.document.index(self.stage_id) + 1
         painter.setFont(bold)
         painter.setPen(QColor(theme.TEXT))
         painter.drawText(QRectF(30, 5, r.width() - 38, 24), Qt.AlignmentFlag.AlignVCenter,
-                         _elide(bold, f"{index}. {stage.id}", r.width() - 38))
+                         _elide(bold, view.title, r.width() - 38))
         painter.setFont(font)
-        painter.setPen(QColor(theme.MUTED))
-        if stage.placement.tier:
-            where = f"on every {stage.placement.tier} node"
-        else:
-            names = [self.canvas.node_name(n) for n in stage.placement.nodes]
-            where = "pinned to " + ", ".join(names)
-        running = self.canvas.deployed_count(stage.id)
-        model = stage.model.rsplit("/", 1)[-1]
-        lines = [model, where, self.canvas.settle_text(stage.id), running]
         y = 30.0
-        for text in lines:
-            if not text:
-                continue
+        for text in view.lines:
+            painter.setPen(QColor(theme.MUTED))
             painter.drawText(QRectF(10, y, r.width() - 20, line), Qt.AlignmentFlag.AlignVCenter,
                              _elide(font, text, r.width() - 20))
             y += line
+        if view.note:
+            painter.setPen(QColor(theme.WARN if view.warning else theme.ACCENT))
+            painter.drawText(QRectF(10, y, r.width() - 20, line), Qt.AlignmentFlag.AlignVCenter,
+                             _elide(font, ("⚠ " if view.warning else "") + view.note, r.width() - 20))
         if self.hasFocus():
             painter.setPen(QPen(QColor(theme.ACCENT), 2, Qt.PenStyle.DashLine))
             painter.setBrush(Qt.BrushStyle.NoBrush)
@@ -361,6 +375,10 @@ class StageChipItem(QGraphicsObject):
         """Double-click edits the threshold of this stage's escalation rule."""
         self.canvas.edit_threshold(self.stage_id)
 
+    def contextMenuEvent(self, event: QGraphicsSceneContextMenuEvent) -> None:
+        """Right-click: the stage's actions (and, when the fleet drifted from the file, the two ways back)."""
+        self.canvas.chip_menu(self.stage_id).popup(event.screenPos())
+
 
 class LinkItem(QGraphicsObject):
     """The escalation arrow from a stage to the next, labelled with the rule and the live escalation rate."""
@@ -371,7 +389,8 @@ class LinkItem(QGraphicsObject):
         self.stage_id = stage_id
         self.start = start
         self.end = end
-        self.live = ""
+        self.view = LinkView()
+        self.below = False      # same-lane link: the label sits under the chips, not over them
         self.setZValue(6)
         self.setFlags(QGraphicsItem.GraphicsItemFlag.ItemIsSelectable)
         self.setAcceptHoverEvents(True)
@@ -379,12 +398,11 @@ class LinkItem(QGraphicsObject):
                         "a new threshold would cost")
 
     def label_rect(self) -> QRectF:
-        """Where the label sits: right of a vertical arrow within the stage column, above a horizontal one."""
+        """Where the label sits: right of a vertical arrow, or under the chips of a same-lane link."""
         mid = (self.start + self.end) / 2
-        if abs(self.start.y() - self.end.y()) < 1:   # horizontal arrow (same lane): label above it
-            return QRectF(mid.x() - STAGE_W / 2, mid.y() - LABEL_H - 6, STAGE_W, LABEL_H)
-        width = STAGE_W + GAP - LINK_X - 10
-        return QRectF(mid.x() + 8, mid.y() - LABEL_H / 2, width, LABEL_H)
+        if self.below:
+            return QRectF(mid.x() - LABEL_W / 2, self.start.y() + STAGE_H / 2 + 6, LABEL_W, LABEL_H)
+        return QRectF(mid.x() + 8, mid.y() - LABEL_H / 2, LABEL_W - LINK_X - 10, LABEL_H)
 
     def boundingRect(self) -> QRectF:
         """Arrow and label."""
@@ -423,14 +441,21 @@ class LinkItem(QGraphicsObject):
         font = QFont(self.canvas.font())
         bold = QFont(font)
         bold.setBold(True)
+        line = (box.height() - 4) / 3
         painter.setFont(bold)
         painter.setPen(QColor(theme.TEXT))
-        painter.drawText(box.adjusted(6, 2, -6, -box.height() / 2), Qt.AlignmentFlag.AlignVCenter,
-                         _elide(bold, "↑ " + self.canvas.rule_text(self.stage_id, short=True), box.width() - 12))
+        painter.drawText(QRectF(box.left() + 6, box.top() + 2, box.width() - 12, line), Qt.AlignmentFlag.AlignVCenter,
+                         _elide(bold, "↑ " + self.view.rule, box.width() - 12))
         painter.setFont(font)
+        painter.setPen(QColor(theme.WARN if self.view.warning else theme.TEXT))
+        routes = "; ".join(self.view.routes) or "no nodes to route between yet"
+        painter.drawText(QRectF(box.left() + 6, box.top() + 2 + line, box.width() - 12, line),
+                         Qt.AlignmentFlag.AlignVCenter,
+                         _elide(font, ("⚠ " if self.view.warning else "") + routes, box.width() - 12))
         painter.setPen(QColor(theme.MUTED))
-        painter.drawText(box.adjusted(6, box.height() / 2 - 2, -6, -2), Qt.AlignmentFlag.AlignVCenter,
-                         _elide(font, self.live or "not deployed", box.width() - 12))
+        painter.drawText(QRectF(box.left() + 6, box.top() + 2 + 2 * line, box.width() - 12, line),
+                         Qt.AlignmentFlag.AlignVCenter,
+                         _elide(font, self.view.live or "not deployed", box.width() - 12))
 
     def mousePressEvent(self, event: QGraphicsSceneMouseEvent) -> None:
         """Select the link (the what-if plot follows)."""
@@ -441,6 +466,44 @@ class LinkItem(QGraphicsObject):
     def mouseDoubleClickEvent(self, event: QGraphicsSceneMouseEvent) -> None:
         """Edit the threshold in place."""
         self.canvas.edit_threshold(self.stage_id)
+
+
+class RouteItem(QGraphicsItem):
+    """Fan-in lines from the node cards of one stage to the node cards they escalate to (told its lines)."""
+
+    def __init__(self, stage_id: str, lines: list[tuple[QPointF, QPointF]], colour: str) -> None:
+        super().__init__()
+        self.stage_id = stage_id
+        self.lines = lines
+        self.colour = colour
+        self.highlighted = False
+        self.setZValue(1)
+
+    def boundingRect(self) -> QRectF:
+        """Every line, with room for the heads."""
+        rect = QRectF()
+        for a, b in self.lines:
+            rect = rect.united(QRectF(a, b).normalized())
+        return rect.adjusted(-8, -8, 8, 30)
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
+        """Dotted lines (solid and brighter when the link is selected), a dot where each lands."""
+        colour = QColor(self.colour)
+        colour.setAlpha(230 if self.highlighted else 120)
+        pen = QPen(colour, 2.2 if self.highlighted else 1.3,
+                   Qt.PenStyle.SolidLine if self.highlighted else Qt.PenStyle.DotLine)
+        painter.setPen(pen)
+        painter.setBrush(colour)
+        for a, b in self.lines:
+            if abs(a.y() - b.y()) < 1:   # cards side by side: an arc under them, so the line can be seen
+                path = QPainterPath(a)
+                path.cubicTo(a + QPointF(0, 26), b + QPointF(0, 26), b)
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                painter.drawPath(path)
+                painter.setBrush(colour)
+            else:
+                painter.drawLine(a, b)
+            painter.drawEllipse(b, 3.5, 3.5)
 
 
 class DropHintItem(QGraphicsItem):

@@ -138,6 +138,7 @@ class DeployDialog(QDialog):
         self.heading.setText(f"Plan for {plan.pipeline.name}: {changes} change{'s' if changes != 1 else ''} on "
                              f"{sum(1 for n in plan.nodes if n.changes)} of {len(plan.nodes)} node(s)")
         order = {t: i for i, t in enumerate(theme.TIERS)}
+        names = {n.node_id: f"{n.name} ({n.tier})" for n in plan.nodes if n.node_id}
         for node in sorted(plan.nodes, key=lambda n: (order.get(n.tier, 9), n.name.lower())):
             item = QTreeWidgetItem([f"{node.name} ({node.tier})", "", node.address])
             item.setIcon(0, theme.icon(f"tier-{node.tier}") if node.tier in theme.TIERS else theme.icon("stage"))
@@ -146,14 +147,16 @@ class DeployDialog(QDialog):
             for action in node.actions:
                 sign, word = KIND_WORDS.get(action.kind, ("?", action.kind))
                 detail = action.reason
-                if action.version:
-                    detail += f" · version {action.running_version or '—'} → {action.version}"
                 if action.provider:
                     detail += f" · runs on {fmt.providers((action.provider,))}"
                 if action.next_hop:
-                    detail += f" · escalates to {action.next_model} at {action.next_hop}"
+                    hop = names.get(action.next_node)
+                    detail += (f" · escalates to {action.next_model} on {hop}" if hop else
+                               f" · escalates to {action.next_model} at {action.next_hop}")
+                tip = detail + (f"\nversion {action.running_version or '—'} → {action.version}" if action.version
+                                else "") + (f"\nnext hop address {action.next_hop}" if action.next_hop else "")
                 child = QTreeWidgetItem([f"{sign} {action.stage_id}", word, detail])
-                child.setToolTip(2, detail)
+                child.setToolTip(2, tip)
                 child.setForeground(1, QBrush(QColor(KIND_COLOURS.get(action.kind, theme.MUTED))))
                 item.addChild(child)
             item.setExpanded(True)

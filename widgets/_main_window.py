@@ -28,6 +28,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app._problem_words import explain_all
 from app.pipeline_file import PipelineError
 from app.qt import QtConsole
 from widgets import _theme as theme
@@ -58,6 +59,8 @@ class MainWindow(QMainWindow):
         self._before_wall: bytes | None = None
         self._restored = False
         self.dialogs: list[QDialog] = []
+        self.unsaved_box: QMessageBox | None = None
+        self._after_save: object = None
         self.setWindowTitle("tierdeck console")
         self.setWindowIcon(theme.icon("tierdeck"))
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
@@ -176,8 +179,9 @@ class MainWindow(QMainWindow):
                                                  "Move to the stage palette (Enter on a model places it)")
         view_menu = bar.addMenu("&View")
         for a in (self.pipeline_tab_action, self.dashboard_tab_action, None, *self.dashboard.window_actions, None,
-                  self.fleet_panel.fleet_view_action, self.canvas.focus_action, self.events_focus_action,
-                  self.palette_focus_action, None):
+                  self.fleet_panel.fleet_view_action, self.canvas.fit_action, self.canvas.focus_action,
+                  self.events_focus_action,
+                  self.palette_focus_action, self.editor.stage_palette.show_bundled_action, None):
             view_menu.addSeparator() if a is None else view_menu.addAction(a)
         for a in self.dashboard.window_actions:
             self.addAction(a)
@@ -221,6 +225,7 @@ class MainWindow(QMainWindow):
         for source in (self.canvas, self.dashboard, self.editor.whatif):
             source.status_message.connect(self._status)
         self.editor.whatif.deploy_requested.connect(self.deploy_dialog)
+        self.canvas.deploy_requested.connect(self.deploy_dialog)
         self.editor.import_button.clicked.connect(self.import_model_dialog)
         c.fleet.node_added.connect(self._update_fleet_label)
         c.fleet.node_removed.connect(self._update_fleet_label)
@@ -281,9 +286,45 @@ class MainWindow(QMainWindow):
         return dialog
 
     @Slot()
-    def open_pipeline_dialog(self) -> QFileDialog:
-        """Choose a pipeline file (the model loads it off the GUI thread)."""
+    def open_pipeline_dialog(self) -> QFileDialog | QMessageBox:
+        """Choose a pipeline file (the model loads it off the GUI thread); unsaved changes are asked about first."""
+        if self.is_dirty():
+            return self.ask_unsaved("open", self.open_pipeline_dialog)
         return self._file_dialog("Open pipeline", "Pipelines (*.pipeline.json *.json)", False, self.open_pipeline)
+
+    # ----- document safety -------------------------------------------------------------------------------------
+    def is_dirty(self) -> bool:
+        """True while the pipeline has edits that are not saved."""
+        return not self.canvas.undo_stack.isClean()
+
+    def ask_unsaved(self, doing: str, then: object) -> QMessageBox:
+        """Save / Discard / Cancel before `doing` (close, open); `then()` runs after Save (once saved) or Discard."""
+        doc = self.console.pipeline.document
+        name = doc.path.name if doc.path else doc.name
+        box = QMessageBox(QMessageBox.Icon.Warning, "Unsaved changes",
+                          f"The pipeline {name} has changes that are not saved.\n"
+                          f"Save them before you {'close the console' if doing == 'close' else 'open another'}?",
+                          QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                          | QMessageBox.StandardButton.Cancel, self)
+        box.setDefaultButton(QMessageBox.StandardButton.Save)
+        box.setEscapeButton(QMessageBox.StandardButton.Cancel)
+        box.setAccessibleName("Unsaved changes")
+        box.finished.connect(lambda result, t=then: self._unsaved_answered(result, t))
+        self.unsaved_box = box
+        self._keep(box)
+        return box
+
+    def _unsaved_answered(self, result: int, then: object) -> None:
+        self.unsaved_box = None
+        if result == QMessageBox.StandardButton.Save:
+            self._after_save = then
+            self.save_pipeline()
+        elif result == QMessageBox.StandardButton.Discard:
+            self.canvas.undo_stack.setClean()
+            then()  # type: ignore[operator]
+        else:
+            self._status("Kept the window and the unsaved changes")
+            self.canvas.setFocus()
 
     @Slot(str)
     def open_pipeline(self, path: str) -> None:
@@ -303,8 +344,14 @@ class MainWindow(QMainWindow):
     @Slot()
     def save_pipeline_as(self) -> QFileDialog:
         """Choose where to save the pipeline."""
-        return self._file_dialog("Save pipeline as", "Pipelines (*.pipeline.json)", True, self.console.pipeline.save,
-                                 "pipeline.json")
+        dialog = self._file_dialog("Save pipeline as", "Pipelines (*.pipeline.json)", True,
+                                   self.console.pipeline.save_as, "pipeline.json")
+        dialog.rejected.connect(self._save_cancelled)
+        return dialog
+
+    @Slot()
+    def _save_cancelled(self) -> None:
+        self._after_save = None
 
     @Slot()
     def import_model_dialog(self) -> QFileDialog:
@@ -313,9 +360,16 @@ class MainWindow(QMainWindow):
 
     @Slot()
     def export_png_dialog(self) -> QFileDialog:
-        """Choose where to write the dashboard view as PNG."""
-        self.show_dashboard()
+        """Choose where to write the tab that is showing (pipeline canvas or dashboard) as PNG."""
+        if self.tabs.currentWidget() is self.editor:
+            return self._file_dialog("Export pipeline view as PNG", "PNG images (*.png)", True,
+                                     self.export_pipeline_png, "png")
         return self._file_dialog("Export view as PNG", "PNG images (*.png)", True, self.dashboard.export_png, "png")
+
+    @Slot(str)
+    def export_pipeline_png(self, path: str) -> None:
+        """Write the pipeline tab as PNG (the dashboard's writer encodes and writes it off the GUI thread)."""
+        self.dashboard.writer.write_image(path, self.editor.grab().toImage())
 
     @Slot()
     def export_csv_dialog(self) -> QFileDialog:
@@ -338,9 +392,13 @@ class MainWindow(QMainWindow):
         self.canvas.undo_stack.setClean()
         self._status(f"Saved {path}")
         self._title()
+        then, self._after_save = self._after_save, None
+        if then is not None:
+            then()  # type: ignore[operator]
 
     @Slot(str)
     def _save_failed(self, reason: str) -> None:
+        self._after_save = None
         self._message(QMessageBox.Icon.Critical, "Could not save the pipeline", reason)
 
     @Slot(str)
@@ -368,8 +426,17 @@ class MainWindow(QMainWindow):
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.dialogs.append(dialog)
         dialog.finished.connect(lambda _=0, d=dialog: self.dialogs.remove(d) if d in self.dialogs else None)
+        dialog.finished.connect(self._refocus)
         dialog.open()
         return dialog
+
+    @Slot()
+    def _refocus(self) -> None:
+        """After a dialog the keys go back to where the work is: the canvas on the pipeline tab."""
+        if self.tabs.currentWidget() is self.editor:
+            self.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
+        else:
+            self.tabs.currentWidget().setFocus(Qt.FocusReason.OtherFocusReason)
 
     @Slot()
     def add_node_dialog(self) -> AddNodeDialog:
@@ -424,7 +491,13 @@ class MainWindow(QMainWindow):
             pipeline = self.console.pipeline.pipeline()
         except PipelineError as exc:
             self.show_pipeline()
-            self._message(QMessageBox.Icon.Warning, "The pipeline cannot be deployed yet", str(exc))
+            advice = explain_all(exc.problems, self.console.pipeline.document.stage_ids())
+            box = self._message(QMessageBox.Icon.Warning, "The pipeline cannot be deployed yet",
+                                "\n".join(f"• {a}" for a in advice))
+            box.setDetailedText(str(exc))
+            first = next((a.stage_id for a in advice if a.stage_id), "")
+            if first:
+                self.canvas.select_stage(first)
             return None
         dialog = DeployDialog(self.console.deployments, pipeline, self)
         self._keep(dialog)
@@ -527,7 +600,10 @@ class MainWindow(QMainWindow):
                 if a.isSeparator():
                     continue
                 keys = ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in a.shortcuts())
-                lines.append(f"    {a.text().replace('&', ''):<40} {keys}")
+                # undo/redo actions carry the last edit in their text ("Redo Add stage …"): list the action
+                name = {id(self.canvas.undo_action): "Undo", id(self.canvas.redo_action): "Redo"}.get(
+                    id(a), a.text().replace("&", ""))
+                lines.append(f"    {name:<40} {keys}")
         lines += ["Canvas", "    Tab / Shift+Tab                          next / previous stage",
                   "    Enter in the palette                     place the model (menu of targets with fit)",
                   "    Enter / Esc in the threshold editor      apply / cancel"]
@@ -591,7 +667,12 @@ class MainWindow(QMainWindow):
             self.clock.request_frame()
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        """Remember the layout and stop the clock."""
+        """Ask about unsaved changes (Save / Discard / Cancel), then remember the layout and stop the clock."""
+        if self.is_dirty():
+            event.ignore()
+            if self.unsaved_box is None:
+                self.ask_unsaved("close", self.close)
+            return
         self.save_settings()
         self.clock.stop()
         super().closeEvent(event)

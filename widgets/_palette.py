@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PySide6.QtCore import QMimeData, QSize, Qt, Signal
-from PySide6.QtGui import QKeyEvent
+from PySide6.QtGui import QAction, QKeyEvent
 from PySide6.QtWidgets import QAbstractItemView, QListWidget, QListWidgetItem, QWidget
 
 from app.core import ModelCard
@@ -71,6 +71,19 @@ def describe_card(card: ModelCard) -> str:
     return f"{tensors(card.inputs)} → {tensors(card.outputs)}"
 
 
+def summary(card: ModelCard) -> str:
+    """What a stage of this model decides on: 'rule on probs · 5 classes · card rule' (or the problem)."""
+    hint = card.suggestion
+    if hint is None:
+        return describe_card(card)
+    if hint.problems:
+        return "⚠ " + hint.problems[0]
+    classes = f"{hint.classes} class{'es' if hint.classes != 1 else ''}" if hint.scores != "raw" else "one score"
+    origin = "card rule" if hint.source == "card" else "default rule"
+    kind = "" if hint.scores == "probabilities" else f" ({hint.scores})"
+    return f"→ {hint.output}{kind} · {classes} · {origin}"
+
+
 class StagePalette(QListWidget):
     """Model cards to drag onto the canvas; Enter on a card asks where to place it (keyboard drop)."""
 
@@ -79,6 +92,15 @@ class StagePalette(QListWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.cards: dict[str, ModelCard] = {}
+        self.bundled: set[str] = set()
+        self.show_bundled_action = QAction("Show &bundled demo models", self)
+        self.show_bundled_action.setCheckable(True)
+        self.show_bundled_action.setChecked(True)
+        self.show_bundled_action.setShortcut("Ctrl+Shift+B")
+        self.show_bundled_action.setToolTip("List the demo models that ship with tierdeck after your own")
+        self.show_bundled_action.toggled.connect(self.set_show_bundled)
+        self.setContextMenuPolicy(Qt.ContextMenuPolicy.ActionsContextMenu)
+        self.addAction(self.show_bundled_action)
         self.setDragEnabled(True)
         self.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
         self.setDefaultDropAction(Qt.DropAction.CopyAction)
@@ -96,10 +118,12 @@ class StagePalette(QListWidget):
         self.setToolTip("Drag a model onto a tier lane (every node of the tier) or onto a node card (pin to "
                         "that node). Keyboard: select it and press Enter.")
 
-    def add_card(self, card: ModelCard) -> QListWidgetItem:
-        """Show a model card (replacing one with the same path)."""
+    def add_card(self, card: ModelCard, bundled: bool = False) -> QListWidgetItem:
+        """Show a model card (replacing one with the same path); the operator's own models come before bundled ones."""
         key = str(Path(card.path).resolve())
         self.cards[key] = card
+        if bundled:
+            self.bundled.add(key)
         for row in range(self.count()):
             item = self.item(row)
             if item is not None and item.data(PATH_ROLE) == key:
@@ -108,20 +132,40 @@ class StagePalette(QListWidget):
         item = QListWidgetItem(theme.icon("stage"), "")
         item.setData(PATH_ROLE, key)
         lines = self.fontMetrics().height()
-        item.setSizeHint(QSize(236, lines * 2 + 10))
+        item.setSizeHint(QSize(262, lines * 2 + 10))
         item.setFlags(Qt.ItemFlag.ItemIsEnabled | Qt.ItemFlag.ItemIsSelectable | Qt.ItemFlag.ItemIsDragEnabled)
         self._fill(item, card)
-        self.addItem(item)
+        if bundled:
+            self.addItem(item)
+            item.setHidden(not self.show_bundled_action.isChecked())
+        else:
+            first_bundled = next((row for row in range(self.count())
+                                  if (it := self.item(row)) is not None and it.data(PATH_ROLE) in self.bundled), None)
+            if first_bundled is None:
+                self.addItem(item)
+            else:
+                self.insertItem(first_bundled, item)
         return item
+
+    def set_show_bundled(self, show: bool) -> None:
+        """Show or hide the bundled demo models."""
+        for row in range(self.count()):
+            item = self.item(row)
+            if item is not None and item.data(PATH_ROLE) in self.bundled:
+                item.setHidden(not show)
 
     def _fill(self, item: QListWidgetItem, card: ModelCard) -> None:
         name = Path(card.path).name
-        item.setText(f"{name} · {fmt.size(card.size_bytes)}\n{describe_card(card)}")
+        item.setText(f"{name} · {fmt.size(card.size_bytes)}\n{summary(card)}")
+        hint = card.suggestion
         item.setToolTip(f"{card.path}\nopset {card.opset} · ~{fmt.size(card.memory_estimate_bytes)} RAM once loaded · "
                         f"providers: "
                         f"{fmt.providers(card.providers)}"
                         + (f"\ndeclared draw {card.watts:g} W" if card.watts else "")
-                        + f"\nsha256 {card.sha256[:16]}…\nDrag onto a lane or a node card, or press Enter.")
+                        + f"\nsha256 {card.sha256[:16]}…\n{describe_card(card)}"
+                        + (f"\n{hint.words()}; labels from {hint.labels_from}: {', '.join(hint.labels[:12])}"
+                           if hint is not None else "")
+                        + "\nDrag onto a lane or a node card, or press Enter.")
 
     def card(self, path: str) -> ModelCard | None:
         """The card for a model path."""

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget
 
+from app._problem_words import explain_all
 from app.core import ModelCard
 from app.qt import FleetModel, PipelineModel, TelemetryModel
 from widgets._canvas import PipelineCanvas
 from widgets._clock import FrameClock
 from widgets._palette import StagePalette
+from widgets._problem_list import ProblemList
 from widgets._whatif import PolicyPusher, WhatIfPanel
 
 
@@ -28,12 +32,8 @@ class PipelineEditor(QWidget):
         palette_label = QLabel("<b>Stages</b><br>drag onto a<br>lane or a node", self)
         palette_label.setProperty("muted", True)
         self.canvas = PipelineCanvas(pipeline, fleet, self.stage_palette, telemetry, clock, self)
-        self.whatif = WhatIfPanel(pipeline, telemetry, clock, pusher, self)
-        self.problems = QLabel(self)
-        self.problems.setProperty("banner", "warning")
-        self.problems.setWordWrap(True)
-        self.problems.setVisible(False)
-        self.problems.setAccessibleName("Pipeline problems")
+        self.whatif = WhatIfPanel(pipeline, telemetry, clock, pusher, self, fleet=fleet)
+        self.problems = ProblemList(self)
         self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
         self.splitter.addWidget(self.canvas)
         self.splitter.addWidget(self.whatif)
@@ -58,26 +58,36 @@ class PipelineEditor(QWidget):
         self.canvas.link_selected.connect(self.whatif.set_link)
         self.whatif.threshold_chosen.connect(self._threshold_chosen)
         pipeline.problems_changed.connect(self._problems)
+        self.canvas.warnings_changed.connect(self._problems)
+        self.canvas.drift_changed.connect(self._problems)
+        self.problems.stage_clicked.connect(self._select)
         pipeline.model_imported.connect(self._imported)
         pipeline.pipeline_reset.connect(self._reset)
 
     @Slot(object)
     def _imported(self, card: ModelCard) -> None:
-        self.stage_palette.add_card(card)
+        import resources.models
+
+        bundled = Path(card.path).resolve().parent == Path(resources.models.__file__).resolve().parent
+        self.stage_palette.add_card(card, bundled=bundled)
 
     @Slot(str, float)
     def _threshold_chosen(self, stage_id: str, value: float) -> None:
         self.canvas.set_threshold(stage_id, value, getattr(self.whatif, "field", None))
 
     @Slot(object)
-    def _problems(self, problems: object) -> None:
-        items = list(problems)  # type: ignore[call-overload]
-        if not items:
-            self.problems.setVisible(False)
-            return
-        shown = [f"• {p}" for p in items[:4]] + ([f"… and {len(items) - 4} more"] if len(items) > 4 else [])
-        self.problems.setText("⚠ The pipeline cannot be deployed yet:\n" + "\n".join(shown))
-        self.problems.setVisible(True)
+    def _problems(self, problems: object = None) -> None:
+        advice = explain_all(list(self.pipeline.problems()), self.pipeline.document.stage_ids())
+        drifted = [(sid, f"drift on '{sid}': {d.words} — "
+                         + ("Ctrl+Alt+L takes the live values into the file, " if d.live_rule is not None else "")
+                         + "Ctrl+Alt+D re-deploys the file") for sid, d in self.canvas.drifts.items()]
+        self.problems.show_items(advice, drifted + self.canvas.warnings)
+
+    @Slot(str)
+    def _select(self, stage_id: str) -> None:
+        self.canvas.relayout()
+        self.canvas.select_stage(stage_id)
+        self.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
 
     @Slot()
     def _reset(self) -> None:

@@ -31,13 +31,14 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPushButton,
     QVBoxLayout,
     QWidget,
 )
 
 from app.pipeline_file import Rule
-from app.qt import Dispatcher, PipelineModel, TelemetryModel
+from app.qt import Dispatcher, FleetModel, PipelineModel, TelemetryModel
 from widgets import _theme as theme
 from widgets._canvas import rule_text, threshold_of
 from widgets._clock import FrameClock
@@ -69,10 +70,13 @@ class WhatIfPanel(QWidget):
     status_message = Signal(str)
 
     def __init__(self, pipeline: PipelineModel, telemetry: TelemetryModel, clock: FrameClock | None = None,
-                 pusher: PolicyPusher | None = None, parent: QWidget | None = None) -> None:
+                 pusher: PolicyPusher | None = None, parent: QWidget | None = None,
+                 fleet: FleetModel | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("whatIfPane")
         self.pipeline = pipeline
+        self.fleet = fleet
+        self.confirm_box: QMessageBox | None = None
         self.telemetry = telemetry
         self.pusher = pusher
         self.stage_id = ""
@@ -124,7 +128,7 @@ class WhatIfPanel(QWidget):
         self.proposal.setSingleStep(0.01)
         self.proposal.setRange(0.0, 1.0)
         self.proposal.setAccessibleName("Proposed threshold")
-        self.proposal.setKeyboardTracking(False)
+        self.proposal.setKeyboardTracking(True)   # the curve's marker follows every keystroke
         self.set_button = QPushButton("&Set in pipeline", self)
         self.set_button.setToolTip("Change the rule on the canvas (undoable); deploy to make it run")
         self.push_button = QPushButton("Push &live…", self)
@@ -322,22 +326,63 @@ class WhatIfPanel(QWidget):
         if self.stage_id:
             self.threshold_chosen.emit(self.stage_id, float(self.proposal.value()))
 
+    def push_targets(self, value: float) -> list[str]:
+        """'edge-1 (edge): confidence < 0.80 → 0.950' for every node running the selected stage."""
+        if self.fleet is None:
+            return []
+        index = 2 if self.field == "confidence_below" else 4
+        words = "confidence <" if self.field == "confidence_below" else "score >"
+        lines = []
+        for node in self.fleet.nodes():
+            running = node.stage(self.stage_id)
+            if running is None:
+                continue
+            old = running.rule_values[index] if len(running.rule_values) > index else None
+            was = f"{words} {old:.3f}" if isinstance(old, float) else f"{running.rule or 'no threshold'}"
+            lines.append(f"{node.name} ({node.tier}): {was} → {value:.3f}")
+        return lines
+
     @Slot()
     def _push_live(self) -> None:
+        """Ask first (which nodes, old → new), then push; with no live seam, deploy instead."""
         if not self.stage_id:
             return
         value = float(self.proposal.value())
-        self.threshold_chosen.emit(self.stage_id, value)
         if self.pusher is None:
+            self.threshold_chosen.emit(self.stage_id, value)
             self.status_message.emit("No live policy update in this console: deploy to apply the new threshold")
             self.deploy_requested.emit()
             return
+        targets = self.push_targets(value)
+        where = (f"on {len(targets)} running node{'s' if len(targets) != 1 else ''}" if targets else
+                 "on every node running it (the console knows none yet)")
+        box = QMessageBox(QMessageBox.Icon.Question, "Push threshold live",
+                          f"Change the threshold of {self.stage_id} to {value:.3f} {where} now, without a "
+                          "deployment?\n\n" + "\n".join(targets)
+                          + "\n\nThe pipeline on the canvas takes the same value; save it to keep the file in step.",
+                          QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Cancel, self)
+        box.button(QMessageBox.StandardButton.Yes).setText("Push live")
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setAccessibleName("Push threshold live")
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.finished.connect(lambda result, v=value: self._push_answered(result, v))
+        self.confirm_box = box
+        box.open()
+
+    def _push_answered(self, result: int, value: float) -> None:
+        self.confirm_box = None
+        if result != QMessageBox.StandardButton.Yes:
+            self.status_message.emit("Nothing pushed")
+            self.proposal.setFocus()
+            return
+        self.threshold_chosen.emit(self.stage_id, value)
         rule = self._rule()
         if rule is None:
             return
         self.push_button.setEnabled(False)
         self.status_message.emit(f"Pushing threshold {value:.3f} of {self.stage_id} to its nodes…")
         self._dispatcher.when_done(self.pusher(self.stage_id, rule), self._pushed, self._push_failed)
+        self.proposal.setFocus()
 
     def _pushed(self, results: object) -> None:
         self.push_button.setEnabled(True)

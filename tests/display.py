@@ -94,7 +94,7 @@ class Console:
         self.folder = folder
         self.probe_path = folder / "probe.json"
         folder.mkdir(parents=True, exist_ok=True)
-        args = [sys.executable, "-m", "app.cli", "demo", "--probe", str(self.probe_path), "--device", str(device),
+        args = [sys.executable, "-m", "cli", "demo", "--probe", str(self.probe_path), "--device", str(device),
                 "--edge", str(edge), "--cloud", str(cloud), "--rate", str(rate), "--data-dir", str(folder / "fleet"),
                 "--no-mdns"]
         if empty:

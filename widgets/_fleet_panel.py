@@ -195,7 +195,8 @@ class NodeDelegate(QStyledItemDelegate):
         painter.drawText(QRect(text_left, top + line + 1, width, line), Qt.AlignmentFlag.AlignVCenter,
                          QFontMetrics(normal).elidedText(fmt.state_text(node), Qt.TextElideMode.ElideRight, width))
         sample = self._panel.telemetry.latest(node.node_id) if self._panel.telemetry and node.node_id else None
-        details = f"{fmt.power(sample)} · {fmt.hardware(node)} · stages: {fmt.stages(node)}"
+        details = (f"{fmt.hardware(node)} · model {fmt.stages(node)}" if node.source == "endpoint"
+                   else f"{fmt.power(sample)} · {fmt.hardware(node)} · stages: {fmt.stages(node)}")
         painter.setPen(theme.colour("#ffffff" if selected else theme.MUTED))
         painter.drawText(QRect(text_left, top + 2 * line + 2, width, line), Qt.AlignmentFlag.AlignVCenter,
                          QFontMetrics(normal).elidedText(details, Qt.TextElideMode.ElideRight, width))

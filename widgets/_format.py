@@ -108,6 +108,8 @@ def hardware(node: NodeSnapshot) -> str:
     info = node.info
     if info is None:
         return "hardware unknown until it answers"
+    if node.source == "endpoint":  # a serving engine tierdeck does not run: it says what it is, nothing more
+        return info.platform or "external engine"
     parts = []
     if info.cpu_cores:
         parts.append(f"{info.cpu_cores} cores")

@@ -41,7 +41,7 @@ from runners.protocol import STAGE_COUNTERS
 log = logging.getLogger(f"tierdeck.{__name__}")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3  # 2: telemetry.duplicates_total; 3: dead_letter_total, hop_errors_total, hop_calls_total
+SCHEMA_VERSION = 3  # 2: telemetry.duplicates_total; 3: the hop counters and rollup_dirty
 # (every counter of the descriptor is a column)
 MINUTE_MS = 60_000
 
@@ -63,6 +63,9 @@ _TELEMETRY_TYPES: dict[str, type] = {
 
 # sqlite-utils cannot create WITHOUT ROWID tables (two small, keyed tables that gain from it): plain SQL.
 _WITHOUT_ROWID = """
+-- Minutes below the rollup watermark that received late samples: committed with those samples and cleared
+-- by the rollup pass that re-rolls them, in one transaction each, so a crash in between loses no window.
+CREATE TABLE IF NOT EXISTS rollup_dirty (minute_ms INTEGER PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS stages (
     node_id TEXT NOT NULL, stage_id TEXT NOT NULL,
     version TEXT, sha256 TEXT, state TEXT, previous_version TEXT, next_hop TEXT,
@@ -130,7 +133,13 @@ def _add_missing_counters(db: sqlite_utils.Database) -> None:
 
 
 # version -> the step that brings a database of the version before it up to it.
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {2: _add_missing_counters, 3: _add_missing_counters}
+def _schema_3(db: sqlite_utils.Database) -> None:
+    """3: the new hop counters, and rollup_dirty (late-sample minutes that survive a crash)."""
+    _add_missing_counters(db)
+    db.execute("CREATE TABLE IF NOT EXISTS rollup_dirty (minute_ms INTEGER PRIMARY KEY)")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {2: _add_missing_counters, 3: _schema_3}
 
 
 def schema_version(db: sqlite_utils.Database) -> int:
@@ -561,6 +570,9 @@ class Database:
                 elif kind == "stages":
                     self._replace_stages(conn, *item[1:])
             self._insert_rows(conn, node_rows, stage_rows)
+            if self._dirty_minutes:
+                conn.executemany("INSERT OR IGNORE INTO rollup_dirty (minute_ms) VALUES (?)",
+                                 [(m,) for m in sorted(self._dirty_minutes)])
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             try:
@@ -578,6 +590,7 @@ class Database:
                     conn.execute("PRAGMA synchronous=NORMAL")
                 except sqlite3.Error:
                     pass
+        self._dirty_minutes.clear()  # committed to rollup_dirty with the samples
         rows = sum(_rows(item) for item in batch if not isinstance(item, _Flush))
         with self._lock:
             self._stats["samples_committed"] += samples
@@ -682,8 +695,12 @@ class Database:
 
     # ----- rollups and retention ------------------------------------------------------------------
     def _maintenance(self, db: sqlite_utils.Database, now: int, full: bool) -> dict[str, int]:
+        """One rollup + retention pass in one transaction: a crash (kill -9) anywhere in it leaves the database
+        as before the pass (WAL), and the pass is idempotent (INSERT OR REPLACE per window, the watermark and
+        the dirty minutes move in the same transaction), so no window is counted twice or lost."""
         conn = db.conn
         own_tx = not conn.in_transaction
+        watermark = self._watermark
         if own_tx:
             conn.execute("BEGIN IMMEDIATE")
         try:
@@ -692,6 +709,7 @@ class Database:
             if own_tx:
                 conn.execute("COMMIT")
         except BaseException:
+            self._watermark = watermark  # what the database still says
             if own_tx:
                 conn.execute("ROLLBACK")
             raise
@@ -708,11 +726,12 @@ class Database:
             start = int(first) // MINUTE_MS * MINUTE_MS
         rolled = 0
         raw_cutoff = now - int(self.retention.raw_s * 1000)
-        for minute in sorted(self._dirty_minutes):
+        dirty = [int(row[0]) for row in conn.execute("SELECT minute_ms FROM rollup_dirty ORDER BY minute_ms")]
+        for minute in dirty:
             if raw_cutoff <= minute < start:
                 conn.execute(_ROLLUP, (minute, minute + MINUTE_MS))
                 rolled += 1
-        self._dirty_minutes.clear()
+        conn.execute("DELETE FROM rollup_dirty")
         if start < end:
             conn.execute(_ROLLUP, (start, end))
             rolled += (end - start) // MINUTE_MS

@@ -7,13 +7,28 @@ import ipaddress
 import logging
 from collections.abc import Awaitable
 
-from zeroconf import DNSOutgoing, DNSQuestion, DNSService, IPVersion, RecordUpdate, RecordUpdateListener, Zeroconf
+from zeroconf import (
+    DNSOutgoing,
+    DNSQuestion,
+    DNSService,
+    DNSText,
+    IPVersion,
+    RecordUpdate,
+    RecordUpdateListener,
+    Zeroconf,
+)
 from zeroconf.asyncio import AsyncServiceInfo, AsyncZeroconf
-from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_QUERY, _FLAGS_QR_RESPONSE, _TYPE_PTR
+from zeroconf.const import _CLASS_IN, _FLAGS_AA, _FLAGS_QR_QUERY, _FLAGS_QR_RESPONSE, _TYPE_PTR, _TYPE_SRV, _TYPE_TXT
 
 from ._records import DEFAULT_PROTO, SERVICE_TYPE, TIERS, build_txt, clip_name, host_name_for
 
 log = logging.getLogger(f"tierdeck.{__name__}")
+
+# zeroconf answers queries through delayed multicast queues (up to 500 ms of aggregation, and 1 s + 200 ms
+# for records sent within the last second). An answer queued for a name just before we yield it goes out
+# *after* our goodbye and puts our withdrawn records back into every cache for their full TTL. So the
+# goodbye is sent again once those queues must have drained (seconds after the first one).
+GOODBYE_REPEATS_S = (1.5, 3.5)
 
 
 def ipv4_only(addresses: list[str], what: str) -> list[str]:
@@ -33,6 +48,41 @@ def ipv4_only(addresses: list[str], what: str) -> list[str]:
     if not kept:
         raise ValueError(f"{what}: no IPv4 address among {addresses!r}")
     return kept
+
+
+def _goodbye_for(lost: AsyncServiceInfo) -> DNSOutgoing:
+    """A goodbye (TTL 0) for one instance's SRV and TXT, without the cache-flush bit."""
+    srv, txt = lost.dns_service(), lost.dns_text()
+    goodbye = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
+    goodbye.add_answer_at_time(DNSService(srv.name, _TYPE_SRV, _CLASS_IN, 0, srv.priority, srv.weight, srv.port,
+                                          srv.server), 0)
+    goodbye.add_answer_at_time(DNSText(txt.name, _TYPE_TXT, _CLASS_IN, 0, txt.text), 0)
+    return goodbye
+
+
+def _drop_queued_answers(zc: Zeroconf, key: str) -> int:
+    """Take our SRV/TXT for the instance `key` out of zeroconf's delayed multicast answers; returns how many.
+
+    Best effort (zeroconf's queues are public attributes, not documented API); the repeated goodbye covers
+    what this misses.
+    """
+    dropped = 0
+    for queue in (getattr(zc, "out_queue", None), getattr(zc, "out_delay_queue", None)):
+        for group in list(getattr(queue, "queue", ())):
+            answers = getattr(group, "answers", None)
+            if not isinstance(answers, dict):
+                continue
+            for record in list(answers):
+                if record.key == key and record.type in (_TYPE_SRV, _TYPE_TXT):
+                    del answers[record]
+                    dropped += 1
+                    continue
+                extra = answers[record]
+                if extra:
+                    kept = {r for r in extra if not (r.key == key and r.type in (_TYPE_SRV, _TYPE_TXT))}
+                    dropped += len(extra) - len(kept)
+                    answers[record] = kept
+    return dropped
 
 
 class _ConflictWatch(RecordUpdateListener):
@@ -82,6 +132,7 @@ class Advertiser:
         self._aiozc: AsyncZeroconf | None = None
         self._info: AsyncServiceInfo | None = None
         self._broadcasts: set[asyncio.Future[object]] = set()
+        self._goodbyes: set[asyncio.Future[None]] = set()
         self._lock = asyncio.Lock()
         self._watch = _ConflictWatch(self)
         self._conflict_task: asyncio.Task[None] | None = None
@@ -183,6 +234,8 @@ class Advertiser:
                     self._conflict_task.cancel()
                 for pending in list(self._broadcasts):
                     pending.cancel()
+                for repeat in list(self._goodbyes):
+                    repeat.cancel()
                 if self._info is not None:
                     await self._await(aiozc.async_unregister_service(self._info))
             finally:
@@ -236,17 +289,32 @@ class Advertiser:
             for pending in list(self._broadcasts):
                 pending.cancel()
             # Goodbye for our SRV and TXT under the lost name only: they differ from the other node's, so
-            # caches drop just ours; the PTR is identical to the other node's and must stay.
-            goodbye = DNSOutgoing(_FLAGS_QR_RESPONSE | _FLAGS_AA)
-            goodbye.add_answer_at_time(lost.dns_service(override_ttl=0), 0)
-            goodbye.add_answer_at_time(lost.dns_text(override_ttl=0), 0)
+            # caches drop just ours; the PTR is identical to the other node's and must stay. Without the
+            # cache-flush bit: with it (zeroconf sets it on SRV/TXT), every receiver also expires the *other*
+            # node's SRV/TXT for this name that it cached more than a second ago (RFC 6762 §10.2) — under
+            # load that is the winner's, which then vanished from every browser until its records were
+            # asked for again (the "withdrawn and not re-announced" race of simultaneous boots).
+            goodbye = _goodbye_for(lost)
             aiozc.zeroconf.async_send(goodbye)
             aiozc.zeroconf.registry.async_remove(lost)
+            _drop_queued_answers(aiozc.zeroconf, lost.key)
+            repeat = asyncio.ensure_future(self._async_repeat_goodbye(aiozc, goodbye))
+            self._goodbyes.add(repeat)
+            repeat.add_done_callback(self._goodbyes.discard)
             info = self._make_info(self._requested_name)
             self._info = None
             self._keep(await aiozc.async_register_service(info, allow_name_change=True))
             self._info = info
             log.info("advertising %s as %r after a name conflict", SERVICE_TYPE, self.instance_name)
+
+    @staticmethod
+    async def _async_repeat_goodbye(aiozc: AsyncZeroconf, goodbye: DNSOutgoing) -> None:
+        """Send a goodbye again after zeroconf's delayed answers for the name must have gone out (see above)."""
+        waited = 0.0
+        for at in GOODBYE_REPEATS_S:
+            await asyncio.sleep(at - waited)
+            waited = at
+            aiozc.zeroconf.async_send(goodbye)
 
     async def _async_defend_name(self, kept: AsyncServiceInfo) -> None:
         """Re-announce our records for the name (cache-flush) after another node claimed it."""

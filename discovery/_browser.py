@@ -93,6 +93,7 @@ class Browser:
         """
         self.fleet_id = check_fleet_id(fleet_id) if fleet_id else ""
         self._out_of_scope: dict[str, str] = {}
+        self._suspect: set[str] = set()
         self._interfaces = ipv4_only(list(interfaces), "interface") if aiozc is None else list(interfaces)
         self._shared = aiozc
         self._aiozc: AsyncZeroconf | None = None
@@ -281,7 +282,12 @@ class Browser:
                 return
             info = AsyncServiceInfo(SERVICE_TYPE, name)
             if await info.async_request(aiozc.zeroconf, self._resolve_timeout_ms, question_type=DNSQuestionType.QM):
+                self._suspect.discard(name)
                 self._accept(name, info, aiozc.zeroconf)
+            elif name in self._suspect:  # its node moved to another name and nobody else answers for it
+                self._suspect.discard(name)
+                if self._by_name.pop(name, None) is not None:
+                    self._publish()
             elif name not in self._by_name:
                 self._reject(name, "did not resolve (no SRV, TXT or IPv4 address)")
             if name not in self._dirty:
@@ -307,6 +313,14 @@ class Browser:
             log.info("advertisement %r is valid again", name)
         self._seq += 1
         self._by_name[name] = (self._seq, advert)
+        # One node holds one name. If this node was also known under another name, that entry is stale: a
+        # node that lost a name clash renamed itself, and the name now belongs to the winner (or to nobody).
+        # Resolve it again instead of trusting it; a resolution that caught the loser's records in flight
+        # would otherwise hide the winner for as long as nothing else about that name changes.
+        for other, (_, known) in list(self._by_name.items()):
+            if other != name and known.node_id == advert.node_id:
+                self._suspect.add(other)
+                self._schedule_resolve(other)
         self._publish()
 
     def _reject(self, name: str, reason: str) -> None:

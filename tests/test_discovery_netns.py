@@ -106,29 +106,24 @@ def test_a_name_conflict_between_namespaces_is_resolved_by_renaming(
 def test_three_nodes_booted_at_once_with_one_name_end_with_three_names(
     lab: NetLab, watcher: Watcher, tmp_path: Path
 ) -> None:
-    # Known issue (see the closing note of the first session): on a loaded 2-core CI machine, about one run in
-    # ten ends with one of the three withdrawn and not re-announced within 30 s. A second boot must settle.
-    for attempt in range(2):
-        name = f"fresh-{secrets.token_hex(3)}"  # three boxes flashed with the same image, powered on together
-        agents = [start(name, "device", tmp_path / f"{attempt}-{i}", host, tmp_path)
-                  for i, host in enumerate(lab.hosts[1:4])]
-        try:
-            for agent in agents:
-                agent.wait_listening()
-            ids = {agent.node_id for agent in agents}
+    # Once a rare race (issue 12): the name's loser said goodbye with the cache-flush bit (wiping the
+    # winner's records from caches under load), zeroconf's delayed answers could bring the loser's records
+    # back after its goodbye, and a browser kept the loser under the contested name. No retry now.
+    name = f"fresh-{secrets.token_hex(3)}"  # three boxes flashed with the same image, powered on together
+    agents = [start(name, "device", tmp_path / str(i), host, tmp_path) for i, host in enumerate(lab.hosts[1:4])]
+    try:
+        for agent in agents:
+            agent.wait_listening()
+        ids = {agent.node_id for agent in agents}
 
-            def settled(_: Seen, ids: set[str] = ids, name: str = name) -> bool:
-                nodes = watcher.nodes()
-                return ids <= nodes.keys() and {nodes[i]["name"] for i in ids} == {name, f"{name}-2", f"{name}-3"}
+        def settled(_: Seen) -> bool:
+            nodes = watcher.nodes()
+            return ids <= nodes.keys() and {nodes[i]["name"] for i in ids} == {name, f"{name}-2", f"{name}-3"}
 
-            watcher.wait_for(settled)
-            return
-        except TimeoutError:
-            if attempt:
-                raise
-        finally:
-            for agent in agents:
-                agent.stop()
+        watcher.wait_for(settled)
+    finally:
+        for agent in agents:
+            agent.stop()
 
 
 def test_a_node_moved_to_a_new_address_is_updated_not_duplicated(

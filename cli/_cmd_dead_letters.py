@@ -18,8 +18,14 @@ from typing import Any, TextIO
 
 import grpc
 
-from app._records import NodeSnapshot, NodeState
-from cli._common import add_db_option, add_fleet_options, async_gather_nodes, core_for, setup_logging
+from cli._common import (
+    add_db_option,
+    add_fleet_options,
+    async_connected,
+    core_for,
+    run_headless,
+    setup_logging,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -45,11 +51,7 @@ def run(args: argparse.Namespace) -> int:
     if (args.retry or args.discard) and not args.stage:
         print("tierdeck dead-letters: name the STAGE to --retry or --discard", file=sys.stderr)
         return 2
-    try:
-        return asyncio.run(_dead_letters(args, sys.stdout))
-    except (OSError, ValueError) as exc:
-        print(f"tierdeck dead-letters: {exc}", file=sys.stderr)
-        return 2
+    return run_headless("dead-letters", lambda: _dead_letters(args, sys.stdout))
 
 
 async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
@@ -58,12 +60,7 @@ async def _dead_letters(args: argparse.Namespace, out: TextIO) -> int:
     status = 0
     async with core:
         assert core.fleet is not None
-        await async_gather_nodes(core, args)
-
-        def settled(nodes: list[NodeSnapshot]) -> bool:
-            return all(n.state in (NodeState.OFFLINE, NodeState.ONLINE, NodeState.DEGRADED) for n in nodes)
-
-        await core.fleet.async_wait_for(settled, args.connect_timeout)
+        await async_connected(core, args)
         wanted = set(args.on)
         for node, listing in await core.async_dead_letters(args.stage, args.limit):
             if wanted and not wanted & {node.name, node.node_id, node.key, node.address}:

@@ -15,6 +15,7 @@ from cli._common import (
     add_fleet_options,
     async_gather_nodes,
     core_for,
+    run_headless,
     setup_logging,
 )
 from runners._providers import short_name
@@ -37,11 +38,7 @@ def run(args: argparse.Namespace) -> int:
     except PipelineError as exc:
         print(f"tierdeck deploy: {exc}", file=sys.stderr)
         return 2
-    try:
-        return asyncio.run(_deploy(args, pipeline, sys.stdout))
-    except (OSError, ValueError) as exc:
-        print(f"tierdeck deploy: {exc}", file=sys.stderr)
-        return 2
+    return run_headless("deploy", lambda: _deploy(args, pipeline, sys.stdout))
 
 
 async def _deploy(args: argparse.Namespace, pipeline: Any, out: TextIO) -> int:

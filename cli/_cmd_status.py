@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -15,6 +14,7 @@ from cli._common import (
     add_fleet_options,
     async_gather_nodes,
     core_for,
+    run_headless,
     setup_logging,
 )
 from runners._providers import short_name
@@ -33,11 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print the fleet's status; exit 0 when every node is online, 1 when some is degraded/offline, 2 on misuse."""
     setup_logging(args.verbose)
-    try:
-        return asyncio.run(_status(args, sys.stdout))
-    except (OSError, ValueError) as exc:
-        print(f"tierdeck status: {exc}", file=sys.stderr)
-        return 2
+    return run_headless("status", lambda: _status(args, sys.stdout))
 
 
 async def _status(args: argparse.Namespace, out: TextIO) -> int:

@@ -14,8 +14,14 @@ import json
 import sys
 from typing import Any, TextIO
 
-from app._records import NodeSnapshot, NodeState
-from cli._common import add_db_option, add_fleet_options, async_gather_nodes, core_for, setup_logging
+from cli._common import (
+    add_db_option,
+    add_fleet_options,
+    async_connected,
+    core_for,
+    run_headless,
+    setup_logging,
+)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -34,11 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Exit 0 when every stage was removed (or --dry-run), 1 when a stage was refused, failed or not found."""
     setup_logging(args.verbose)
-    try:
-        return asyncio.run(_undeploy(args, sys.stdout))
-    except (OSError, ValueError) as exc:
-        print(f"tierdeck undeploy: {exc}", file=sys.stderr)
-        return 2
+    return run_headless("undeploy", lambda: _undeploy(args, sys.stdout))
 
 
 async def _undeploy(args: argparse.Namespace, out: TextIO) -> int:
@@ -47,12 +49,7 @@ async def _undeploy(args: argparse.Namespace, out: TextIO) -> int:
     status = 0
     async with core:
         assert core.fleet is not None
-        await async_gather_nodes(core, args)
-
-        def settled(nodes: list[NodeSnapshot]) -> bool:
-            return all(n.state in (NodeState.OFFLINE, NodeState.ONLINE, NodeState.DEGRADED) for n in nodes)
-
-        await core.fleet.async_wait_for(settled, args.connect_timeout)
+        await async_connected(core, args)
         for stage_id in args.stages:
             targets, feeding = core.undeploy_targets(stage_id, args.on)
             entry: dict[str, Any] = {"stage": stage_id, "nodes": [n.name for n in targets], "fed_by": feeding,

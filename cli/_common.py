@@ -9,7 +9,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -124,6 +124,24 @@ async def async_gather_nodes(core: Any, args: argparse.Namespace, *, remembered:
         core.fleet.add_address(address)
     if interfaces_for(args):
         await asyncio.sleep(args.discover_seconds if args.discover_seconds is not None else 3.0)
+
+
+async def async_connected(core: Any, args: argparse.Namespace) -> None:
+    """`async_gather_nodes`, then wait (up to --connect-timeout) until every node answered or is offline."""
+    from app._records import NodeState
+
+    await async_gather_nodes(core, args)
+    settled = (NodeState.OFFLINE, NodeState.ONLINE, NodeState.DEGRADED)
+    await core.fleet.async_wait_for(lambda nodes: all(n.state in settled for n in nodes), args.connect_timeout)
+
+
+def run_headless(command: str, work: Callable[[], Coroutine[Any, Any, int]]) -> int:
+    """Run a headless command's coroutine; a bad option or an unreachable file is a usage error (exit 2)."""
+    try:
+        return asyncio.run(work())
+    except (OSError, ValueError) as exc:
+        print(f"tierdeck {command}: {exc}", file=sys.stderr)
+        return 2
 
 
 def setup_logging(verbose: bool) -> None:

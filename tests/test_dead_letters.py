@@ -14,20 +14,14 @@ import numpy as np
 from agents import running_agent
 from conftest import ROOT
 from models import classifier
-from test_app_support import W_EDGE, X
+from test_app_support import W_EDGE, X, agent_totals
 
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners.client import NodeClient, manifest_for
 
 
 def _stage(address: str, stage_id: str) -> ctl.StageTelemetry:
-    async def go() -> ctl.StageTelemetry:
-        async with NodeClient(address) as client:
-            stream = client.telemetry(0.1)
-            sample = await anext(stream)
-            await stream.aclose()  # type: ignore[attr-defined]
-        return next(s for s in sample.stages if s.stage_id == stage_id)
-    return asyncio.run(go())
+    return agent_totals(address)[stage_id]
 
 
 def _wait(predicate, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]

@@ -22,6 +22,7 @@ import pytest
 from agents import start_agent
 from conftest import ROOT
 from engine_fixtures import Engine
+from test_app_support import agent_totals
 
 from app.pipeline_file import load_pipeline
 from resources.scenes import load_heldout, to_model_input
@@ -77,13 +78,13 @@ async def _send(address: str, images: np.ndarray, batch: int = 10) -> list[dict[
 
 
 def _edge_totals(address: str) -> Any:
-    async def go() -> Any:
-        async with NodeClient(address) as client:
-            stream = client.telemetry(0.1)
-            sample = await anext(stream)
-            await stream.aclose()  # type: ignore[attr-defined]
-        return next(s for s in sample.stages if s.stage_id == "classifier")
-    return asyncio.run(go())
+    return agent_totals(address)["classifier"]
+
+
+def _deploy(pipeline: Path, device: Any, edge: Any, db: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cli", "deploy", str(pipeline), "--node", device.address, "--node",
+                           edge.address, "--db", str(db), "--json"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=180)
 
 
 @pytest.mark.parametrize("kind", ["mlserver", "kserve"])
@@ -93,10 +94,7 @@ def test_an_engine_as_the_cloud_tier_answers_and_loses_nothing_when_killed(kind:
     edge = start_agent(tmp_path / "edge", tier="edge", name="edge-1")
     try:
         pipeline = _pipeline(tmp_path, engine)
-        deploy = subprocess.run(
-            [sys.executable, "-m", "cli", "deploy", str(pipeline), "--node", device.address, "--node",
-             edge.address, "--db", str(tmp_path / "console.sqlite"), "--json"],
-            capture_output=True, text=True, cwd=ROOT, timeout=180)
+        deploy = _deploy(pipeline, device, edge, tmp_path / "console.sqlite")
         assert deploy.returncode == 0, deploy.stdout + deploy.stderr
         report = json.loads(deploy.stdout)
         assert any("plaintext" in w for w in report["plan"]["warnings"])
@@ -160,10 +158,7 @@ def test_an_engine_whose_metadata_disagrees_is_refused_at_deploy_with_the_differ
     edge = start_agent(tmp_path / "edge", tier="edge", name="edge-1")
     try:
         pipeline = _pipeline(tmp_path, engine)
-        deploy = subprocess.run(
-            [sys.executable, "-m", "cli", "deploy", str(pipeline), "--node", device.address, "--node",
-             edge.address, "--db", str(tmp_path / "console.sqlite"), "--json"],
-            capture_output=True, text=True, cwd=ROOT, timeout=180)
+        deploy = _deploy(pipeline, device, edge, tmp_path / "console.sqlite")
         assert deploy.returncode == 1
         result = json.loads(deploy.stdout)["result"]
         assert "output 'probs' has 2 classes there, the pipeline names 5" in result["reason"], result

@@ -201,3 +201,25 @@ def test_the_console_watches_an_engine_like_a_node(tmp_path: Path) -> None:
             assert all(not n.node_key.startswith("endpoint:") for n in core.plan(pipeline).result(30).nodes)
     finally:
         engine.stop()
+
+
+def test_an_engine_card_says_what_its_callers_see() -> None:
+    """The stages escalating to an engine carry its latency and errors in their telemetry; the card sums them."""
+    from test_app_support import synthetic_sample
+
+    from app._records import NodeInfoSummary, NodeSnapshot, StageSnapshot
+    from widgets import _format as fmt
+
+    engine = NodeSnapshot("endpoint:10.0.0.9:8001", "", "heavy engine", "cloud", "10.0.0.9:8001", source="endpoint",
+                          info=NodeInfoSummary(platform="external · triton 2.61"))
+    edges = [NodeSnapshot(f"e{i}", f"edge-{i}", f"edge-{i}", "edge", f"127.0.0.1:{i}",
+                          stages=(StageSnapshot("classifier", "v1", next_hop="10.0.0.9:8001", next_model="heavy"),))
+             for i in (1, 2)]
+    samples = {}
+    for i, (p95, calls, errors) in enumerate(((4.0, 100, 1), (7.5, 50, 2)), start=1):
+        base = synthetic_sample(f"edge-{i}", 1, 0, stage_id="classifier")
+        stage = base.stages[0]._replace(hop_latency_p95_ms=p95, hop_calls_total=calls, hop_errors_total=errors)
+        samples[f"edge-{i}"] = base._replace(stages=(stage,))
+    assert fmt.hardware(engine) == "external · triton 2.61"
+    assert fmt.callers_view(engine, [engine, *edges], samples.get) == "callers see p95 7.5 ms · 3 errors of 150 calls"
+    assert fmt.callers_view(engine, [engine], samples.get) == "no calls from its callers yet"

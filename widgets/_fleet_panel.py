@@ -195,8 +195,12 @@ class NodeDelegate(QStyledItemDelegate):
         painter.drawText(QRect(text_left, top + line + 1, width, line), Qt.AlignmentFlag.AlignVCenter,
                          QFontMetrics(normal).elidedText(fmt.state_text(node), Qt.TextElideMode.ElideRight, width))
         sample = self._panel.telemetry.latest(node.node_id) if self._panel.telemetry and node.node_id else None
-        details = (f"{fmt.hardware(node)} · model {fmt.stages(node)}" if node.source == "endpoint"
-                   else f"{fmt.power(sample)} · {fmt.hardware(node)} · stages: {fmt.stages(node)}")
+        if node.source == "endpoint":
+            callers = (fmt.callers_view(node, self._panel.fleet.nodes(), self._panel.telemetry.latest)
+                       if self._panel.telemetry else "")
+            details = f"{callers} · {fmt.hardware(node)} · model {fmt.stages(node)}"
+        else:
+            details = f"{fmt.power(sample)} · {fmt.hardware(node)} · stages: {fmt.stages(node)}"
         painter.setPen(theme.colour("#ffffff" if selected else theme.MUTED))
         painter.drawText(QRect(text_left, top + 2 * line + 2, width, line), Qt.AlignmentFlag.AlignVCenter,
                          QFontMetrics(normal).elidedText(details, Qt.TextElideMode.ElideRight, width))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from app.core import NodeSample, NodeSnapshot
 
@@ -149,3 +151,20 @@ def security(node: NodeSnapshot) -> tuple[str, str]:
 def stages(node: NodeSnapshot) -> str:
     """Deployed stage ids with the provider each runs on where the agent said, or 'no stages'."""
     return stage_placements(node)
+
+
+def callers_view(engine: NodeSnapshot, nodes: list[NodeSnapshot], latest: Callable[[str], Any]) -> str:
+    """What the stages escalating to an engine see of it: 'callers see p95 4.2 ms · 0 errors of 120 calls'."""
+    p95 = 0.0
+    calls = errors = 0
+    for node in nodes:
+        sample = latest(node.node_id) if node.node_id else None
+        escalating = {s.stage_id for s in node.stages if s.next_hop == engine.address}
+        for stage in (sample.stages if sample is not None else ()):
+            if stage.stage_id in escalating:
+                p95 = max(p95, stage.hop_latency_p95_ms)
+                calls += stage.hop_calls_total
+                errors += stage.hop_errors_total
+    if not calls:
+        return "no calls from its callers yet"
+    return f"callers see p95 {p95:.1f} ms · {errors} errors of {calls} calls"

@@ -12,7 +12,8 @@ An ordinary Open Inference Protocol client. It reads one array of an `.npz` file
 
 When the file also holds `labels`, a burst of rows whose label is not 0 plays now and then (the demo's
 vessel traffic) so that escalation rates move. The first refusal by the node is printed with its
-reason. Prints one JSON summary line when it ends.
+reason. A stage that is not deployed yet (or a node that does not answer) is waited for, once said.
+Prints one JSON summary line when it ends.
 """
 
 from __future__ import annotations
@@ -71,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
 
 class ReplayError(Exception):
     """The data cannot be sent to this stage (the message says why)."""
+
+
+class StageNotReady(ReplayError):
+    """The stage is not (yet) there: not deployed, or the node not answering; the sensor waits for it."""
 
 
 def load_rows(path: Path, array: str = "") -> tuple[str, np.ndarray, np.ndarray | None]:
@@ -148,7 +153,21 @@ async def replay(args: argparse.Namespace) -> dict[str, object]:
     cursor = burst_cursor = 0
     first_error = ""
     async with NodeClient(args.target, tls=tls, node_id=args.node_id) as client:
-        convert, input_name, note = await _input_for(client, args, images)
+        waiting = ""
+        while True:  # a sensor started before its stage is deployed (or while the node restarts) waits for it
+            try:
+                convert, input_name, note = await _input_for(client, args, images)
+                break
+            except StageNotReady as exc:
+                if not waiting:
+                    waiting = str(exc)
+                    print(f"tierdeck sensor: waiting for stage {args.model}: {exc}", file=sys.stderr, flush=True)
+                if stop.is_set() or (args.duration and time.monotonic() - started >= args.duration):
+                    raise ReplayError(str(exc)) from None
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
         if note:
             print(f"tierdeck sensor: sending {array_name!r} to {args.model}/{input_name}: {note}", file=sys.stderr)
         tick = started
@@ -200,10 +219,11 @@ async def _input_for(client: NodeClient, args: argparse.Namespace,
     try:
         meta = await client.metadata(args.model, timeout=10)
     except grpc.aio.AioRpcError as exc:
-        if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED,
-                          grpc.StatusCode.UNAUTHENTICATED):
+        if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED):
             raise ReplayError(f"{args.target} answers {exc.code().name}: {exc.details()}") from exc
-        raise ReplayError(f"{args.target} is not reachable: {exc.code().name}: {exc.details()}") from exc
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            raise StageNotReady(f"{args.target} answers NOT_FOUND: {exc.details()}") from exc
+        raise StageNotReady(f"{args.target} is not reachable: {exc.code().name}: {exc.details()}") from exc
     inputs = {t.name: t for t in meta.inputs}
     name = args.input or (next(iter(inputs)) if len(inputs) == 1 else "")
     if not name:

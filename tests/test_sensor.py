@@ -42,6 +42,7 @@ def test_replays_flat_and_image_shaped_rows_of_an_operator_model_and_refuses_wha
     assert "int64 → FP32" in ints.stderr
     assert wide.returncode == 2 and "rows of shape [10] do not fit the stage's input FP32 [-1, 64]" in wide.stderr
     assert unknown.returncode == 2 and "NOT_FOUND" in unknown.stderr and "nope" in unknown.stderr
+    assert "waiting for stage nope" in unknown.stderr  # a stage not deployed yet is waited for, once said
     assert missing.returncode == 2 and "no array 'Y'" in missing.stderr and "X, labels" in missing.stderr
 
 

@@ -151,6 +151,12 @@ class RingBuffer:
         """One column, oldest first (a copy)."""
         return self._data[self._order(), self._index[name]].copy()
 
+    def tail(self, count: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """The newest `count` rows held, oldest first: (times, values with one column per column name), copies."""
+        count = max(0, min(count, self._count))
+        rows = (self._next - count + np.arange(count)) % self.capacity
+        return self._t[rows], self._data[rows]
+
     def series(self, name: str, since: float | None = None) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """(times, values) of one column, oldest first, optionally only rows at or after `since`."""
         t, v = self.times(), self.column(name)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import io
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from PySide6.QtWidgets import (
 from app._records import NodeSample, StageSample
 from app.qt import FleetModel, PipelineModel, TelemetryModel
 from widgets import _theme as theme
+from widgets._axes import LogAxisItem
 from widgets._clock import FrameClock
 from widgets._export import ExportWriter
 from widgets._series import (
@@ -54,6 +56,8 @@ from widgets._series import (
 WINDOWS = (("1 min", 60.0), ("10 min", 600.0), ("1 h", 3600.0), ("24 h", 86400.0))
 TOP_NODES = 8
 PLOTS_PER_FRAME = 2   # plots repainted per frame of the frame clock (the others on the next frames)
+QUIET_AFTER_S = 5.0   # no sample for this long: the fleet is quiet and the time axis scrolls in coarser steps
+QUIET_SCROLL_S = 10.0
 
 
 @dataclass
@@ -111,7 +115,10 @@ class PlotPanel(QWidget):
         self.title.setFont(theme.scaled_font(self.font(), 1.0, bold=True))
         self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.title.setToolTip(self.title.text())
-        self.plot = pg.PlotWidget(self, axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
+        axes: dict[str, pg.AxisItem] = {"bottom": pg.DateAxisItem(orientation="bottom")}
+        if spec.log:
+            axes["left"] = LogAxisItem("left")   # readable labels at any range (pyqtgraph's pile up)
+        self.plot = pg.PlotWidget(self, axisItems=axes)
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
         self.plot.setMouseEnabled(x=False, y=False)
@@ -318,6 +325,8 @@ class Dashboard(QWidget):
         self._history_for: float = 0.0
         self._history_at = 0.0
         self._last_scroll = 0.0
+        self._last_sample = 0.0
+        self._last_sample_wall = 0.0
         self._rollup: TierRollup | None = None
         self._rollup_stale = False
         self._rollup_window = 0.0
@@ -463,7 +472,14 @@ class Dashboard(QWidget):
             if abs(width - self._rollup.aggregator.width) > 0.2 * self._rollup.aggregator.width:
                 self._rollup_stale = True
                 self.redraw()
-        if now - self._last_scroll >= (1.0 if self.window_s <= 600 else 10.0) and self.frame is not None:
+        every = 1.0 if self.window_s <= 600 else 10.0
+        if self.quiet:
+            every = max(every, QUIET_SCROLL_S)   # each step re-clips and repaints every plot: not once a second
+        if self.frame is not None:
+            text = self._source_text(self.frame)
+            if self.source.text() != text:
+                self.source.setText(text)
+        if now - self._last_scroll >= every and self.frame is not None:
             start, end = time.time() - self.window_s, time.time()
             for panel in self.panels.values():
                 panel.set_time_range(start, end)
@@ -500,8 +516,15 @@ class Dashboard(QWidget):
         self._last_scroll = time.monotonic()
         self.frames_drawn += 1
 
+    @property
+    def quiet(self) -> bool:
+        """True when no sample has arrived for QUIET_AFTER_S (the time axis then scrolls in coarser steps)."""
+        return time.monotonic() - self._last_sample > QUIET_AFTER_S
+
     def _source_text(self, frame: Frame) -> str:
         parts = [f"{sum(1 for n in self.fleet.nodes() if str(n.state) == 'online')} online"]
+        if self.quiet and self._last_sample_wall:
+            parts.append(f"no samples since {datetime.fromtimestamp(self._last_sample_wall):%H:%M:%S}")
         if self._requests:
             parts.append("loading history…")
         elif self._history:
@@ -580,6 +603,8 @@ class Dashboard(QWidget):
     @Slot(object)
     def _samples_arrived(self, node_ids: object) -> None:
         """Fold the new rows of these nodes' rings into the rollup (a hidden dashboard rebuilds when shown)."""
+        self._last_sample = time.monotonic()
+        self._last_sample_wall = time.time()
         rollup = self._rollup
         if rollup is None or self._rollup_stale:
             return
@@ -637,7 +662,7 @@ class Dashboard(QWidget):
         tel = self.telemetry
         start = frame.start
         # the busiest nodes by latest throughput, plus the selected ones
-        busy = {node_id: sum(st.inferences_per_s for st in s.stages if np.isfinite(st.inferences_per_s))
+        busy = {node_id: sum(st.inferences_per_s for st in s.stages if math.isfinite(st.inferences_per_s))
                 for node_id, s in latest.items() if s is not None and s.stages}
         chosen = sorted(busy, key=lambda n: -busy[n])[:TOP_NODES]
         for key in self.selected_nodes:
@@ -724,17 +749,17 @@ class Dashboard(QWidget):
             for st in s.stages:
                 links.setdefault(st.stage_id, []).append(st)
         order = self._link_order(links)
-        power = [s.power_watts for s in samples if np.isfinite(s.power_watts)]
+        power = [s.power_watts for s in samples if math.isfinite(s.power_watts)]
         frame.tiles["power"] = (f"{sum(power):,.1f} W" + (" est." if frame.estimate else "")) if power else "—"
         if order:
             first = order[0]   # the entry stage: every input passes it once
-            inputs = sum(st.inferences_per_s for st in links[first] if np.isfinite(st.inferences_per_s))
-            escalated = sum(st.escalated_per_s for st in links[first] if np.isfinite(st.escalated_per_s))
+            inputs = sum(st.inferences_per_s for st in links[first] if math.isfinite(st.inferences_per_s))
+            escalated = sum(st.escalated_per_s for st in links[first] if math.isfinite(st.escalated_per_s))
             frame.tiles["throughput"] = f"{inputs:,.0f} /s"
             frame.tiles["escalation"] = f"{(escalated / inputs * 100) if inputs else 0.0:.1f} %"
             if power and inputs > 0:
                 frame.tiles["energy"] = f"{sum(power) / inputs:,.3g} J"
-        latency = [st.latency_p95_ms for sts in links.values() for st in sts if np.isfinite(st.latency_p95_ms)]
+        latency = [st.latency_p95_ms for sts in links.values() for st in sts if math.isfinite(st.latency_p95_ms)]
         frame.tiles["latency"] = f"{max(latency):,.1f} ms" if latency else "—"
 
     def _link_order(self, links: Mapping[str, object]) -> list[str]:

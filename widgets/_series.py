@@ -429,6 +429,7 @@ class TierRollup:
     def __init__(self, width: float, bins: int, lag: int = 1) -> None:
         self.aggregator = Aggregator(width, bins, lag=lag)
         self._seen: dict[tuple[str, str], int] = {}
+        self._feeds: dict[tuple[str, str], list[tuple[int, BinnedSource]]] = {}   # ring → (column index, source)
         self.stages: dict[str, set[str]] = {}          # node id → stage ids seen
         self.tiers: dict[str, set[str]] = {}           # plot → tiers with a member
         self.links: set[str] = set()                   # stage ids with a member
@@ -437,37 +438,45 @@ class TierRollup:
                history: dict[str, tuple[Array, Array]] | None = None) -> bool:
         """Fold a ring's new rows (a node's when `stage_id` is '', else that stage's) in; True when any."""
         key = (node_id, stage_id)
-        feeds = STAGE_FEEDS if stage_id else NODE_FEEDS
         agg = self.aggregator
         appended = int(getattr(ring, "appended", 0))
-        seen = self._seen.get(key)
-        if seen is None:
-            if stage_id:
-                self.stages.setdefault(node_id, set()).add(stage_id)
-                self.links.add(stage_id)
-            for targets in feeds.values():
-                for plot, _how, by in targets:
-                    if by == "tier":
-                        self.tiers.setdefault(plot, set()).add(tier)
-            size = len(ring) if ring is not None else 0   # type: ignore[arg-type]
-            t = ring.times() if size else np.zeros(0)     # type: ignore[union-attr]
-            for column, targets in feeds.items():
-                v = ring.column(column) if size else np.zeros(0)   # type: ignore[union-attr]
-                series = merge((history or {}).get(column), t, v)
-                source = agg.source((node_id, stage_id, column), self._groups(targets, tier, stage_id))
-                agg.load(source, *series)
-            self._seen[key] = appended
-            return bool(size) or bool(history)
-        new = appended - seen
+        feeds = self._feeds.get(key)
+        if feeds is None:
+            return self._first_ingest(key, tier, ring, history, appended)
+        new = appended - self._seen[key]
         if new <= 0:
             return False
         self._seen[key] = appended
         t, rows = ring.tail(new)   # type: ignore[union-attr]
-        columns = ring.columns     # type: ignore[union-attr]
-        for column, targets in feeds.items():
-            source = agg.source((node_id, stage_id, column), self._groups(targets, tier, stage_id))
-            agg.add(source, t, rows[:, columns.index(column)])
+        for column, source in feeds:
+            agg.add(source, t, rows[:, column])
         return True
+
+    def _first_ingest(self, key: tuple[str, str], tier: str, ring: object | None,
+                      history: dict[str, tuple[Array, Array]] | None, appended: int) -> bool:
+        node_id, stage_id = key
+        agg = self.aggregator
+        columns = STAGE_FEEDS if stage_id else NODE_FEEDS
+        if stage_id:
+            self.stages.setdefault(node_id, set()).add(stage_id)
+            self.links.add(stage_id)
+        for targets in columns.values():
+            for plot, _how, by in targets:
+                if by == "tier":
+                    self.tiers.setdefault(plot, set()).add(tier)
+        size = len(ring) if ring is not None else 0   # type: ignore[arg-type]
+        t = ring.times() if size else np.zeros(0)     # type: ignore[union-attr]
+        names: tuple[str, ...] = getattr(ring, "columns", ())
+        feeds: list[tuple[int, BinnedSource]] = []
+        for column, targets in columns.items():
+            v = ring.column(column) if size else np.zeros(0)   # type: ignore[union-attr]
+            source = agg.source((node_id, stage_id, column), self._groups(targets, tier, stage_id))
+            agg.load(source, *merge((history or {}).get(column), t, v))
+            feeds.append((names.index(column) if column in names else -1, source))
+        self._seen[key] = appended
+        if all(i >= 0 for i, _ in feeds):
+            self._feeds[key] = feeds
+        return bool(size) or bool(history)
 
     @staticmethod
     def _groups(targets: tuple[tuple[str, str, str], ...], tier: str, stage_id: str) -> list[tuple[object, str]]:

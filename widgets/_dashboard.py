@@ -157,7 +157,8 @@ class PlotPanel(QWidget):
         layout.addWidget(self.plot, 1)
 
     def show_series(self, series: list[Series], start: float, end: float) -> None:
-        """Set the curves (created and removed as the set of series changes) and the time window."""
+        """Set the time window and the curves (created and removed as the set of series changes)."""
+        self.set_time_range(start, end)
         names = {s.name for s in series}
         for name in [n for n in self.curves if n not in names]:
             curve = self.curves.pop(name)
@@ -174,7 +175,6 @@ class PlotPanel(QWidget):
                 self.curves[s.name] = curve
             curve.setData(s.t, s.v * self.spec.scale, connect="finite")
             self.series[s.name] = s
-        self.set_time_range(start, end)
         top, bottom = 0.0, np.inf
         for s in series:
             visible = s.v[(s.t >= start) & np.isfinite(s.v)]
@@ -502,8 +502,8 @@ class Dashboard(QWidget):
             panel.token = frame.tokens.get(key)
             self._drawn_at[key] = self.frames_drawn
             self.plots_drawn += 1
-        for key in stale[plots:]:
-            self.panels[key].set_time_range(frame.start, frame.end)
+        # The plots not drawn keep their time range until their turn (a frame or two): a range step
+        # re-clips and repaints a plot, and doing it for every plot at once made the slowest frames.
         if len(stale) > plots and self.clock is not None:
             self.clock.request_frame()
         for key, tile in self.tiles.items():

@@ -23,6 +23,7 @@ from test_widgets_support import LiveConsole, assert_not_blank, dispose, live_co
 from app.core import NodeState
 from runners.client import NodeClient
 from widgets import Dashboard, FrameClock, apply_theme
+from widgets import _dashboard as dashboard_module
 from widgets._dashboard import PLOTS_PER_FRAME
 from widgets._series import FILL_BINS, carry_forward
 
@@ -225,8 +226,8 @@ def test_soak_thousands_of_live_repaints(live: LiveConsole, dashboard: Dashboard
     assert sys.getrefcount(None) > none_refs - 200
 
 
-def test_the_frame_clock_rests_when_nothing_arrives_and_wakes_on_the_next_sample(qapp: QApplication, qtbot: QtBot,
-                                                                                tmp_path: Path) -> None:
+def test_the_frame_clock_rests_when_nothing_arrives_and_wakes_on_the_next_sample(
+        qapp: QApplication, qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with live_console(tmp_path, {}) as quiet:
         tel = quiet.console.telemetry
         clock = FrameClock(tel, 50)
@@ -248,6 +249,10 @@ def test_the_frame_clock_rests_when_nothing_arrives_and_wakes_on_the_next_sample
             pass
         qtbot.waitUntil(lambda: not clock.ticking, timeout=2_000)
         assert clock.frames == frames + 1, "one batch, one frame"
+        assert "no samples" not in board.source.text()
+        monkeypatch.setattr(dashboard_module, "QUIET_AFTER_S", 0.3)
+        qtbot.waitUntil(lambda: "no samples since" in board.source.text(), timeout=5_000)   # the one-second tick
+        assert board.quiet and not clock.ticking
         clock.stop()
         tel._add_batch([synthetic_sample("node-q", 2, now_ms + 100)])
         assert not clock.ticking and not clock.running, "a stopped clock is not woken by samples"

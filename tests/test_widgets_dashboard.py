@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -308,3 +309,34 @@ def test_on_the_frame_clock_a_frame_repaints_a_few_plots_and_asks_for_the_next(l
         dashboard.redraw(PLOTS_PER_FRAME)
         assert 0 < dashboard.plots_drawn - before <= PLOTS_PER_FRAME
     clock.start()
+
+
+def test_a_quiet_fleet_lets_the_frame_clock_rest_even_one_plot_a_frame(live: LiveConsole, qtbot: QtBot,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The curves' token follows the newest bin with samples, not the clock: once the fleet falls quiet no plot
+    is waiting, so the frame clock rests (it used to chase the clock forever when a bin passed faster than the
+    plots could be drawn)."""
+    monkeypatch.setattr(dashboard_module, "PLOTS_PER_FRAME", 1)
+    clock = FrameClock(live.console.telemetry, 5)     # six frames a round: longer than a bin
+    board = Dashboard(live.console.fleet, live.console.telemetry, clock, live.console.pipeline, live.console.files)
+    board.resize(900, 600)
+    board.show()
+    qtbot.waitExposed(board)
+    clock.start()
+    qtbot.waitUntil(lambda: board.frame is not None and len(board.frame.plots.get("power", [])) == 2, timeout=10_000)
+    processes = [agent.process for agent in live.agents.values()]
+    for process in processes:
+        process.send_signal(signal.SIGSTOP)       # the fleet falls quiet (still online: paused, not gone)
+    try:
+        qtbot.waitUntil(lambda: not clock.ticking, timeout=20_000)
+        frames = clock.frames
+        with qtbot.assertNotEmitted(clock.frame_ticked, wait=1_500):
+            pass
+        assert clock.frames == frames
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGCONT)
+        clock.stop()
+        dispose(board)
+    received = live.console.telemetry.samples
+    qtbot.waitUntil(lambda: live.console.telemetry.samples > received, timeout=20_000)   # streaming again

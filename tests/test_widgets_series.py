@@ -222,3 +222,16 @@ def test_per_tier_and_per_link_sums_equal_a_recomputation_from_the_rings(seed: i
     # the rings overflowed (capacity 60) and the window is still whole: the rollup kept what the rings dropped
     assert max(len(kept[k]) for k in kept) > capacity
     assert np.isfinite(rollup.values("power", "device")).sum() > bins // 2
+
+
+def test_the_newest_bin_with_data_stops_when_the_samples_stop() -> None:
+    agg = Aggregator(1.0, 5, lag=1)
+    s = agg.source("s", [("g", "sum")])
+    agg.add(s, np.array([10.1, 11.2, 12.3]), np.array([1.0, 1.0, 1.0]))
+    agg.advance(13.5)
+    assert agg.shown == 12 and agg.shown_data == 12
+    agg.advance(20.0)           # the clock moves on, no sample: the curves' newest data stays where it was
+    assert agg.shown == 19 and agg.shown_data == 12
+    agg.add(s, np.array([20.4]), np.array([1.0]))
+    agg.advance(21.1)
+    assert agg.shown_data == 20

@@ -652,10 +652,12 @@ class Dashboard(QWidget):
             escalation.append(Series(label, x, rollup.escalation_rate(stage_id), colour))
         frame.plots["escalation"] = escalation
         frame.plots["energy"] = energy
-        # A curve changes when a bin completes (the curves end with the last complete bin), when the
-        # rollup is rebuilt (window, tiers, history), or when its set of curves changes.
+        # A curve changes when a bin with samples completes (the curves end with the last complete bin),
+        # when the rollup is rebuilt (window, tiers, history), or when its set of curves changes; not when
+        # only the clock moves on (a quiet fleet: the time axis scrolls, the curves stay).
         for plot, series in frame.plots.items():
-            frame.tokens[plot] = (self.rollups_built, agg.shown if series else None, tuple(s.name for s in series))
+            frame.tokens[plot] = (self.rollups_built, agg.shown_data if series else None,
+                                  tuple(s.name for s in series))
 
     # ----- per node: the busiest and the selected, straight from their rings -------------------------------------
     def _per_node(self, frame: Frame, latest: Mapping[str, NodeSample | None], names: dict[str, str]) -> None:

@@ -280,6 +280,7 @@ class Aggregator:
         self.lag = max(0, lag)
         self.capacity = self.bins + self.lag + fill + 2
         self.head: int | None = None
+        self.newest: int | None = None      # the newest bin any sample fell in (the head also moves with the clock)
         self.groups: dict[object, BinnedGroup] = {}
         self.sources: dict[object, BinnedSource] = {}
         self._centers: Array = np.zeros(0)
@@ -328,6 +329,8 @@ class Aggregator:
             k = math.floor(ti / width)   # the same division as `load` and `bin_of`
             if self.head is None or k > self.head:
                 self._advance_to(k)
+            if self.newest is None or k > self.newest:
+                self.newest = k
             oldest = self.head - self.capacity + 1   # type: ignore[operator]
             if source.k is None or k > source.k:
                 if source.k is not None and source.n:
@@ -359,6 +362,8 @@ class Aggregator:
         in_order = k >= np.maximum.accumulate(k)   # `add` ignores a sample older than the newest bin
         k, v = k[in_order], v[in_order]
         self._advance_to(int(k[-1]))
+        if self.newest is None or k[-1] > self.newest:
+            self.newest = int(k[-1])
         assert self.head is not None
         first = self.head - self.capacity + 1
         rel = k - first
@@ -378,6 +383,13 @@ class Aggregator:
         for group, row in source.targets:
             group.set_row(row, first + start, means[start:])
         source.total, source.n = float(sums[last]), int(counts[last])
+
+    @property
+    def shown_data(self) -> int | None:
+        """The newest bin shown that samples reached: it stops moving when the samples stop."""
+        if self.shown is None or self.newest is None:
+            return None
+        return min(self.shown, self.newest)
 
     @property
     def shown(self) -> int | None:

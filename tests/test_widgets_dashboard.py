@@ -112,9 +112,16 @@ def test_the_dashboard_plots_the_samples_the_core_received(live: LiveConsole, da
     _, rates = ring.series("inferences_per_s", frame.start - 1)
     assert np.nanmax(np.asarray(throughput.yData)) == pytest.approx(rates.max())
 
-    # per tier: the device curve is the ring binned on the frame's grid
+    # per tier: the device curve is the ring binned on the frame's grid (once the burst's bin is complete:
+    # the curves end with the last complete bin)
     dashboard.group_box.setCurrentIndex(0)
-    dashboard.redraw()
+
+    def burst_shown() -> bool:
+        dashboard.redraw()
+        y = np.asarray(dashboard.panels["throughput"].curves["Device"].yData, dtype=float)
+        return bool((np.isfinite(y) & (y > 0)).any())
+
+    qtbot.waitUntil(burst_shown, timeout=10_000)
     frame = dashboard.frame
     curve = dashboard.panels["throughput"].curves["Device"]
     x, y = np.asarray(curve.xData), np.asarray(curve.yData)

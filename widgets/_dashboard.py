@@ -56,6 +56,7 @@ from widgets._series import (
 WINDOWS = (("1 min", 60.0), ("10 min", 600.0), ("1 h", 3600.0), ("24 h", 86400.0))
 TOP_NODES = 8
 PLOTS_PER_FRAME = 2   # plots repainted per frame of the frame clock (the others on the next frames)
+TILES_HZ = 4.0
 QUIET_AFTER_S = 5.0   # no sample for this long: the fleet is quiet and the time axis scrolls in coarser steps
 QUIET_SCROLL_S = 10.0
 
@@ -335,6 +336,7 @@ class Dashboard(QWidget):
         self.rollups_built = 0
         self.plots_drawn = 0
         self._drawn_at: dict[str, int] = {}
+        self._tiles_at = 0.0
 
         # controls
         self.window_buttons = QButtonGroup(self)
@@ -506,10 +508,14 @@ class Dashboard(QWidget):
         # re-clips and repaints a plot, and doing it for every plot at once made the slowest frames.
         if len(stale) > plots and self.clock is not None:
             self.clock.request_frame()
-        for key, tile in self.tiles.items():
-            text = frame.tiles.get(key, "—")
-            if tile.value.text() != text:
-                tile.value.setText(text)
+        now = time.monotonic()
+        if plots >= len(PLOTS) or now - self._tiles_at >= 1.0 / TILES_HZ:
+            # big numbers changing 15 times a second cannot be read; at most TILES_HZ on the frame clock
+            self._tiles_at = now
+            for key, tile in self.tiles.items():
+                text = frame.tiles.get(key, "—")
+                if tile.value.text() != text:
+                    tile.value.setText(text)
         text = self._source_text(frame)
         if self.source.text() != text:
             self.source.setText(text)

@@ -2,10 +2,18 @@
 
 Data come from the telemetry model's numpy ring buffers and, for windows longer than the rings
 hold, from the database (`request_history`, one-minute rollups, refreshed while the window is
-shown). Plots refresh on the frame clock (10–20 Hz, and only when samples arrived), never per
-sample, each curve with `setDownsampling(mode='peak')` and `setClipToView(True)`. Group by tier
-(sums per tier, per link) or by node (the busiest nodes plus the ones selected in the fleet panel).
-Hover a plot for a readout of every curve at that instant; export the view as PNG or CSV.
+shown). Group by tier (sums per tier, per link) or by node (the busiest nodes plus the ones
+selected in the fleet panel). Hover a plot for a readout of every curve at that instant; export
+the view as PNG or CSV.
+
+Per tier, the figures are aggregated as samples arrive (`TierRollup`: only the rows a ring gained
+are read, into fixed-size circular bins aligned to the bin width); the rollup is rebuilt from the
+rings and history only when the window, a node's tier or the sampling interval changes, when
+history arrives, or when the dashboard is shown again after samples came while it was hidden.
+The curves end with the last complete bin, and a plot is redrawn when a bin with samples
+completes (not on every sample, not when only the clock moves); on the frame clock (10–20 Hz,
+resting when nothing is new) at most PLOTS_PER_FRAME plots are repainted a frame, the others on
+the next frames. Each curve keeps `setDownsampling(mode='peak')` and `setClipToView(True)`.
 """
 
 from __future__ import annotations

@@ -153,6 +153,18 @@ class RingBuffer:
         """One column, oldest first (a copy)."""
         return self._data[self._order(), self._index[name]].copy()
 
+    def tail(self, count: int) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """The newest `count` rows held, oldest first: (times, values with one column per column name).
+
+        Views into the ring where the rows are contiguous: read them before the next `append`.
+        """
+        count = max(0, min(count, self._count))
+        first = self._next - count
+        if first >= 0:
+            return self._t[first:self._next], self._data[first:self._next]
+        rows = np.r_[self.capacity + first:self.capacity, 0:self._next]
+        return self._t[rows], self._data[rows]
+
     def series(self, name: str, since: float | None = None) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """(times, values) of one column, oldest first, optionally only rows at or after `since`."""
         t, v = self.times(), self.column(name)

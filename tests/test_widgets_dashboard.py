@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,9 @@ from test_widgets_support import LiveConsole, assert_not_blank, dispose, live_co
 from app.core import NodeState
 from runners.client import NodeClient
 from widgets import Dashboard, FrameClock, apply_theme
-from widgets._series import Grid
+from widgets import _dashboard as dashboard_module
+from widgets._dashboard import PLOTS_PER_FRAME
+from widgets._series import FILL_BINS, carry_forward
 
 SOAK_FRAMES = 3000
 
@@ -68,6 +71,18 @@ def dashboard(live: LiveConsole, qtbot: QtBot) -> Iterator[Dashboard]:
     dispose(board)
 
 
+def aligned_bins(t: np.ndarray, v: np.ndarray, width: float, first: int, count: int) -> np.ndarray:
+    """A series' mean per bin of `width` (bins at multiples of it), `first`..`first + count - 1`, gaps carried."""
+    k = np.floor(t / width).astype(np.int64)
+    lo = min(first, int(k.min()))
+    span = first + count - lo
+    rel = k - lo
+    sums, counts = np.bincount(rel[rel < span], v[rel < span], span), np.bincount(rel[rel < span], None, span)
+    out = np.full(span, np.nan)
+    out[counts > 0] = sums[counts > 0] / counts[counts > 0]
+    return carry_forward(out, FILL_BINS)[first - lo:][:count]
+
+
 def device(live: LiveConsole) -> str:
     return live.agents["device-1"].node_id
 
@@ -97,14 +112,26 @@ def test_the_dashboard_plots_the_samples_the_core_received(live: LiveConsole, da
     _, rates = ring.series("inferences_per_s", frame.start - 1)
     assert np.nanmax(np.asarray(throughput.yData)) == pytest.approx(rates.max())
 
-    # per tier: the device curve is the ring binned on the frame's grid
+    # per tier: the device curve is the ring binned on the frame's grid (once the burst's bin is complete:
+    # the curves end with the last complete bin)
     dashboard.group_box.setCurrentIndex(0)
-    dashboard.redraw()
+
+    def burst_shown() -> bool:
+        dashboard.redraw()
+        y = np.asarray(dashboard.panels["throughput"].curves["Device"].yData, dtype=float)
+        return bool((np.isfinite(y) & (y > 0)).any())
+
+    qtbot.waitUntil(burst_shown, timeout=10_000)
     frame = dashboard.frame
     curve = dashboard.panels["throughput"].curves["Device"]
     x, y = np.asarray(curve.xData), np.asarray(curve.yData)
-    grid = Grid(frame.start, frame.end, float(x[1] - x[0]))   # type: ignore[union-attr]
-    expected = grid.bin_mean(*ring.series("inferences_per_s"))
+    rollup = dashboard.rollup
+    assert rollup is not None and frame is not None
+    width, shown = rollup.aggregator.width, rollup.aggregator.shown
+    # the curve ends with the last complete bin: the one before the bin holding `now`
+    assert shown == int(np.floor(frame.end / width)) - 1 and len(x) == len(y) == rollup.aggregator.bins
+    assert np.allclose(x, (shown - len(x) + 1 + np.arange(len(x)) + 0.5) * width)
+    expected = aligned_bins(*ring.series("inferences_per_s"), width, shown - len(x) + 1, len(x))
     assert np.allclose(y, expected, equal_nan=True)
     assert np.nanmax(y) > 0
     # the first link's escalation tile and the throughput tile come from the same rings
@@ -210,3 +237,118 @@ def test_soak_thousands_of_live_repaints(live: LiveConsole, dashboard: Dashboard
         dashboard.repaint()
     gc.collect()
     assert sys.getrefcount(None) > none_refs - 200
+
+
+def test_the_frame_clock_rests_when_nothing_arrives_and_wakes_on_the_next_sample(
+        qapp: QApplication, qtbot: QtBot, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with live_console(tmp_path, {}) as quiet:
+        tel = quiet.console.telemetry
+        clock = FrameClock(tel, 50)
+        board = Dashboard(quiet.console.fleet, tel, clock, quiet.console.pipeline, quiet.console.files)
+        board.show()
+        qtbot.waitExposed(board)
+        clock.start()
+        clock.request_frame()
+        qtbot.waitUntil(lambda: clock.frames >= 1 and not clock.ticking, timeout=5_000)
+        assert clock.running, "resting is not stopped: the clock still runs its one-second tick"
+        frames = clock.frames
+        with qtbot.assertNotEmitted(clock.frame_ticked, wait=300):
+            pass
+        assert not clock.ticking and clock.frames == frames
+        now_ms = int(time.time() * 1000)
+        tel._add_batch([synthetic_sample("node-q", 1, now_ms)])   # what a telemetry flush delivers
+        assert clock.ticking
+        with qtbot.waitSignal(clock.frame_ticked, timeout=2_000):
+            pass
+        qtbot.waitUntil(lambda: not clock.ticking, timeout=2_000)
+        assert clock.frames == frames + 1, "one batch, one frame"
+        assert "no samples" not in board.source.text()
+        monkeypatch.setattr(dashboard_module, "QUIET_AFTER_S", 0.3)
+        qtbot.waitUntil(lambda: "no samples since" in board.source.text(), timeout=5_000)   # the one-second tick
+        assert board.quiet and not clock.ticking
+        clock.stop()
+        tel._add_batch([synthetic_sample("node-q", 2, now_ms + 100)])
+        assert not clock.ticking and not clock.running, "a stopped clock is not woken by samples"
+        dispose(board)
+
+
+def test_only_plots_whose_data_changed_are_redrawn(live: LiveConsole, dashboard: Dashboard, qtbot: QtBot,
+                                                    qapp: QApplication) -> None:
+    qtbot.waitUntil(lambda: dashboard.frame is not None and len(dashboard.frame.plots.get("power", [])) == 2,
+                    timeout=10_000)
+    for _ in range(10):
+        dashboard.redraw()
+        rollup = dashboard.rollup
+        assert rollup is not None
+        head, drawn = rollup.aggregator.head, dashboard.plots_drawn
+        dashboard.redraw()      # no event delivered in between: no sample arrived
+        if rollup.aggregator.head == head:
+            assert dashboard.plots_drawn == drawn
+            break
+        # the clock crossed into a new bin between the two redraws (every curve moves then): try again
+    else:
+        pytest.fail("never two redraws within one bin")
+    # a bin completes with the samples that arrived meanwhile: every curve moves on (incrementally: no rebuild)
+    built = dashboard.rollups_built
+    received = live.console.telemetry.samples
+    qtbot.waitUntil(lambda: live.console.telemetry.samples > received + 4, timeout=10_000)
+    token = dashboard.panels["power"].token
+    qtbot.waitUntil(lambda: time.time() // rollup.aggregator.width > head + 1, timeout=10_000)
+    dashboard.redraw()
+    assert dashboard.panels["power"].token != token and dashboard.plots_drawn >= drawn + len(dashboard.panels)
+    assert dashboard.rollups_built == built
+    power = dashboard.panels["power"].series["Device"]
+    assert power.t[-1] == pytest.approx((rollup.aggregator.shown + 0.5) * rollup.aggregator.width)
+    assert np.isfinite(power.v[-1]), "the last complete bin has the device's power"
+
+
+def test_on_the_frame_clock_a_frame_repaints_a_few_plots_and_asks_for_the_next(live: LiveConsole,
+                                                                               dashboard: Dashboard) -> None:
+    clock = dashboard.clock
+    assert clock is not None
+    dashboard.set_window(600.0)       # a new rollup: every plot is waiting
+    dashboard.set_window(60.0)
+    for panel in dashboard.panels.values():
+        panel.token = None
+    drawn = dashboard.plots_drawn
+    clock.stop()
+    clock._dirty = False
+    dashboard.redraw(PLOTS_PER_FRAME)
+    assert dashboard.plots_drawn == drawn + PLOTS_PER_FRAME
+    assert clock._dirty, "the plots still waiting asked for the next frame"
+    while dashboard.plots_drawn < drawn + len(dashboard.panels):
+        before = dashboard.plots_drawn
+        dashboard.redraw(PLOTS_PER_FRAME)
+        assert 0 < dashboard.plots_drawn - before <= PLOTS_PER_FRAME
+    clock.start()
+
+
+def test_a_quiet_fleet_lets_the_frame_clock_rest_even_one_plot_a_frame(live: LiveConsole, qtbot: QtBot,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The curves' token follows the newest bin with samples, not the clock: once the fleet falls quiet no plot
+    is waiting, so the frame clock rests (it used to chase the clock forever when a bin passed faster than the
+    plots could be drawn)."""
+    monkeypatch.setattr(dashboard_module, "PLOTS_PER_FRAME", 1)
+    clock = FrameClock(live.console.telemetry, 5)     # six frames a round: longer than a bin
+    board = Dashboard(live.console.fleet, live.console.telemetry, clock, live.console.pipeline, live.console.files)
+    board.resize(900, 600)
+    board.show()
+    qtbot.waitExposed(board)
+    clock.start()
+    qtbot.waitUntil(lambda: board.frame is not None and len(board.frame.plots.get("power", [])) == 2, timeout=10_000)
+    processes = [agent.process for agent in live.agents.values()]
+    for process in processes:
+        process.send_signal(signal.SIGSTOP)       # the fleet falls quiet (still online: paused, not gone)
+    try:
+        qtbot.waitUntil(lambda: not clock.ticking, timeout=20_000)
+        frames = clock.frames
+        with qtbot.assertNotEmitted(clock.frame_ticked, wait=1_500):
+            pass
+        assert clock.frames == frames
+    finally:
+        for process in processes:
+            process.send_signal(signal.SIGCONT)
+        clock.stop()
+        dispose(board)
+    received = live.console.telemetry.samples
+    qtbot.waitUntil(lambda: live.console.telemetry.samples > received, timeout=20_000)   # streaming again

@@ -2,10 +2,18 @@
 
 Data come from the telemetry model's numpy ring buffers and, for windows longer than the rings
 hold, from the database (`request_history`, one-minute rollups, refreshed while the window is
-shown). Plots refresh on the frame clock (10–20 Hz, and only when samples arrived), never per
-sample, each curve with `setDownsampling(mode='peak')` and `setClipToView(True)`. Group by tier
-(sums per tier, per link) or by node (the busiest nodes plus the ones selected in the fleet panel).
-Hover a plot for a readout of every curve at that instant; export the view as PNG or CSV.
+shown). Group by tier (sums per tier, per link) or by node (the busiest nodes plus the ones
+selected in the fleet panel). Hover a plot for a readout of every curve at that instant; export
+the view as PNG or CSV.
+
+Per tier, the figures are aggregated as samples arrive (`TierRollup`: only the rows a ring gained
+are read, into fixed-size circular bins aligned to the bin width); the rollup is rebuilt from the
+rings and history only when the window, a node's tier or the sampling interval changes, when
+history arrives, or when the dashboard is shown again after samples came while it was hidden.
+The curves end with the last complete bin, and a plot is redrawn when a bin with samples
+completes (not on every sample, not when only the clock moves); on the frame clock (10–20 Hz,
+resting when nothing is new) at most PLOTS_PER_FRAME plots are repainted a frame, the others on
+the next frames. Each curve keeps `setDownsampling(mode='peak')` and `setClipToView(True)`.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import csv
 import io
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,14 +44,29 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app._records import NodeSample, StageSample
 from app.qt import FleetModel, PipelineModel, TelemetryModel
 from widgets import _theme as theme
+from widgets._axes import LogAxisItem
 from widgets._clock import FrameClock
 from widgets._export import ExportWriter
-from widgets._series import Array, Grid, bin_width, combine, combine_rows, history_series, merge, typical_interval
+from widgets._series import (
+    Array,
+    Grid,
+    TierRollup,
+    bin_width,
+    combine,
+    history_series,
+    merge,
+    typical_interval,
+)
 
 WINDOWS = (("1 min", 60.0), ("10 min", 600.0), ("1 h", 3600.0), ("24 h", 86400.0))
 TOP_NODES = 8
+PLOTS_PER_FRAME = 2   # plots repainted per frame of the frame clock (the others on the next frames)
+TILES_HZ = 4.0
+QUIET_AFTER_S = 5.0   # no sample for this long: the fleet is quiet and the time axis scrolls in coarser steps
+QUIET_SCROLL_S = 10.0
 
 
 @dataclass
@@ -87,6 +111,7 @@ class Frame:
     plots: dict[str, list[Series]] = field(default_factory=dict)
     tiles: dict[str, str] = field(default_factory=dict)
     estimate: bool = False
+    tokens: dict[str, object] = field(default_factory=dict)   # per plot: equal tokens, equal curves
 
 
 class PlotPanel(QWidget):
@@ -99,7 +124,10 @@ class PlotPanel(QWidget):
         self.title.setFont(theme.scaled_font(self.font(), 1.0, bold=True))
         self.title.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.title.setToolTip(self.title.text())
-        self.plot = pg.PlotWidget(self, axisItems={"bottom": pg.DateAxisItem(orientation="bottom")})
+        axes: dict[str, pg.AxisItem] = {"bottom": pg.DateAxisItem(orientation="bottom")}
+        if spec.log:
+            axes["left"] = LogAxisItem("left")   # readable labels at any range (pyqtgraph's pile up)
+        self.plot = pg.PlotWidget(self, axisItems=axes)
         self.plot.setMenuEnabled(False)
         self.plot.hideButtons()
         self.plot.setMouseEnabled(x=False, y=False)
@@ -129,6 +157,7 @@ class PlotPanel(QWidget):
         item.addItem(self.crosshair, ignoreBounds=True)
         item.addItem(self.readout, ignoreBounds=True)
         self.hover_x: float | None = None
+        self.token: object = None   # what the curves show (Frame.tokens): same token, nothing to redraw
         self.plot.scene().sigMouseMoved.connect(self._mouse_moved)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
@@ -137,7 +166,8 @@ class PlotPanel(QWidget):
         layout.addWidget(self.plot, 1)
 
     def show_series(self, series: list[Series], start: float, end: float) -> None:
-        """Set the curves (created and removed as the set of series changes) and the time window."""
+        """Set the time window and the curves (created and removed as the set of series changes)."""
+        self.set_time_range(start, end)
         names = {s.name for s in series}
         for name in [n for n in self.curves if n not in names]:
             curve = self.curves.pop(name)
@@ -154,7 +184,6 @@ class PlotPanel(QWidget):
                 self.curves[s.name] = curve
             curve.setData(s.t, s.v * self.spec.scale, connect="finite")
             self.series[s.name] = s
-        self.set_time_range(start, end)
         top, bottom = 0.0, np.inf
         for s in series:
             visible = s.v[(s.t >= start) & np.isfinite(s.v)]
@@ -305,6 +334,17 @@ class Dashboard(QWidget):
         self._history_for: float = 0.0
         self._history_at = 0.0
         self._last_scroll = 0.0
+        self._last_sample = 0.0
+        self._last_sample_wall = 0.0
+        self._rollup: TierRollup | None = None
+        self._rollup_stale = False
+        self._rollup_window = 0.0
+        self._tier_of: dict[str, str] = {}
+        self._width_checked = 0.0
+        self.rollups_built = 0
+        self.plots_drawn = 0
+        self._drawn_at: dict[str, int] = {}
+        self._tiles_at = 0.0
 
         # controls
         self.window_buttons = QButtonGroup(self)
@@ -377,6 +417,7 @@ class Dashboard(QWidget):
 
         self.window_buttons.idClicked.connect(self._window_clicked)
         self.group_box.currentIndexChanged.connect(self._group_changed)
+        telemetry.samples_received.connect(self._samples_arrived)
         telemetry.history_loaded.connect(self._history_loaded)
         telemetry.history_failed.connect(self._history_failed)
         if clock is not None:
@@ -425,7 +466,7 @@ class Dashboard(QWidget):
     @Slot()
     def _frame_ticked(self) -> None:
         if self.isVisible():
-            self.redraw()
+            self.redraw(PLOTS_PER_FRAME)
 
     @Slot()
     def _second_ticked(self) -> None:
@@ -434,26 +475,70 @@ class Dashboard(QWidget):
         if not self.isVisible():
             return
         now = time.monotonic()
-        if now - self._last_scroll >= (1.0 if self.window_s <= 600 else 10.0) and self.frame is not None:
+        if self._rollup is not None and now - self._width_checked >= 10.0:
+            # the fleet's sampling interval sets the bin width: rebuild when it moved (a node's rate changed)
+            self._width_checked = now
+            width = self._bin_width(list(self._tier_of))
+            if abs(width - self._rollup.aggregator.width) > 0.2 * self._rollup.aggregator.width:
+                self._rollup_stale = True
+                self.redraw()
+        every = 1.0 if self.window_s <= 600 else 10.0
+        if self.quiet:
+            every = max(every, QUIET_SCROLL_S)   # each step re-clips and repaints every plot: not once a second
+        if self.frame is not None:
+            text = self._source_text(self.frame)
+            if self.source.text() != text:
+                self.source.setText(text)
+        if now - self._last_scroll >= every and self.frame is not None:
             start, end = time.time() - self.window_s, time.time()
             for panel in self.panels.values():
                 panel.set_time_range(start, end)
             self._last_scroll = now
 
-    def redraw(self) -> None:
-        """Compute the frame from the rings (and history) and show it."""
+    def redraw(self, plots: int = len(PLOTS)) -> None:
+        """Compute the frame and show it: tiles, and at most `plots` of the plots whose curves changed.
+
+        On the frame clock a few plots a frame (the ones waiting longest first, the rest on the
+        next frames, asked for here), so that no frame repaints every plot at once.
+        """
         frame = self.compute_frame()
         self.frame = frame
-        for key, panel in self.panels.items():
+        stale = [key for key, panel in self.panels.items()
+                 if (token := frame.tokens.get(key)) is None or token != panel.token]
+        stale.sort(key=lambda k: self._drawn_at.get(k, -1))
+        for key in stale[:plots]:
+            panel = self.panels[key]
             panel.show_series(frame.plots.get(key, []), frame.start, frame.end)
-        for key, tile in self.tiles.items():
-            tile.value.setText(frame.tiles.get(key, "—"))
-        self.source.setText(self._source_text(frame))
+            panel.token = frame.tokens.get(key)
+            self._drawn_at[key] = self.frames_drawn
+            self.plots_drawn += 1
+        # The plots not drawn keep their time range until their turn (a frame or two): a range step
+        # re-clips and repaints a plot, and doing it for every plot at once made the slowest frames.
+        if len(stale) > plots and self.clock is not None:
+            self.clock.request_frame()
+        now = time.monotonic()
+        if plots >= len(PLOTS) or now - self._tiles_at >= 1.0 / TILES_HZ:
+            # big numbers changing 15 times a second cannot be read; at most TILES_HZ on the frame clock
+            self._tiles_at = now
+            for key, tile in self.tiles.items():
+                text = frame.tiles.get(key, "—")
+                if tile.value.text() != text:
+                    tile.value.setText(text)
+        text = self._source_text(frame)
+        if self.source.text() != text:
+            self.source.setText(text)
         self._last_scroll = time.monotonic()
         self.frames_drawn += 1
 
+    @property
+    def quiet(self) -> bool:
+        """True when no sample has arrived for QUIET_AFTER_S (the time axis then scrolls in coarser steps)."""
+        return time.monotonic() - self._last_sample > QUIET_AFTER_S
+
     def _source_text(self, frame: Frame) -> str:
         parts = [f"{sum(1 for n in self.fleet.nodes() if str(n.state) == 'online')} online"]
+        if self.quiet and self._last_sample_wall:
+            parts.append(f"no samples since {datetime.fromtimestamp(self._last_sample_wall):%H:%M:%S}")
         if self._requests:
             parts.append("loading history…")
         elif self._history:
@@ -468,111 +553,170 @@ class Dashboard(QWidget):
         end = time.time() if now is None else now
         start = end - self.window_s
         frame = Frame(start, end)
-        tel = self.telemetry
         nodes = [n for n in self.fleet.nodes() if n.node_id]
         tier_of = {n.node_id: (n.tier if n.tier in theme.TIERS else "") for n in nodes}
         names = {n.node_id: n.name for n in nodes}
-        # per node: node columns; per (node, stage): stage columns
-        node_cols: dict[str, dict[str, tuple[Array, Array]]] = {}
-        stage_cols: dict[tuple[str, str], dict[str, tuple[Array, Array]]] = {}
-        intervals: list[float] = []
-        for node_id in tier_of:
-            ring = tel.node_series(node_id)
-            hist = self._history.get((node_id, ""), {})
-            cols: dict[str, tuple[Array, Array]] = {}
-            t = ring.times() if ring is not None and len(ring) else np.zeros(0)
-            if len(t) and len(intervals) < 5:
-                gap = typical_interval(t)
-                if gap:
-                    intervals.append(gap)
-            for column in ("power_watts", "backlog"):
-                v = ring.column(column) if ring is not None and len(ring) else np.zeros(0)
-                cols[column] = _window(merge(hist.get(column), t, v), start)
-            node_cols[node_id] = cols
-        for node_id, stage_id in tel.stage_keys():
-            if node_id not in tier_of:
-                continue
-            ring = tel.stage_series(node_id, stage_id)
-            hist = self._history.get((node_id, stage_id), {})
-            t = ring.times() if ring is not None and len(ring) else np.zeros(0)
-            cols = {}
-            for column in ("inferences_per_s", "escalated_per_s", "latency_p95_ms", "energy_per_inference_j"):
-                v = ring.column(column) if ring is not None and len(ring) else np.zeros(0)
-                cols[column] = _window(merge(hist.get(column), t, v), start)
-            stage_cols[(node_id, stage_id)] = cols
-        for (node_id, stage_id), hist in self._history.items():
-            if stage_id and (node_id, stage_id) not in stage_cols and node_id in tier_of:
-                stage_cols[(node_id, stage_id)] = {c: _window(s, start) for c, s in hist.items()}
-        grid = Grid(start, end, bin_width(self.window_s, intervals))
-        estimate = any(not s.power_measured for s in (tel.latest(n) for n in tier_of) if s is not None)
-        frame.estimate = estimate
+        latest = {node_id: self.telemetry.latest(node_id) for node_id in tier_of}
+        frame.estimate = any(s is not None and not s.power_measured for s in latest.values())
         if self.group == "node":
-            self._per_node(frame, grid, node_cols, stage_cols, names)
+            self._per_node(frame, latest, names)
         else:
-            self._per_tier(frame, grid, node_cols, stage_cols, tier_of)
-        self._tiles(frame, grid, node_cols, stage_cols, nodes)
+            self._per_tier(frame, tier_of)
+        self._tiles(frame, latest)
         return frame
 
-    def _per_tier(self, frame: Frame, grid: Grid, node_cols: dict[str, dict[str, tuple[Array, Array]]],
-                  stage_cols: dict[tuple[str, str], dict[str, tuple[Array, Array]]], tier_of: dict[str, str]) -> None:
-        x = grid.centers
-        tiers = [t for t in (*theme.TIERS, "") if any(v == t for v in tier_of.values())]
+    # ----- per tier / link: the incremental rollup ---------------------------------------------------------------
+    @property
+    def rollup(self) -> TierRollup | None:
+        """The per-tier / per-link figures as last drawn (None before the first per-tier frame)."""
+        return self._rollup
+
+    def _rollup_for(self, tier_of: dict[str, str]) -> TierRollup:
+        """The rollup for this window and these nodes' tiers, rebuilt from the rings (and history) when stale."""
+        rollup = self._rollup
+        if rollup is None or self._rollup_stale or tier_of != self._tier_of or self._rollup_window != self.window_s:
+            rollup = self._rebuild_rollup(tier_of)
+        return rollup
+
+    def _bin_width(self, node_ids: Sequence[str]) -> float:
+        intervals: list[float] = []
+        for node_id in node_ids:
+            ring = self.telemetry.node_series(node_id)
+            if ring is not None and len(ring) >= 3:
+                gap = typical_interval(ring.tail(51)[0])
+                if gap:
+                    intervals.append(gap)
+                    if len(intervals) >= 5:
+                        break
+        return bin_width(self.window_s, intervals)
+
+    def _rebuild_rollup(self, tier_of: dict[str, str]) -> TierRollup:
+        """A new rollup from everything the rings (and the history read) hold: on a new window, tier or node."""
+        tel = self.telemetry
+        width = self._bin_width(list(tier_of))
+        rollup = TierRollup(width, int(np.ceil(self.window_s / width - 1e-9)))
+        rollup.aggregator.advance(time.time())
+        stages: dict[str, list[str]] = {}
+        for node_id, stage_id in tel.stage_keys():
+            stages.setdefault(node_id, []).append(stage_id)
+        for (node_id, stage_id) in self._history:
+            if stage_id and stage_id not in stages.get(node_id, []):
+                stages.setdefault(node_id, []).append(stage_id)
+        for node_id, tier in tier_of.items():
+            rollup.ingest(node_id, tier, "", tel.node_series(node_id), self._history.get((node_id, "")))
+            for stage_id in stages.get(node_id, []):
+                rollup.ingest(node_id, tier, stage_id, tel.stage_series(node_id, stage_id),
+                              self._history.get((node_id, stage_id)))
+        self._rollup = rollup
+        self._rollup_stale = False
+        self._rollup_window = self.window_s
+        self._tier_of = dict(tier_of)
+        self.rollups_built += 1
+        return rollup
+
+    @Slot(object)
+    def _samples_arrived(self, node_ids: object) -> None:
+        """Fold the new rows of these nodes' rings into the rollup (a hidden dashboard rebuilds when shown)."""
+        self._last_sample = time.monotonic()
+        self._last_sample_wall = time.time()
+        rollup = self._rollup
+        if rollup is None or self._rollup_stale:
+            return
+        if self.group != "tier" or not self.isVisible():
+            self._rollup_stale = True
+            return
+        tel = self.telemetry
+        for node_id in node_ids:  # type: ignore[attr-defined]
+            tier = self._tier_of.get(node_id)
+            if tier is None:
+                continue    # not (yet) a fleet node with an id: the next frame's tier map rebuilds if it joins
+            rollup.ingest(node_id, tier, "", tel.node_series(node_id))
+            known = rollup.stages.get(node_id, ())
+            sample = tel.latest(node_id)
+            for stage_id in {*known, *(st.stage_id for st in sample.stages)} if sample is not None else known:
+                rollup.ingest(node_id, tier, stage_id, tel.stage_series(node_id, stage_id))
+
+    def _per_tier(self, frame: Frame, tier_of: dict[str, str]) -> None:
+        rollup = self._rollup_for(tier_of)
+        agg = rollup.aggregator
+        agg.advance(frame.end)
+        x = agg.centers()
+        present = set(tier_of.values())
+        tiers = [t for t in (*theme.TIERS, "") if t in present]
 
         def style(tier: str) -> tuple[str, Qt.PenStyle]:
             return theme.TIER_COLOURS.get(tier, theme.MUTED), theme.TIER_STYLES.get(tier, Qt.PenStyle.SolidLine)
 
-        def per_tier(column: str, how: str, source: str) -> list[Series]:
-            out = []
-            for tier in tiers:
-                if source == "node":
-                    rows = [c[column] for n, c in node_cols.items() if tier_of[n] == tier]
-                else:
-                    rows = [c[column] for (n, _), c in stage_cols.items() if tier_of[n] == tier and column in c]
-                if rows:
-                    out.append(Series(theme.TIER_TITLES.get(tier, tier), x,
-                                      combine_rows(grid.bin_rows(rows), how), *style(tier)))
-            return out
+        def per_tier(plot: str, shown: Sequence[str]) -> None:
+            frame.plots[plot] = [Series(theme.TIER_TITLES.get(t, t), x, rollup.values(plot, t), *style(t))
+                                 for t in shown]
 
-        frame.plots["throughput"] = per_tier("inferences_per_s", "sum", "stage")
-        frame.plots["power"] = per_tier("power_watts", "sum", "node")
-        frame.plots["backlog"] = per_tier("backlog", "sum", "node")
-        frame.plots["latency"] = per_tier("latency_p95_ms", "max", "stage")
+        per_tier("power", tiers)
+        per_tier("backlog", tiers)
+        for plot in ("throughput", "latency"):
+            per_tier(plot, [t for t in tiers if t in rollup.tiers.get(plot, ())])
         # per link (stage): escalated / inferred across the nodes running it; energy per inference averaged
-        links: dict[str, list[dict[str, tuple[Array, Array]]]] = {}
-        for (_, stage_id), cols in stage_cols.items():
-            links.setdefault(stage_id, []).append(cols)
         escalation, energy = [], []
-        for i, stage_id in enumerate(self._link_order(links)):
+        for i, stage_id in enumerate(self._link_order(rollup.links)):
             colour = theme.SERIES_COLOURS[i % len(theme.SERIES_COLOURS)]
-            rows = [c["energy_per_inference_j"] for c in links[stage_id] if "energy_per_inference_j" in c]
-            if rows:
-                energy.append(Series(stage_id, x, combine_rows(grid.bin_rows(rows), "mean"), colour))
+            energy.append(Series(stage_id, x, rollup.values("energy", stage_id), colour))
             label = self._link_label(stage_id)
             if label.endswith("(last)"):
                 continue   # the last stage settles everything: no link leaves it
-            inferred = combine_rows(grid.bin_rows([c["inferences_per_s"] for c in links[stage_id]]))
-            escalated = combine_rows(grid.bin_rows([c["escalated_per_s"] for c in links[stage_id]]))
-            with np.errstate(all="ignore"):
-                rate = np.where(inferred > 0, escalated / inferred, np.where(np.isfinite(inferred), 0.0, np.nan))
-            escalation.append(Series(label, x, rate, colour))
+            escalation.append(Series(label, x, rollup.escalation_rate(stage_id), colour))
         frame.plots["escalation"] = escalation
         frame.plots["energy"] = energy
+        # A curve changes when a bin with samples completes (the curves end with the last complete bin),
+        # when the rollup is rebuilt (window, tiers, history), or when its set of curves changes; not when
+        # only the clock moves on (a quiet fleet: the time axis scrolls, the curves stay).
+        for plot, series in frame.plots.items():
+            frame.tokens[plot] = (self.rollups_built, agg.shown_data if series else None,
+                                  tuple(s.name for s in series))
 
-    def _per_node(self, frame: Frame, grid: Grid, node_cols: dict[str, dict[str, tuple[Array, Array]]],
-                  stage_cols: dict[tuple[str, str], dict[str, tuple[Array, Array]]], names: dict[str, str]) -> None:
+    # ----- per node: the busiest and the selected, straight from their rings -------------------------------------
+    def _per_node(self, frame: Frame, latest: Mapping[str, NodeSample | None], names: dict[str, str]) -> None:
+        tel = self.telemetry
+        start = frame.start
         # the busiest nodes by latest throughput, plus the selected ones
-        latest: dict[str, float] = {}
-        for (node_id, _), cols in stage_cols.items():
-            v = cols["inferences_per_s"][1]
-            latest[node_id] = latest.get(node_id, 0.0) + (float(v[-1]) if len(v) and np.isfinite(v[-1]) else 0.0)
-        chosen = sorted(latest, key=lambda n: -latest[n])[:TOP_NODES]
+        busy = {node_id: sum(st.inferences_per_s for st in s.stages if math.isfinite(st.inferences_per_s))
+                for node_id, s in latest.items() if s is not None and s.stages}
+        chosen = sorted(busy, key=lambda n: -busy[n])[:TOP_NODES]
         for key in self.selected_nodes:
             node = self.fleet.node(key)
-            if node is not None and node.node_id and node.node_id in node_cols and node.node_id not in chosen:
+            if node is not None and node.node_id and node.node_id in latest and node.node_id not in chosen:
                 chosen.append(node.node_id)
         if not chosen:
-            chosen = list(node_cols)[:TOP_NODES]
+            chosen = list(latest)[:TOP_NODES]
         colours = {n: theme.SERIES_COLOURS[i % len(theme.SERIES_COLOURS)] for i, n in enumerate(chosen)}
+        stage_ids: dict[str, list[str]] = {}
+        for node_id, stage_id in tel.stage_keys():
+            stage_ids.setdefault(node_id, []).append(stage_id)
+        for (node_id, stage_id) in self._history:
+            if stage_id and stage_id not in stage_ids.get(node_id, []):
+                stage_ids.setdefault(node_id, []).append(stage_id)
+        node_cols: dict[str, dict[str, tuple[Array, Array]]] = {}
+        stage_cols: dict[tuple[str, str], dict[str, tuple[Array, Array]]] = {}
+        for node_id in chosen:
+            ring = tel.node_series(node_id)
+            hist = self._history.get((node_id, ""), {})
+            t = ring.times() if ring is not None and len(ring) else np.zeros(0)
+            cols: dict[str, tuple[Array, Array]] = {}
+            for column in ("power_watts", "backlog"):
+                v = ring.column(column) if ring is not None and len(ring) else np.zeros(0)
+                cols[column] = _window(merge(hist.get(column), t, v), start)
+            node_cols[node_id] = cols
+            for stage_id in stage_ids.get(node_id, []):
+                sring = tel.stage_series(node_id, stage_id)
+                hist = self._history.get((node_id, stage_id), {})
+                t = sring.times() if sring is not None and len(sring) else np.zeros(0)
+                cols = {}
+                for column in ("inferences_per_s", "escalated_per_s", "latency_p95_ms", "energy_per_inference_j"):
+                    if sring is None and column not in hist:
+                        continue
+                    v = sring.column(column) if sring is not None and len(sring) else np.zeros(0)
+                    cols[column] = _window(merge(hist.get(column), t, v), start)
+                stage_cols[(node_id, stage_id)] = cols
+        grid = Grid(start, frame.end, self._bin_width(chosen))
 
         def node_stage(column: str, how: str) -> list[Series]:
             out = []
@@ -592,7 +736,8 @@ class Dashboard(QWidget):
         frame.plots["energy"] = node_stage("energy_per_inference_j", "mean")
         escalation = []
         for node_id in chosen:
-            rows = [cols for (nid, _), cols in stage_cols.items() if nid == node_id]
+            rows = [cols for (nid, _), cols in stage_cols.items()
+                    if nid == node_id and "inferences_per_s" in cols and "escalated_per_s" in cols]
             if not rows:
                 continue
             inferred = combine([grid.bin_mean(*c["inferences_per_s"]) for c in rows])
@@ -605,8 +750,7 @@ class Dashboard(QWidget):
             frame.plots[plot] = [Series(names.get(n, n[:8]), *node_cols[n][column], colours[n]) for n in chosen
                                  if n in node_cols]
 
-    def _tiles(self, frame: Frame, grid: Grid, node_cols: dict[str, dict[str, tuple[Array, Array]]],
-               stage_cols: dict[tuple[str, str], dict[str, tuple[Array, Array]]], nodes: Sequence[object]) -> None:
+    def _tiles(self, frame: Frame, latest: Mapping[str, NodeSample | None]) -> None:
         all_nodes = self.fleet.nodes()
         online = sum(1 for n in all_nodes if str(n.state) == "online")
         degraded = sum(1 for n in all_nodes if str(n.state) == "degraded")
@@ -615,27 +759,23 @@ class Dashboard(QWidget):
         if degraded or offline:
             text += f"  ⚠{degraded} ✖{offline}"
         frame.tiles["nodes"] = text
-
-        def last(t_v: tuple[Array, Array]) -> float | None:
-            v = t_v[1]
-            finite = v[np.isfinite(v)]
-            return float(finite[-1]) if len(finite) else None
-
-        links: dict[str, list[dict[str, tuple[Array, Array]]]] = {}
-        for (_, stage_id), cols in stage_cols.items():
-            links.setdefault(stage_id, []).append(cols)
+        samples = [s for s in latest.values() if s is not None]
+        links: dict[str, list[StageSample]] = {}
+        for s in samples:
+            for st in s.stages:
+                links.setdefault(st.stage_id, []).append(st)
         order = self._link_order(links)
-        power = [x for c in node_cols.values() if (x := last(c["power_watts"])) is not None]
+        power = [s.power_watts for s in samples if math.isfinite(s.power_watts)]
         frame.tiles["power"] = (f"{sum(power):,.1f} W" + (" est." if frame.estimate else "")) if power else "—"
         if order:
             first = order[0]   # the entry stage: every input passes it once
-            inputs = sum(last(c["inferences_per_s"]) or 0.0 for c in links[first])
-            escalated = sum(last(c["escalated_per_s"]) or 0.0 for c in links[first])
+            inputs = sum(st.inferences_per_s for st in links[first] if math.isfinite(st.inferences_per_s))
+            escalated = sum(st.escalated_per_s for st in links[first] if math.isfinite(st.escalated_per_s))
             frame.tiles["throughput"] = f"{inputs:,.0f} /s"
             frame.tiles["escalation"] = f"{(escalated / inputs * 100) if inputs else 0.0:.1f} %"
             if power and inputs > 0:
                 frame.tiles["energy"] = f"{sum(power) / inputs:,.3g} J"
-        latency = [x for c in stage_cols.values() if (x := last(c["latency_p95_ms"])) is not None]
+        latency = [st.latency_p95_ms for sts in links.values() for st in sts if math.isfinite(st.latency_p95_ms)]
         frame.tiles["latency"] = f"{max(latency):,.1f} ms" if latency else "—"
 
     def _link_order(self, links: Mapping[str, object]) -> list[str]:

@@ -17,7 +17,7 @@ under load minus that agent's RSS before the stage was deployed), energy per inp
 power figures (labelled with their source). The cascade's answers are checked row by row against an
 in-process computation of the same rules. A what-if sweep of the stage 1 and stage 2 thresholds on the
 same stream (accuracy vs fraction escalated) is written as a PNG. Thresholds are NOT tuned here: they
-come from the pipeline file (chosen on the validation split by resources/models/train.py).
+come from the pipeline file (chosen on the validation split by tools/train_models.py).
 
 Usage: python bench/cascade.py [--json OUT] [--quick] [--n N] [--batch B] [--concurrency C] [--repeats R]
                                [--plot PNG]

@@ -47,6 +47,8 @@ def test_the_wheel_needs_no_qt(node_only: tuple[Path, Path], tmp_path: Path) -> 
         names = archive.namelist()
         metadata = next(archive.read(n).decode() for n in names if n.endswith("/METADATA"))
     assert "resources/data/heldout.npz" not in names, "the 3 MB held-out set stays in the checkout"
+    assert not [n for n in names if "train" in n.rsplit("/", 1)[-1] or n.startswith("tools/")], \
+        "the training script stays in the checkout"
     assert "resources/models/detector.onnx" in names and "cli/_cmd_deploy.py" in names
     core = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:") and "extra ==" not in line]
     assert core and not [line for line in core if "PySide6" in line or "pyqtgraph" in line]

@@ -1,7 +1,7 @@
 """Train the three ship-finder stages, export them to ONNX, write model cards and the pipeline file.
 
     pip install -e '.[train]'          # torch 2.13 (CPU is enough)
-    python -m resources.models.train   # ~10 min on 2 CPU cores; --quick for a smoke run
+    python -m tools.train_models   # ~10 min on 2 CPU cores; --quick for a smoke run
 
 Everything is seeded: the data come from resources.scenes (train/val/test seeds in
 resources/data/splits.json) and torch is seeded with TRAIN_SEED. Retraining reproduces the
@@ -188,7 +188,7 @@ def export(net: nn.Module, name: str, classes: list[str], path: Path) -> None:
                           do_constant_folding=True, dynamo=False)
     model = onnx.load(str(path))
     model.graph.name = name
-    model.producer_name = "tierdeck resources/models/train.py"
+    model.producer_name = "tierdeck tools/train_models.py"
     model.doc_string = f"tierdeck ship-finder stage {name!r}; output probs over {classes}"
     del model.metadata_props[:]
     onnx.helper.set_model_props(model, {"classes": json.dumps(classes), "stage": name})
@@ -294,7 +294,7 @@ def model_card(name: str, path: Path, classes: list[str], description: str, tier
         "accuracy": metrics,
         **extra,
         "training": {
-            "script": "resources/models/train.py",
+            "script": "tools/train_models.py",
             "seed": TRAIN_SEED,
             "data": {"split": "train", "seed": scenes.SPLITS["train"], "n": spec.n_train, "first": True,
                      "water_fraction": TRAIN_WATER_FRACTION},
@@ -347,7 +347,7 @@ def write_pipeline(chosen: dict[str, Any], cards: dict[str, dict[str, Any]]) -> 
             f"Stage 1 escalates when P(vessel) > {1 - c1:.3g} (class_in vessel, or top-class confidence "
             f"below {c1:g}, i.e. an uncertain 'water'); other rows settle as water. Stage 2 escalates when "
             f"its top-class confidence is below {c2:g}. Thresholds chosen on the validation split by "
-            "resources/models/train.py; see the model cards."),
+            "tools/train_models.py; see the model cards."),
         "stages": stages,
     }
     PIPELINE_PATH.parent.mkdir(parents=True, exist_ok=True)
@@ -356,7 +356,7 @@ def write_pipeline(chosen: dict[str, Any], cards: dict[str, dict[str, Any]]) -> 
 
 def main(argv: list[str] | None = None) -> int:
     """Train, export, evaluate, choose thresholds on validation, write cards and the pipeline file."""
-    parser = argparse.ArgumentParser(prog="python -m resources.models.train", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tools.train_models", description=main.__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny run to check the script (writes to --out)")
     parser.add_argument("--out", type=Path, default=MODELS_DIR, help="where the .onnx files and cards go")
     parser.add_argument("--only", choices=list(SPECS), action="append", help="train only these (experiments)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,20 @@ def test_from_an_empty_canvas_three_drags_keyboard_thresholds_deploy_and_traffic
     op.key("ctrl+shift+p")
 
 
+def _layout_settled(s: Session, tries: int = 20) -> dict[str, Any]:
+    """The probe once the positions of chips, cards and lanes stopped moving (two probes 0.5 s apart agree)."""
+    last: object = None
+    probe = s.probe()
+    for _ in range(tries):
+        probe = s.probe()
+        where = (probe["chips"], probe["cards"], probe["lanes"])
+        if where == last:
+            return probe
+        last = where
+        time.sleep(0.5)
+    return probe
+
+
 def test_move_the_classifier_to_cloud_and_back_then_pin_it_and_the_routing_matches_the_nodes(
         session: Session) -> None:
     s, op = session, session.op
@@ -134,9 +149,10 @@ def test_move_the_classifier_to_cloud_and_back_then_pin_it_and_the_routing_match
                    "undo: classifier back on the edge tier")
     # pin the classifier to edge-1: both device nodes now escalate there, and the canvas says so
     edge_1 = next(n for n in s.probe()["nodes"] if n["name"] == "edge-1")
-    op.drag(s.probe()["chips"]["classifier"], s.probe()["cards"]["edge-1"], "classifier onto edge-1")
+    settled = _layout_settled(s)  # the undo re-lays the canvas out: aim at where things are, not where they were
+    op.drag(settled["chips"]["classifier"], settled["cards"]["edge-1"], "classifier onto edge-1")
     p = s.console.wait(lambda p: any(st["id"] == "classifier" and st["nodes"] == [edge_1["node_id"]]
-                                     for st in p["stages"]), 10, "classifier pinned to edge-1")
+                                     for st in p["stages"]), 20, "classifier pinned to edge-1")
     assert p["routes"]["detector"] == ["device-1, device-2 → edge-1 (edge)"]
     s.shot("classifier-pinned")
     deploy(s)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from app.core import ConsoleCore, bundled_models, make_enroller, make_policy_pusher
-from cli._common import add_fleet_id_option
+from cli._common import add_node_sources
 
 log = logging.getLogger(f"tierdeck.{__name__}")
 
@@ -27,13 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     from cli._common import add_db_option
 
     add_db_option(parser)
-    parser.add_argument("--fleet", metavar="FILE", help="fleet file: one HOST:PORT [TIER] [NAME] per line, or JSON")
-    parser.add_argument("--node", action="append", default=[], metavar="HOST:PORT",
-                        help="a node by address (repeatable)")
-    parser.add_argument("--interface", action="append", default=[], metavar="IP",
-                        help="browse mDNS on this IPv4 interface (repeatable); without --fleet/--node/--interface "
-                             "every IPv4 interface is browsed")
-    add_fleet_id_option(parser)
+    add_node_sources(parser)
     parser.add_argument("--pipeline", type=Path, metavar="FILE", help="open this pipeline file on the canvas")
     parser.add_argument("--wall", action="store_true", help="start in wall mode (full screen dashboard, large type)")
     parser.add_argument("--telemetry-interval", type=float, default=1.0, metavar="S",

@@ -35,8 +35,8 @@ def add_db_option(parser: argparse.ArgumentParser) -> None:
                         help=f"console database (default: {default_db_path()})")
 
 
-def add_fleet_options(parser: argparse.ArgumentParser) -> None:
-    """Where the nodes come from: fleet file, addresses, mDNS interfaces."""
+def add_node_sources(parser: argparse.ArgumentParser) -> None:
+    """Where the nodes come from: fleet file, addresses, mDNS interfaces, the fleet id that scopes mDNS."""
     parser.add_argument("--fleet", metavar="FILE", help="fleet file: one HOST:PORT [TIER] [NAME] per line, or JSON")
     parser.add_argument("--node", action="append", default=[], metavar="HOST:PORT",
                         help="a node by address (repeatable)")
@@ -44,6 +44,11 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
                         help="browse mDNS on this IPv4 interface (repeatable); without --fleet/--node/--interface "
                              "every IPv4 interface is browsed")
     add_fleet_id_option(parser)
+
+
+def add_fleet_options(parser: argparse.ArgumentParser) -> None:
+    """Where the nodes come from (see add_node_sources), how long to look, and how to dial them."""
+    add_node_sources(parser)
     parser.add_argument("--discover-seconds", type=float, default=None, metavar="S",
                         help="how long to browse mDNS before acting (default 3 when browsing)")
     parser.add_argument("--connect-timeout", type=float, default=15.0, metavar="S",

@@ -140,6 +140,23 @@ class RingBuffer:
             self._count += 1
         self.appended += 1
 
+    def extend(self, t: npt.NDArray[np.float64], rows: npt.NDArray[np.float64]) -> None:
+        """Add many rows at once (times, one row of columns each), oldest first: as `append` row by row."""
+        n = len(t)
+        if n == 0:
+            return
+        if n > self.capacity:   # only the newest `capacity` rows stay, as appending them one by one would leave
+            skipped = n - self.capacity
+            self._next = (self._next + skipped) % self.capacity
+            self.appended += skipped
+            t, rows, n = t[skipped:], rows[skipped:], self.capacity
+        idx = (self._next + np.arange(n)) % self.capacity
+        self._t[idx] = t
+        self._data[idx] = rows
+        self._next = int((self._next + n) % self.capacity)
+        self._count = min(self.capacity, self._count + n)
+        self.appended += n
+
     def _order(self) -> slice | npt.NDArray[np.intp]:
         if self._count < self.capacity:
             return slice(0, self._count)

@@ -45,11 +45,14 @@ from PySide6.QtWidgets import (
 )
 
 from app._records import NodeSample, StageSample
+from app._replay import ReplayTelemetry
+from app._replay_qt import ReplayModel
 from app.qt import FleetModel, PipelineModel, TelemetryModel
 from widgets import _theme as theme
 from widgets._axes import LogAxisItem
 from widgets._clock import FrameClock
 from widgets._export import ExportWriter
+from widgets._replay_bar import ReplayBar
 from widgets._series import (
     Array,
     Grid,
@@ -313,11 +316,15 @@ class Dashboard(QWidget):
 
     def __init__(self, fleet: FleetModel, telemetry: TelemetryModel, clock: FrameClock | None = None,
                  pipeline: PipelineModel | None = None, files: concurrent.futures.Executor | None = None,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, replay: ReplayModel | None = None) -> None:
         super().__init__(parent)
         theme.configure_pyqtgraph()
-        self.fleet = fleet
-        self.telemetry = telemetry
+        # What the plots read: the live models, or during a replay the history as of the replayed instant
+        # (app._replay.ReplayTelemetry has the read side of both); the live models keep filling meanwhile.
+        self.fleet: FleetModel | ReplayTelemetry = fleet
+        self.telemetry: TelemetryModel | ReplayTelemetry = telemetry
+        self._live = (fleet, telemetry)
+        self.replay = replay
         self.pipeline = pipeline
         self.clock = clock
         self.window_s = WINDOWS[0][1]
@@ -405,6 +412,12 @@ class Dashboard(QWidget):
                 panel.plot.getPlotItem().getAxis("bottom").setHeight(6)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(6, 6, 6, 6)
+        self.replay_bar: ReplayBar | None = None
+        if replay is not None:
+            self.replay_bar = ReplayBar(replay, self)
+            layout.addWidget(self.replay_bar)
+            replay.mode_changed.connect(self._replay_mode)
+            replay.moved.connect(self._replay_moved)
         layout.addLayout(controls)
         layout.addLayout(tiles)
         layout.addLayout(self.grid, 1)
@@ -462,6 +475,44 @@ class Dashboard(QWidget):
         for panel in self.panels.values():
             panel.set_wall(wall, factor)
 
+    # ----- replay ---------------------------------------------------------------------------------------------
+    @property
+    def replaying(self) -> bool:
+        """True while the plots show a replayed window instead of live telemetry."""
+        return self.telemetry is not self._live[1]
+
+    def now(self) -> float:
+        """The instant the view ends at (Unix s): now, or the replayed instant."""
+        tel = self.telemetry
+        return tel.position_ms / 1000 if isinstance(tel, ReplayTelemetry) else time.time()
+
+    @Slot(bool)
+    def _replay_mode(self, replaying: bool) -> None:
+        view = self.replay.view if self.replay is not None else None
+        self.fleet, self.telemetry = (view, view) if replaying and view is not None else self._live
+        self._history.clear()
+        self._history_for = 0.0
+        self._rollup_stale = True
+        self.redraw()
+
+    @Slot(object, bool)
+    def _replay_moved(self, node_ids: object, rebuilt: bool) -> None:
+        """The replayed instant moved: fold the rows the replay's rings gained (rebuild when it went back)."""
+        view = self.replay.view if self.replay is not None else None
+        if view is None:
+            return
+        if self.telemetry is not view:   # a new window
+            self.fleet = self.telemetry = view
+            rebuilt = True
+        if rebuilt:
+            self._rollup_stale = True
+        else:
+            self._fold(node_ids)
+        if self.clock is not None and self.isVisible():
+            self.clock.request_frame()
+        else:
+            self.redraw()
+
     # ----- frames ---------------------------------------------------------------------------------------------
     @Slot()
     def _frame_ticked(self) -> None:
@@ -489,7 +540,7 @@ class Dashboard(QWidget):
             text = self._source_text(self.frame)
             if self.source.text() != text:
                 self.source.setText(text)
-        if now - self._last_scroll >= every and self.frame is not None:
+        if now - self._last_scroll >= every and self.frame is not None and not self.replaying:
             start, end = time.time() - self.window_s, time.time()
             for panel in self.panels.values():
                 panel.set_time_range(start, end)
@@ -536,6 +587,10 @@ class Dashboard(QWidget):
         return time.monotonic() - self._last_sample > QUIET_AFTER_S
 
     def _source_text(self, frame: Frame) -> str:
+        if self.replaying and self.replay is not None and self.replay.history is not None:
+            h = self.replay.history
+            return (f"replay of {datetime.fromtimestamp(h.since_ms / 1000):%d %b %H:%M}–"
+                    f"{datetime.fromtimestamp(h.until_ms / 1000):%H:%M} · {h.note}")
         parts = [f"{sum(1 for n in self.fleet.nodes() if str(n.state) == 'online')} online"]
         if self.quiet and self._last_sample_wall:
             parts.append(f"no samples since {datetime.fromtimestamp(self._last_sample_wall):%H:%M:%S}")
@@ -550,7 +605,7 @@ class Dashboard(QWidget):
     # ----- data ----------------------------------------------------------------------------------------------
     def compute_frame(self, now: float | None = None) -> Frame:
         """All series and tiles for the window ending `now` (Unix seconds)."""
-        end = time.time() if now is None else now
+        end = self.now() if now is None else now
         start = end - self.window_s
         frame = Frame(start, end)
         nodes = [n for n in self.fleet.nodes() if n.node_id]
@@ -595,7 +650,7 @@ class Dashboard(QWidget):
         tel = self.telemetry
         width = self._bin_width(list(tier_of))
         rollup = TierRollup(width, int(np.ceil(self.window_s / width - 1e-9)))
-        rollup.aggregator.advance(time.time())
+        rollup.aggregator.advance(self.now())
         stages: dict[str, list[str]] = {}
         for node_id, stage_id in tel.stage_keys():
             stages.setdefault(node_id, []).append(stage_id)
@@ -619,6 +674,11 @@ class Dashboard(QWidget):
         """Fold the new rows of these nodes' rings into the rollup (a hidden dashboard rebuilds when shown)."""
         self._last_sample = time.monotonic()
         self._last_sample_wall = time.time()
+        if self.replaying:
+            return   # the live rings keep filling; the rollup is rebuilt from them on the way back to live
+        self._fold(node_ids)
+
+    def _fold(self, node_ids: object) -> None:
         rollup = self._rollup
         if rollup is None or self._rollup_stale:
             return
@@ -804,7 +864,7 @@ class Dashboard(QWidget):
         return oldest is not None and oldest <= time.time() - self.window_s + 5
 
     def _maybe_request_history(self, force: bool = False) -> None:
-        if self.window_s <= WINDOWS[0][1] or self.ring_covers():
+        if self.replaying or self.window_s <= WINDOWS[0][1] or self.ring_covers():
             return
         refresh = max(30.0, self.window_s / 60)
         now = time.monotonic()

@@ -1,0 +1,421 @@
+"""After-action replay (no Qt): a past window of the console database, played back as it was recorded.
+
+`load_history(db, since_ms, until_ms, ...)` reads a window on the database's reader thread and
+returns a `ReplayHistory`: per node and per (node, stage) the recorded figures as numpy tracks,
+the link state of every stage sample, the node state changes (the audit log's `node_state`
+events, and the last one before the window), and the events of the window.
+
+Raw samples are played where the database still holds them. Where retention has already
+deleted them (raw telemetry is kept 24 h by default), and for windows longer than
+RAW_MAX_WINDOW_S, the one-minute rollups are played instead — one row per minute, placed at the
+minute's middle — and `ReplayHistory.note` says so in words. Rollups carry no link states and
+no cumulative counters: those read as unknown (NaN / "") there.
+
+`ReplayTelemetry` is the history seen from one replayed instant: ring buffers holding every row
+up to that instant (the same `RingBuffer` the live plots read, so the dashboard draws a replay
+exactly as it draws live data), the latest sample of each node at that instant, the node states
+and link states then. `seek` moves forward by appending the rows in between (the rings only
+grow, as they do live) and backward by rebuilding them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import numpy.typing as npt
+import sqlite_utils
+
+from app._records import ConsoleEvent, NodeSample, NodeSnapshot, NodeState, Severity, StageSample
+from app._telemetry import NODE_COLUMNS, STAGE_COLUMNS, RingBuffer
+from runners.protocol import STAGE_COUNTERS
+
+Array = npt.NDArray[np.float64]
+MINUTE_MS = 60_000
+RAW_MAX_WINDOW_S = 6 * 3600.0   # longer windows play the one-minute rollups (the plots bin coarser anyway)
+SPEEDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+MIN_SPEED, MAX_SPEED = 1.0, 60.0
+FRAME_MS = 100                  # one replay frame: the clock advances speed × FRAME_MS of recorded time
+LINK_STATES = ("", "none", "up", "down")   # codes of a stage track's "link" column ("" = not recorded)
+
+NODE_TRACK = (*NODE_COLUMNS, "power_measured")
+STAGE_TRACK = (*STAGE_COLUMNS, "link")
+
+_RAW_NODE = ("cpu_percent", "power_watts", "rss_bytes", "energy_joules_total", "backlog", "power_measured")
+_RAW_STAGE = ("inferences_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
+              "queue_depth", "energy_per_inference_j", "inferences_total", "errors_total", "link_state")
+
+
+@dataclass(frozen=True)
+class Track:
+    """Recorded rows of one node or one stage on a node: times (Unix s, ascending) and one row per time."""
+
+    columns: tuple[str, ...]
+    t: Array
+    data: Array
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def count_until(self, t_s: float) -> int:
+        """How many rows are at or before `t_s`."""
+        return int(np.searchsorted(self.t, t_s, side="right"))
+
+    def value(self, i: int, column: str) -> float:
+        """Row i's value of a column."""
+        return float(self.data[i, self.columns.index(column)])
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A node's connection state from `ts_ms` on, as the audit log recorded it."""
+
+    ts_ms: int
+    state: str
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class NodeAt:
+    """What the history says about one node at one instant."""
+
+    node_id: str
+    name: str
+    tier: str
+    state: str                    # online / degraded / offline / ... ; "" when nothing was recorded yet
+    state_since_ms: int
+    reason: str
+    links: dict[str, str]         # stage id -> link state of its next hop ("up", "down", "none"; "" unknown)
+    sample_ms: int                # time of the node's latest sample at or before the instant (0: none)
+
+
+@dataclass(frozen=True)
+class ReplayHistory:
+    """A window of recorded history (see the module docstring); built by `load_history`."""
+
+    since_ms: int
+    until_ms: int
+    nodes: dict[str, tuple[str, str]]                       # node id -> (name, tier)
+    node_tracks: dict[str, Track]
+    stage_tracks: dict[tuple[str, str], Track]
+    events: tuple[ConsoleEvent, ...]                         # oldest first, within the window
+    states: dict[str, tuple[StateChange, ...]]               # per node, oldest first (one may predate the window)
+    rollup_until_ms: int         # rows before this instant come from the one-minute rollups (== since_ms: none)
+    raw_retention_s: float
+    raw_gone: bool               # True when rollups stand in because retention deleted the raw samples
+    event_t: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def resolution(self) -> str:
+        """'raw', '1m' (rollups only) or 'mixed' (rollups, then raw samples)."""
+        if self.rollup_until_ms <= self.since_ms:
+            return "raw"
+        return "1m" if self.rollup_until_ms > self.until_ms else "mixed"
+
+    @property
+    def note(self) -> str:
+        """In words, what is played: 'raw samples', or which part comes from the rollups and why."""
+        if self.resolution == "raw":
+            return "playing raw samples"
+        kept = _hours(self.raw_retention_s)
+        if self.raw_gone:
+            until = "" if self.resolution == "1m" else \
+                f" until {datetime.fromtimestamp(self.rollup_until_ms / 1000):%H:%M}"
+            return f"playing 1-minute rollups{until}: raw samples kept only for the last {kept}"
+        return (f"playing 1-minute rollups: windows over {_hours(RAW_MAX_WINDOW_S)} play per minute "
+                f"(raw samples kept for the last {kept})")
+
+    def events_until(self, t_ms: int) -> tuple[ConsoleEvent, ...]:
+        """The window's events at or before `t_ms`, oldest first."""
+        n = int(np.searchsorted(self.event_t, t_ms, side="right"))
+        return self.events[:n]
+
+    def state_at(self, node_id: str, t_ms: int) -> StateChange | None:
+        """The node's last recorded state change at or before `t_ms` (None: none recorded)."""
+        last = None
+        for change in self.states.get(node_id, ()):
+            if change.ts_ms > t_ms:
+                break
+            last = change
+        return last
+
+
+def _hours(seconds: float) -> str:
+    hours = seconds / 3600
+    if hours >= 48 and hours % 24 == 0:
+        return f"{hours / 24:g} d"
+    return f"{hours:g} h" if hours >= 1 else f"{seconds / 60:g} min"
+
+
+def _link_code(value: object) -> float:
+    text = str(value or "")
+    return float(LINK_STATES.index(text)) if text in LINK_STATES else 0.0
+
+
+def _num(value: object) -> float:
+    return math.nan if value is None else float(value)  # type: ignore[arg-type]
+
+
+def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_retention_s: float = 24 * 3600.0,
+                 now_ms: int | None = None) -> ReplayHistory:
+    """Read the window [since_ms, until_ms] (see the module docstring); run it on the database's reader thread."""
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    if until_ms <= since_ms:
+        raise ValueError("the replay window must end after it starts")
+    nodes: dict[str, tuple[str, str]] = {}
+    refs: dict[int, str] = {}
+    for ref, node_id, name, tier in db.execute("SELECT ref, node_id, name, tier FROM nodes").fetchall():
+        refs[int(ref)] = node_id
+        nodes[node_id] = (name or node_id[:12], tier or "")
+    # Where the raw samples begin (index range scans per node), and how far the rollups reach.
+    firsts = [first for ref in refs
+              if (first := db.execute("SELECT min(ts_ms) FROM telemetry WHERE node = ?", [ref]).fetchone()[0])
+              is not None]
+    raw_first = min(firsts) if firsts else None
+    row = db.execute("SELECT value FROM meta WHERE key = 'rollup_watermark'").fetchone() \
+        if db.table("meta").exists() else None
+    watermark = int(row[0]) if row else None
+    # rollups stand in for deleted raw samples when the window reaches back past the raw retention
+    raw_gone = (raw_first is None or raw_first > since_ms) and since_ms < now_ms - raw_retention_s * 1000
+    if raw_first is None:
+        split = until_ms + 1
+    else:
+        split = -(-raw_first // MINUTE_MS) * MINUTE_MS if raw_first > since_ms else since_ms
+        if (until_ms - since_ms) / 1000 > RAW_MAX_WINDOW_S and watermark is not None:
+            split = max(split, watermark)
+    split = min(max(split, since_ms), until_ms + 1)
+
+    node_rows: dict[str, list[list[float]]] = {}
+    stage_rows: dict[tuple[str, str], list[list[float]]] = {}
+    node_t: dict[str, list[float]] = {}
+    stage_t: dict[tuple[str, str], list[float]] = {}
+    rollups = 0
+    if split > since_ms:
+        for ref, node_id in refs.items():
+            for r in db.execute(
+                    "SELECT minute_ms, stage, inferences, escalated, escalation_rate, latency_p95_ms_avg, "
+                    "latency_p99_ms_max, queue_depth_max, cpu_percent_avg, power_watts_avg, backlog_max "
+                    "FROM telemetry_rollup_1m WHERE node = ? AND minute_ms >= ? AND minute_ms + 60000 <= ? "
+                    "ORDER BY minute_ms", [ref, since_ms // MINUTE_MS * MINUTE_MS, split]).fetchall():
+                t = (r[0] + MINUTE_MS / 2) / 1000
+                if not since_ms <= t * 1000 <= until_ms:
+                    continue
+                rollups += 1
+                if r[1] == "":
+                    node_t.setdefault(node_id, []).append(t)
+                    node_rows.setdefault(node_id, []).append(
+                        [_num(r[8]), _num(r[9]), math.nan, math.nan, _num(r[10]), math.nan])
+                else:
+                    inferences, escalated = _num(r[2]), _num(r[3])
+                    key = (node_id, r[1])
+                    stage_t.setdefault(key, []).append(t)
+                    stage_rows.setdefault(key, []).append(
+                        [inferences / 60, escalated / 60, _num(r[4]), math.nan, _num(r[5]), _num(r[6]),
+                         _num(r[7]), math.nan, math.nan, math.nan, 0.0])
+    if split <= until_ms:
+        node_cols = ", ".join(_RAW_NODE)
+        stage_cols = ", ".join(_RAW_STAGE)
+        for ref, node_id in refs.items():
+            for r in db.execute(f"SELECT ts_ms, stage, {node_cols}, {stage_cols} FROM telemetry "
+                                "WHERE node = ? AND ts_ms >= ? AND ts_ms <= ? ORDER BY ts_ms, seq",
+                                [ref, split, until_ms]).fetchall():
+                t = r[0] / 1000
+                if r[1] == "":
+                    node_t.setdefault(node_id, []).append(t)
+                    node_rows.setdefault(node_id, []).append([_num(v) for v in r[2:8]])
+                else:
+                    (ips, rate, p50, p95, p99, queue, epi, total, errors, link) = r[8:18]
+                    key = (node_id, r[1])
+                    stage_t.setdefault(key, []).append(t)
+                    stage_rows.setdefault(key, []).append(
+                        [_num(ips), _num(ips) * _num(rate), _num(rate), _num(p50), _num(p95), _num(p99),
+                         _num(queue), _num(epi), _num(total), _num(errors), _link_code(link)])
+
+    def track(columns: tuple[str, ...], t: list[float], rows: list[list[float]]) -> Track:
+        return Track(columns, np.asarray(t, dtype=np.float64),
+                     np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns)))
+
+    events = []
+    for r in db.execute("SELECT ts_ms, kind, severity, node_id, message, detail_json FROM events "
+                        "WHERE ts_ms >= ? AND ts_ms <= ? ORDER BY ts_ms, id", [since_ms, until_ms]).fetchall():
+        events.append(ConsoleEvent(r[1], r[4], Severity(r[2]) if r[2] in Severity._value2member_map_ else
+                                   Severity.INFO, r[3] or "", json.loads(r[5]) if r[5] else {}, int(r[0])))
+    states: dict[str, list[StateChange]] = {}
+    # The state each node was in when the window starts: its last state change before it (SQLite takes the bare
+    # columns from the row of max(ts_ms)).
+    for node_id, ts, detail, message in db.execute(
+            "SELECT node_id, max(ts_ms), detail_json, message FROM events WHERE kind = 'node_state' AND ts_ms < ? "
+            "AND node_id IS NOT NULL GROUP BY node_id", [since_ms]).fetchall():
+        states.setdefault(node_id, []).append(_state_change(int(ts), detail, message))
+    for ev in events:
+        if ev.kind == "node_state" and ev.node_id:
+            states.setdefault(ev.node_id, []).append(_state_change(ev.ts_ms, json.dumps(ev.detail), ev.message))
+    return ReplayHistory(
+        since_ms, until_ms, nodes,
+        {n: track(NODE_TRACK, node_t[n], node_rows[n]) for n in node_t},
+        {k: track(STAGE_TRACK, stage_t[k], stage_rows[k]) for k in stage_t},
+        tuple(events), {n: tuple(c) for n, c in states.items()}, split if rollups else since_ms, raw_retention_s,
+        raw_gone and rollups > 0, np.asarray([e.ts_ms for e in events], dtype=np.int64))
+
+
+def _state_change(ts_ms: int, detail_json: str | None, message: str) -> StateChange:
+    detail = json.loads(detail_json) if detail_json else {}
+    state = str(detail.get("to", ""))
+    _, _, reason = message.partition(": ")
+    return StateChange(ts_ms, state, reason)
+
+
+class ReplayTelemetry:
+    """The history as seen from one replayed instant: the read side of the live telemetry model, and the fleet's.
+
+    Rings hold every row of the window up to the instant; `latest` is each node's last sample then.
+    """
+
+    def __init__(self, history: ReplayHistory) -> None:
+        self.history = history
+        self.position_ms = history.since_ms
+        self.rebuilds = 0
+        self._nodes: dict[str, RingBuffer] = {}
+        self._stages: dict[tuple[str, str], RingBuffer] = {}
+        self._counts: dict[object, int] = {}
+        self._rebuild()
+
+    # ----- moving ------------------------------------------------------------------------------------------------
+    def seek(self, t_ms: int) -> tuple[list[str], bool]:
+        """Move to `t_ms` (clamped to the window); returns (node ids whose rings gained rows, rebuilt)."""
+        t_ms = min(max(int(t_ms), self.history.since_ms), self.history.until_ms)
+        back = t_ms < self.position_ms
+        self.position_ms = t_ms
+        if back:
+            self._rebuild()
+            return sorted(self.history.nodes), True
+        changed: set[str] = set()
+        for key, track, ring in self._pairs():
+            n = track.count_until(t_ms / 1000)
+            done = self._counts[key]
+            if n > done:
+                ring.extend(track.t[done:n], track.data[done:n, :len(ring.columns)])
+                self._counts[key] = n
+                changed.add(key if isinstance(key, str) else key[0])   # type: ignore[index]
+        return sorted(changed), False
+
+    def _pairs(self) -> list[tuple[object, Track, RingBuffer]]:
+        h = self.history
+        pairs: list[tuple[object, Track, RingBuffer]] = [(n, h.node_tracks[n], r) for n, r in self._nodes.items()]
+        pairs += [(k, h.stage_tracks[k], r) for k, r in self._stages.items()]
+        return pairs
+
+    def _rebuild(self) -> None:
+        h = self.history
+        self.rebuilds += 1
+        self._nodes = {n: RingBuffer(NODE_COLUMNS, max(1, len(tr))) for n, tr in h.node_tracks.items()}
+        self._stages = {k: RingBuffer(STAGE_COLUMNS, max(1, len(tr))) for k, tr in h.stage_tracks.items()}
+        self._counts = dict.fromkeys([*self._nodes, *self._stages], 0)
+        position, self.position_ms = self.position_ms, h.since_ms - 1
+        self.seek(position)
+
+    # ----- the telemetry model's read side ------------------------------------------------------------------------
+    @property
+    def samples(self) -> int:
+        """Node rows played so far."""
+        return sum(len(r) for r in self._nodes.values())
+
+    def node_series(self, node_id: str) -> RingBuffer | None:
+        """Ring of a node's figures up to the instant (columns: NODE_COLUMNS); None when it has no rows yet."""
+        ring = self._nodes.get(node_id)
+        return ring if ring is not None and len(ring) else None
+
+    def stage_series(self, node_id: str, stage_id: str) -> RingBuffer | None:
+        """Ring of a stage's figures on a node up to the instant (columns: STAGE_COLUMNS)."""
+        ring = self._stages.get((node_id, stage_id))
+        return ring if ring is not None and len(ring) else None
+
+    def stage_keys(self) -> list[tuple[str, str]]:
+        """(node id, stage id) pairs with rows up to the instant."""
+        return [k for k, r in self._stages.items() if len(r)]
+
+    def score_histogram(self, node_id: str, stage_id: str, since: float | None = None) -> Array:
+        """Score histograms are not recorded: zeros."""
+        return np.zeros(20)
+
+    def latest(self, node_id: str) -> NodeSample | None:
+        """The node's last recorded sample at or before the instant (None: none yet in the window)."""
+        n = self._counts.get(node_id, 0)
+        if not n:
+            return None
+        h = self.history
+        node = h.node_tracks[node_id]
+        i = n - 1
+        ts_ms = round(node.t[i] * 1000)
+        stages = []
+        for (nid, stage_id), track in h.stage_tracks.items():
+            k = self._counts.get((nid, stage_id), 0)
+            if nid != node_id or not k:
+                continue
+            stages.append(_stage_sample(stage_id, track, k - 1))
+        return NodeSample(node_id, "", 0, ts_ms, 0.0, node.value(i, "cpu_percent"), _int(node.value(i, "rss_bytes")),
+                          node.value(i, "power_watts"), "", bool(node.value(i, "power_measured") == 1.0),
+                          node.value(i, "energy_joules_total"), 0.0, _int(node.value(i, "backlog")), tuple(stages))
+
+    def link_state(self, node_id: str, stage_id: str) -> str:
+        """The stage's link state in its last row at or before the instant ("" when not recorded)."""
+        k = self._counts.get((node_id, stage_id), 0)
+        if not k:
+            return ""
+        return LINK_STATES[int(self.history.stage_tracks[(node_id, stage_id)].value(k - 1, "link"))]
+
+    # ----- the fleet as it was -----------------------------------------------------------------------------------
+    def node_at(self, node_id: str) -> NodeAt:
+        """State, link states and sample time of one node at the instant."""
+        name, tier = self.history.nodes.get(node_id, (node_id[:12], ""))
+        change = self.history.state_at(node_id, self.position_ms)
+        links = {sid: self.link_state(nid, sid) for (nid, sid) in self.history.stage_tracks if nid == node_id}
+        n = self._counts.get(node_id, 0)
+        sample_ms = round(self.history.node_tracks[node_id].t[n - 1] * 1000) if n else 0
+        return NodeAt(node_id, name, tier, change.state if change else "", change.ts_ms if change else 0,
+                      change.reason if change else "", links, sample_ms)
+
+    def nodes(self) -> list[NodeSnapshot]:
+        """Every recorded node as a snapshot with its state at the instant (key = node id)."""
+        return [self._snapshot(n) for n in self.history.nodes]
+
+    def node(self, key: str) -> NodeSnapshot | None:
+        """One node's snapshot at the instant (key = node id), or None."""
+        return self._snapshot(key) if key in self.history.nodes else None
+
+    def by_tier(self, tier: str) -> list[NodeSnapshot]:
+        """Snapshots of the nodes of one tier."""
+        return [s for s in self.nodes() if s.tier == tier]
+
+    def _snapshot(self, node_id: str) -> NodeSnapshot:
+        at = self.node_at(node_id)
+        state = NodeState(at.state) if at.state in NodeState._value2member_map_ else NodeState.DISCOVERED
+        reasons = [at.reason] if at.reason else []
+        if not at.state:
+            reasons.append("no state recorded by then")
+        down = sorted(sid for sid, link in at.links.items() if link == "down")
+        if down:
+            reasons.append(f"link down: {', '.join(down)}")
+        return NodeSnapshot(node_id, node_id, at.name, at.tier, "", "history", state, at.state_since_ms,
+                            tuple(reasons), last_sample_ms=at.sample_ms)
+
+
+def _int(value: float) -> int:
+    return int(value) if math.isfinite(value) else 0
+
+
+def _stage_sample(stage_id: str, track: Track, i: int) -> StageSample:
+    """A StageSample holding what a track row recorded (counters other than inferences/errors are not kept)."""
+    v = dict(zip(track.columns, (float(x) for x in track.data[i]), strict=True))
+    counters = dict.fromkeys(STAGE_COUNTERS, 0)
+    counters["inferences_total"] = _int(v["inferences_total"])
+    counters["errors_total"] = _int(v["errors_total"])
+    return StageSample._make([
+        stage_id, *counters.values(), 0, 0, 0, 0, 0, 0,
+        v["inferences_per_s"], v["escalated_per_s"], v["escalation_rate"], v["latency_p50_ms"], v["latency_p95_ms"],
+        v["latency_p99_ms"], _int(v["queue_depth"]), LINK_STATES[int(v["link"])], 0.0, v["energy_per_inference_j"],
+        "", (), 0, 0.0])

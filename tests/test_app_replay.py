@@ -1,0 +1,198 @@
+"""After-action replay on a real SQLite file written by the console's recorder: exact frames, the events up to the
+replayed instant, node and link states, rollups where retention deleted the raw samples."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlite_utils
+from replay_support import DEV, EDGE, Incident, write_incident
+
+from app._db import Database, Retention, connect, rollup_rows
+from app._records import NodeSample
+from app._replay import RAW_MAX_WINDOW_S, ReplayTelemetry, load_history
+from app._telemetry import RingBuffer
+
+MINUTE = 60_000
+
+
+def reader(path: Path) -> sqlite_utils.Database:
+    return sqlite_utils.Database(connect(path, readonly=True))
+
+
+@pytest.fixture
+def incident(tmp_path: Path) -> tuple[Path, Incident]:
+    start = (int(time.time() * 1000) - 3600_000) // MINUTE * MINUTE   # an hour ago: inside raw retention
+    db = Database(tmp_path / "console.sqlite").start()
+    try:
+        inc = write_incident(db, start)
+    finally:
+        db.close()
+    return tmp_path / "console.sqlite", inc
+
+
+def recorded(inc: Incident, node_id: str, t_ms: int) -> NodeSample:
+    """The last sample of a node written at or before t_ms."""
+    return [s for s in inc.samples if s.node_id == node_id and s.ts_ms <= t_ms][-1]
+
+
+def test_frame_at_t_shows_exactly_what_was_recorded(incident: tuple[Path, Incident]) -> None:
+    path, inc = incident
+    history = load_history(reader(path), inc.start_ms, inc.start_ms + inc.seconds * 1000)
+    assert history.resolution == "raw" and history.note == "playing raw samples"
+    view = ReplayTelemetry(history)
+    for t in (inc.start_ms + 500, inc.t1 - 1, inc.t1, inc.t1 + 999, inc.t3, inc.t2 - 1, inc.t2 + 10,
+              inc.start_ms + 599_000):
+        view.seek(t)
+        for node_id in (DEV, EDGE):
+            want = recorded(inc, node_id, t)
+            got = view.latest(node_id)
+            assert got is not None and got.ts_ms == want.ts_ms, (t, node_id)
+            assert (got.cpu_percent, got.power_watts, got.backlog, got.rss_bytes, got.energy_joules_total) == \
+                (want.cpu_percent, want.power_watts, want.backlog, want.rss_bytes, want.energy_joules_total)
+            ws, gs = want.stages[0], got.stages[0]
+            for field in ("stage_id", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms",
+                          "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_per_inference_j",
+                          "inferences_total", "errors_total"):
+                assert getattr(gs, field) == getattr(ws, field), (t, node_id, field)
+            # the rings hold every row up to t, as the live rings would have
+            ring = view.node_series(node_id)
+            assert ring is not None
+            times = [s.ts_ms / 1000 for s in inc.samples if s.node_id == node_id and s.ts_ms <= t]
+            assert np.array_equal(ring.times(), times)
+        down = inc.t1 <= recorded(inc, DEV, t).ts_ms < inc.t2
+        assert view.link_state(DEV, "det") == ("down" if down else "up")
+        edge = view.node_at(EDGE)
+        assert edge.state == ("offline" if inc.t1 <= t < inc.t2 else "online"), t
+        if inc.t1 <= t < inc.t2:
+            assert edge.reason == "unavailable: connection refused" and edge.state_since_ms == inc.t1
+        snapshot = view.node(DEV)
+        assert snapshot is not None and snapshot.tier == "device" and snapshot.name == "dev-1"
+        assert ("link down: det" in snapshot.reasons) == down
+
+
+def test_event_log_holds_exactly_the_events_up_to_t(incident: tuple[Path, Incident]) -> None:
+    path, inc = incident
+    history = load_history(reader(path), inc.start_ms, inc.start_ms + inc.seconds * 1000)
+    in_window = [e for e in inc.events if e.ts_ms >= inc.start_ms]
+    for t in (inc.start_ms, inc.start_ms + 30_000 - 1, inc.start_ms + 30_000, inc.t1, inc.t3 - 1, inc.t3, inc.t2,
+              inc.start_ms + inc.seconds * 1000):
+        got = [(e.ts_ms, e.kind, e.message, str(e.severity), e.node_id) for e in history.events_until(t)]
+        want = [(e.ts_ms, e.kind, e.message, str(e.severity), e.node_id) for e in in_window if e.ts_ms <= t]
+        assert got == want, t
+    assert [e.kind for e in history.events_until(inc.t3)][-1] == "process_exit"
+
+
+def test_going_back_rebuilds_the_rings_exactly(incident: tuple[Path, Incident]) -> None:
+    path, inc = incident
+    history = load_history(reader(path), inc.start_ms, inc.start_ms + inc.seconds * 1000)
+    forward = ReplayTelemetry(history)
+    forward.seek(inc.t2 + 50_000)
+    changed, rebuilt = forward.seek(inc.t1 + 3_000)
+    assert rebuilt and set(changed) == {DEV, EDGE}
+    fresh = ReplayTelemetry(history)
+    fresh.seek(inc.t1 + 3_000)
+    for node_id, stage in ((DEV, "det"), (EDGE, "cls")):
+        a, b = forward.stage_series(node_id, stage), fresh.stage_series(node_id, stage)
+        assert a is not None and b is not None
+        assert np.array_equal(a.times(), b.times())
+        assert np.array_equal(a.column("latency_p95_ms"), b.column("latency_p95_ms"))
+    changed, rebuilt = forward.seek(inc.t1 + 3_100)   # a tenth of a second on: no new row yet
+    assert not rebuilt and changed == []
+
+
+def test_ring_extend_matches_append_row_by_row() -> None:
+    rng = np.random.default_rng(3)
+    for capacity, first, n in ((10, 3, 4), (10, 8, 5), (10, 2, 25), (4, 0, 4)):
+        a, b = RingBuffer(("x", "y"), capacity), RingBuffer(("x", "y"), capacity)
+        t0 = rng.random(first).cumsum()
+        rows0 = rng.random((first, 2))
+        for t, row in zip(t0, rows0, strict=True):
+            a.append(float(t), tuple(row))
+            b.append(float(t), tuple(row))
+        t1 = 100 + rng.random(n).cumsum()
+        rows1 = rng.random((n, 2))
+        for t, row in zip(t1, rows1, strict=True):
+            a.append(float(t), tuple(row))
+        b.extend(t1, rows1)
+        assert np.array_equal(a.times(), b.times()) and np.array_equal(a.column("y"), b.column("y"))
+        assert a.appended == b.appended and len(a) == len(b)
+        assert np.array_equal(a.tail(3)[1], b.tail(3)[1])
+
+
+def test_beyond_raw_retention_plays_the_rollups_and_says_so(tmp_path: Path) -> None:
+    now = int(time.time() * 1000)
+    start = (now - 3 * 3600_000) // MINUTE * MINUTE     # three hours ago; raw samples are kept one hour here
+    db = Database(tmp_path / "console.sqlite", retention=Retention(raw_s=3600.0)).start()
+    try:
+        inc = write_incident(db, start)
+        write_incident(db, start + 2 * 3600_000 + 30 * MINUTE)   # and recent raw samples (again, later)
+        counts = db.run_maintenance(now).result(30)
+        assert counts["raw_deleted"] > 0
+        rollups = db.read(lambda d: rollup_rows(d, start, start + inc.seconds * 1000)).result(30)
+    finally:
+        db.close()
+    history = load_history(reader(tmp_path / "console.sqlite"), start, start + inc.seconds * 1000, 3600.0)
+    assert history.resolution == "1m" and history.raw_gone
+    assert history.note == "playing 1-minute rollups: raw samples kept only for the last 1 h"
+    view = ReplayTelemetry(history)
+    for minute in (2, 5, 8):
+        t = start + minute * MINUTE + 45_000          # after the minute's middle: that rollup is the latest
+        view.seek(t)
+        sample = view.latest(DEV)
+        assert sample is not None and sample.ts_ms == start + minute * MINUTE + 30_000
+        row = next(r for r in rollups if r["node_id"] == DEV and r["stage"] == "det"
+                   and r["minute_ms"] == start + minute * MINUTE)
+        node_row = next(r for r in rollups if r["node_id"] == DEV and r["stage"] == ""
+                        and r["minute_ms"] == start + minute * MINUTE)
+        st = sample.stages[0]
+        assert st.inferences_per_s == row["inferences"] / 60 and st.escalation_rate == row["escalation_rate"]
+        assert st.latency_p95_ms == row["latency_p95_ms_avg"] and st.link_state == ""   # not kept in rollups
+        assert sample.power_watts == node_row["power_watts_avg"] and sample.backlog == node_row["backlog_max"]
+        want_minute = [s for s in inc.samples if s.node_id == DEV and
+                       start + minute * MINUTE <= s.ts_ms < start + (minute + 1) * MINUTE]
+        assert row["inferences"] == sum(s.stages[0].inferences for s in want_minute)
+    # the events outlive the raw samples: the incident is still in the log
+    assert [e.kind for e in history.events_until(inc.t3)][-1] == "process_exit"
+    assert view.node_at(EDGE).state == "online"
+    view.seek(inc.t1 + 1000)
+    assert view.node_at(EDGE).state == "offline"
+
+    # a window across the retention edge: rollups first, then the raw samples, and the note says until when
+    raw_first = start + 2 * 3600_000 + 30 * MINUTE
+    mixed = load_history(reader(tmp_path / "console.sqlite"), start + 5 * MINUTE, raw_first + 5 * MINUTE, 3600.0)
+    assert mixed.resolution == "mixed" and mixed.rollup_until_ms == raw_first
+    assert "playing 1-minute rollups until" in mixed.note and "raw samples kept only for the last 1 h" in mixed.note
+    track = mixed.stage_tracks[(DEV, "det")]
+    assert np.all(np.diff(track.t) > 0)
+    rolled, raw = track.t[track.t < raw_first / 1000], track.t[track.t >= raw_first / 1000]
+    assert len(rolled) == 5 and np.all((rolled * 1000 - 30_000) % MINUTE == 0)   # minutes 5..9, at their middles
+    assert raw[0] == raw_first / 1000 and len(raw) == 301
+
+
+def test_long_windows_play_rollups_and_say_why(incident: tuple[Path, Incident]) -> None:
+    path, inc = incident
+    db = Database(path).start()
+    try:
+        db.run_maintenance().result(30)
+    finally:
+        db.close()
+    until = inc.start_ms + inc.seconds * 1000
+    history = load_history(reader(path), until - int(RAW_MAX_WINDOW_S * 1000) - 3600_000, until)
+    assert history.resolution == "1m" and not history.raw_gone
+    assert history.note.startswith("playing 1-minute rollups: windows over 6 h play per minute")
+    assert len(history.stage_tracks[(DEV, "det")]) == inc.seconds // 60
+
+
+def test_an_empty_window_and_a_bad_one(tmp_path: Path) -> None:
+    db = Database(tmp_path / "console.sqlite").start()
+    db.close()
+    history = load_history(reader(tmp_path / "console.sqlite"), 0, 60_000)
+    view = ReplayTelemetry(history)
+    view.seek(30_000)
+    assert view.nodes() == [] and view.stage_keys() == [] and history.events_until(60_000) == ()
+    with pytest.raises(ValueError):
+        load_history(reader(tmp_path / "console.sqlite"), 60_000, 60_000)

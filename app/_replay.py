@@ -45,7 +45,8 @@ LINK_STATES = ("", "none", "up", "down")   # codes of a stage track's "link" col
 NODE_TRACK = (*NODE_COLUMNS, "power_measured")
 STAGE_TRACK = (*STAGE_COLUMNS, "link")
 
-_RAW_NODE = ("cpu_percent", "power_watts", "rss_bytes", "energy_joules_total", "backlog", "power_measured")
+_RAW_NODE = ("cpu_percent", "power_watts", "rss_bytes", "energy_joules_total", "backlog", "power_measured",
+             "power_source")
 _RAW_STAGE = ("inferences_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
               "queue_depth", "energy_per_inference_j", "inferences_total", "errors_total", "link_state")
 
@@ -57,6 +58,7 @@ class Track:
     columns: tuple[str, ...]
     t: Array
     data: Array
+    sources: tuple[str, ...] = ()     # node tracks: the power source of each row ("" where not recorded)
 
     def __len__(self) -> int:
         return len(self.t)
@@ -192,6 +194,7 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
     node_rows: dict[str, list[list[float]]] = {}
     stage_rows: dict[tuple[str, str], list[list[float]]] = {}
     node_t: dict[str, list[float]] = {}
+    node_sources: dict[str, list[str]] = {}
     stage_t: dict[tuple[str, str], list[float]] = {}
     rollups = 0
     if split > since_ms:
@@ -207,6 +210,7 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
                 rollups += 1
                 if r[1] == "":
                     node_t.setdefault(node_id, []).append(t)
+                    node_sources.setdefault(node_id, []).append("")
                     node_rows.setdefault(node_id, []).append(
                         [_num(r[8]), _num(r[9]), math.nan, math.nan, _num(r[10]), math.nan])
                 else:
@@ -226,18 +230,20 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
                 t = r[0] / 1000
                 if r[1] == "":
                     node_t.setdefault(node_id, []).append(t)
+                    node_sources.setdefault(node_id, []).append(r[8] or "")
                     node_rows.setdefault(node_id, []).append([_num(v) for v in r[2:8]])
                 else:
-                    (ips, rate, p50, p95, p99, queue, epi, total, errors, link) = r[8:18]
+                    (ips, rate, p50, p95, p99, queue, epi, total, errors, link) = r[9:19]
                     key = (node_id, r[1])
                     stage_t.setdefault(key, []).append(t)
                     stage_rows.setdefault(key, []).append(
                         [_num(ips), _num(ips) * _num(rate), _num(rate), _num(p50), _num(p95), _num(p99),
                          _num(queue), _num(epi), _num(total), _num(errors), _link_code(link)])
 
-    def track(columns: tuple[str, ...], t: list[float], rows: list[list[float]]) -> Track:
+    def track(columns: tuple[str, ...], t: list[float], rows: list[list[float]], sources: list[str] | None = None
+              ) -> Track:
         return Track(columns, np.asarray(t, dtype=np.float64),
-                     np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns)))
+                     np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns)), tuple(sources or ()))
 
     events = []
     for r in db.execute("SELECT ts_ms, kind, severity, node_id, message, detail_json FROM events "
@@ -256,7 +262,7 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
             states.setdefault(ev.node_id, []).append(_state_change(ev.ts_ms, json.dumps(ev.detail), ev.message))
     return ReplayHistory(
         since_ms, until_ms, nodes,
-        {n: track(NODE_TRACK, node_t[n], node_rows[n]) for n in node_t},
+        {n: track(NODE_TRACK, node_t[n], node_rows[n], node_sources[n]) for n in node_t},
         {k: track(STAGE_TRACK, stage_t[k], stage_rows[k]) for k in stage_t},
         tuple(events), {n: tuple(c) for n, c in states.items()}, split if rollups else since_ms, raw_retention_s,
         raw_gone and rollups > 0, np.asarray([e.ts_ms for e in events], dtype=np.int64))
@@ -357,8 +363,9 @@ class ReplayTelemetry:
             if nid != node_id or not k:
                 continue
             stages.append(_stage_sample(stage_id, track, k - 1))
+        source = node.sources[i] if node.sources else ""
         return NodeSample(node_id, "", 0, ts_ms, 0.0, node.value(i, "cpu_percent"), _int(node.value(i, "rss_bytes")),
-                          node.value(i, "power_watts"), "", bool(node.value(i, "power_measured") == 1.0),
+                          node.value(i, "power_watts"), source, bool(node.value(i, "power_measured") == 1.0),
                           node.value(i, "energy_joules_total"), 0.0, _int(node.value(i, "backlog")), tuple(stages))
 
     def link_state(self, node_id: str, stage_id: str) -> str:

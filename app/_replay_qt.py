@@ -51,7 +51,7 @@ class ReplayModel(QObject):
     loading_changed = Signal(bool)
     load_failed = Signal(str)
     window_loaded = Signal(object)       # ReplayHistory
-    position_changed = Signal(int)       # the replayed instant, Unix ms
+    position_changed = Signal(object)    # the replayed instant, Unix ms (int; past 32 bits)
     moved = Signal(object, bool)         # node ids whose rings gained rows, rebuilt (moved backwards / new window)
     playing_changed = Signal(bool)
     speed_changed = Signal(float)

@@ -46,25 +46,31 @@ def node_sample(node_id: str, stage_id: str, i: int, ts_ms: int, link: str) -> N
                       False, 5.0 * i, 5.0, (i % 8) * 3, (stage_sample(stage_id, i, link),))
 
 
-def write_incident(db: Database, start_ms: int, seconds: int = 600) -> Incident:
-    """Write the incident through the recorder (nodes, samples, events) and wait until it is committed."""
+def write_incident(db: Database, start_ms: int, seconds: int = 600, dev: str = DEV, edge: str = EDGE,
+                   save_nodes: bool = True) -> Incident:
+    """Write the incident through the recorder (nodes, samples, events) and wait until it is committed.
+
+    `dev` and `edge` are the node ids (a live console's own nodes, with `save_nodes=False`)."""
     t1, t2, t3 = start_ms + 120_500, start_ms + 300_500, start_ms + 200_250
-    for node_id, name, tier in ((DEV, "dev-1", "device"), (EDGE, "edge-1", "edge")):
-        db.save_node(NodeSnapshot(node_id, node_id, name, tier, "127.0.0.1:1", state=NodeState.ONLINE))
+    for node_id, name, tier in ((dev, "dev-1", "device"), (edge, "edge-1", "edge")):
+        if save_nodes:
+            db.save_node(NodeSnapshot(node_id, node_id, name, tier, "127.0.0.1:1", state=NodeState.ONLINE))
     samples = []
     for i in range(seconds):
         ts = start_ms + i * 1000
         link = "down" if t1 <= ts < t2 else "up"
-        samples.append(node_sample(DEV, "det", i, ts, link))
-        samples.append(node_sample(EDGE, "cls", i, ts + 200, "none"))
+        samples.append(node_sample(dev, "det", i, ts, link))
+        samples.append(node_sample(edge, "cls", i, ts + 200, "none"))
     db.write_samples(samples)
     events = (
-        ConsoleEvent("node_state", "edge-1 is online", Severity.INFO, EDGE, {"from": "connecting", "to": "online"},
+        ConsoleEvent("node_state", "dev-1 is online", Severity.INFO, dev, {"from": "connecting", "to": "online"},
+                     start_ms - 6_000),
+        ConsoleEvent("node_state", "edge-1 is online", Severity.INFO, edge, {"from": "connecting", "to": "online"},
                      start_ms - 5_000),
-        ConsoleEvent("node_state", "edge-1 is offline: unavailable: connection refused", Severity.WARNING, EDGE,
+        ConsoleEvent("node_state", "edge-1 is offline: unavailable: connection refused", Severity.WARNING, edge,
                      {"from": "online", "to": "offline"}, t1),
-        ConsoleEvent("process_exit", "edge-1 exited with code -9", Severity.ERROR, EDGE, {}, t3),
-        ConsoleEvent("node_state", "edge-1 is online", Severity.INFO, EDGE, {"from": "offline", "to": "online"}, t2),
+        ConsoleEvent("process_exit", "edge-1 exited with code -9", Severity.ERROR, edge, {}, t3),
+        ConsoleEvent("node_state", "edge-1 is online", Severity.INFO, edge, {"from": "offline", "to": "online"}, t2),
         ConsoleEvent("deploy", "ship-finder deployed", Severity.INFO, "", {}, start_ms + 30_000),
     )
     for event in events:

@@ -51,8 +51,10 @@ def test_frame_at_t_shows_exactly_what_was_recorded(incident: tuple[Path, Incide
             want = recorded(inc, node_id, t)
             got = view.latest(node_id)
             assert got is not None and got.ts_ms == want.ts_ms, (t, node_id)
-            assert (got.cpu_percent, got.power_watts, got.backlog, got.rss_bytes, got.energy_joules_total) == \
-                (want.cpu_percent, want.power_watts, want.backlog, want.rss_bytes, want.energy_joules_total)
+            assert (got.cpu_percent, got.power_watts, got.backlog, got.rss_bytes, got.energy_joules_total,
+                    got.power_source, got.power_measured) == \
+                (want.cpu_percent, want.power_watts, want.backlog, want.rss_bytes, want.energy_joules_total,
+                 want.power_source, want.power_measured)
             ws, gs = want.stages[0], got.stages[0]
             for field in ("stage_id", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms",
                           "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_per_inference_j",

@@ -2,9 +2,13 @@
 
 Each row is time, a severity icon with its word (INFO / WARNING / ERROR), the kind and the message.
 Filter by severity or text. The view follows new events while it is scrolled to the bottom.
+During a replay (app._replay_qt.ReplayModel) it shows the replayed window's events up to the
+replayed instant under a banner; the live log keeps collecting and is shown again on return to live.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QRect, QSize, QSortFilterProxyModel, Qt, Slot
 from PySide6.QtGui import QFont, QFontMetrics, QPainter
@@ -12,6 +16,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QHBoxLayout,
+    QLabel,
     QLineEdit,
     QListView,
     QStyle,
@@ -21,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app._replay_qt import ReplayModel
 from app.core import ConsoleEvent
 from app.qt import EventLogModel
 from widgets import _format as fmt
@@ -108,9 +114,17 @@ class EventDelegate(QStyledItemDelegate):
 class EventLog(QWidget):
     """The console's audit log with severity and text filters; follows new events at the bottom."""
 
-    def __init__(self, events: EventLogModel, parent: QWidget | None = None) -> None:
+    def __init__(self, events: EventLogModel, parent: QWidget | None = None, replay: ReplayModel | None = None
+                 ) -> None:
         super().__init__(parent)
         self.events = events
+        self.replay = replay
+        self.shown: EventLogModel = events
+        self.replay_banner = QLabel("", self)
+        self.replay_banner.setObjectName("replayBanner")
+        self.replay_banner.setStyleSheet(f"QLabel#replayBanner {{ background: {theme.WARN}; color: #111; "
+                                         "font-weight: bold; padding: 2px 6px; }")
+        self.replay_banner.setVisible(False)
         self.proxy = _EventFilter(self)
         self.proxy.setSourceModel(events)
         self.search = QLineEdit(self)
@@ -133,6 +147,7 @@ class EventLog(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 2, 4, 4)
         layout.setSpacing(2)
+        layout.addWidget(self.replay_banner)
         layout.addLayout(filters)
         layout.addWidget(self.view, 1)
         self.search.textChanged.connect(self._filter)
@@ -140,6 +155,26 @@ class EventLog(QWidget):
         events.rowsAboutToBeInserted.connect(self._about_to_insert)
         events.rowsInserted.connect(self._inserted)
         self._follow = True
+        if replay is not None:
+            replay.events.rowsAboutToBeInserted.connect(self._about_to_insert)
+            replay.events.rowsInserted.connect(self._inserted)
+            replay.events.modelReset.connect(self.view.scrollToBottom)
+            replay.mode_changed.connect(self._replay_mode)
+            replay.position_changed.connect(self._replay_position)
+
+    @Slot(bool)
+    def _replay_mode(self, replaying: bool) -> None:
+        """Show the replayed events (up to the replayed instant) or the live log again."""
+        assert self.replay is not None
+        self.shown = self.replay.events if replaying else self.events
+        self.proxy.setSourceModel(self.shown)
+        self.replay_banner.setVisible(replaying)
+        self.view.scrollToBottom()
+
+    @Slot(object)
+    def _replay_position(self, t_ms: int) -> None:
+        self.replay_banner.setText(f"REPLAY · events up to {datetime.fromtimestamp(t_ms / 1000):%H:%M:%S} · "
+                                   "not live (new events are still recorded)")
 
     @Slot()
     def _filter(self) -> None:
@@ -147,10 +182,12 @@ class EventLog(QWidget):
 
     @Slot()
     def _about_to_insert(self) -> None:
+        if self.sender() is not self.shown:
+            return   # the live log while a replay is shown (or the other way round)
         bar = self.view.verticalScrollBar()
         self._follow = bar.value() >= bar.maximum() - 2
 
     @Slot()
     def _inserted(self) -> None:
-        if self._follow:
+        if self._follow and self.sender() is self.shown:
             self.view.scrollToBottom()

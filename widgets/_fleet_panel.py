@@ -5,11 +5,15 @@ how long — and marks insecure nodes with an open-padlock icon and the word INS
 or by state; add a node by address, enrol one with its pairing code, forget one, reconnect, open a
 node's details. The panel observes `FleetModel` (and `TelemetryModel` for power now) and sends
 intents back; the slow text ("offline for 2 min") is refreshed by the frame clock's second tick.
+During a replay (app._replay_qt.ReplayModel) each node row shows the node's state, link states and
+power as the history holds them at the replayed instant, under a banner saying so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from datetime import datetime
 
 from PySide6.QtCore import (
     QModelIndex,
@@ -38,7 +42,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.core import NodeSnapshot, NodeState
+from app._replay_qt import ReplayModel
+from app.core import NodeSample, NodeSnapshot, NodeState
 from app.qt import FleetModel, TelemetryModel
 from widgets import _format as fmt
 from widgets import _theme as theme
@@ -123,7 +128,7 @@ class NodeDelegate(QStyledItemDelegate):
         try:
             key = index.data(KEY_ROLE)
             if key:
-                node = self._panel.fleet.node(key)
+                node = self._panel.shown_node(key)
                 if node is not None:
                     self._paint_node(painter, option, node)
             else:
@@ -142,7 +147,7 @@ class NodeDelegate(QStyledItemDelegate):
         painter.setFont(bold)
         painter.setPen(theme.colour(theme.TEXT))
         text_rect = rect.adjusted(size + 10, 0, -4, 0)
-        nodes = self._panel.fleet.by_tier(tier)
+        nodes = [n for n in (self._panel.shown_node(m.key) for m in self._panel.fleet.by_tier(tier)) if n]
         counts: dict[str, int] = {}
         for n in nodes:
             counts[str(n.state)] = counts.get(str(n.state), 0) + 1
@@ -193,8 +198,9 @@ class NodeDelegate(QStyledItemDelegate):
         state_colour = {NodeState.DEGRADED: theme.WARN, NodeState.OFFLINE: theme.BAD}.get(node.state, theme.MUTED)
         painter.setPen(theme.colour("#ffffff" if selected else state_colour))
         painter.drawText(QRect(text_left, top + line + 1, width, line), Qt.AlignmentFlag.AlignVCenter,
-                         QFontMetrics(normal).elidedText(fmt.state_text(node), Qt.TextElideMode.ElideRight, width))
-        sample = self._panel.telemetry.latest(node.node_id) if self._panel.telemetry and node.node_id else None
+                         QFontMetrics(normal).elidedText(fmt.state_text(node, self._panel.now_ms()),
+                                                         Qt.TextElideMode.ElideRight, width))
+        sample = self._panel.latest(node.node_id)
         if node.source == "endpoint":
             callers = (fmt.callers_view(node, self._panel.fleet.nodes(), self._panel.telemetry.latest)
                        if self._panel.telemetry else "")
@@ -220,10 +226,17 @@ class FleetPanel(QWidget):
     details_requested = Signal(str)           # key
 
     def __init__(self, fleet: FleetModel, telemetry: TelemetryModel | None = None, clock: FrameClock | None = None,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, replay: ReplayModel | None = None) -> None:
         super().__init__(parent)
         self.fleet = fleet
         self.telemetry = telemetry
+        self.replay = replay
+        self.replay_banner = QLabel("", self)
+        self.replay_banner.setObjectName("replayBanner")
+        self.replay_banner.setStyleSheet(f"QLabel#replayBanner {{ background: {theme.WARN}; color: #111; "
+                                         "font-weight: bold; padding: 2px 6px; }")
+        self.replay_banner.setWordWrap(True)
+        self.replay_banner.setVisible(False)
         self._items: dict[str, QStandardItem] = {}
         self._tiers: dict[str, QStandardItem] = {}
         self.tree_model = QStandardItemModel(self)
@@ -260,6 +273,7 @@ class FleetPanel(QWidget):
         filters.addWidget(self.state_filter, 2)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.replay_banner)
         layout.addLayout(filters)
         layout.addWidget(self.view, 1)
         layout.addWidget(self.summary)
@@ -281,6 +295,43 @@ class FleetPanel(QWidget):
         for node in fleet.nodes():
             self._node_added(node.key)
         self._update_summary()
+        if replay is not None:
+            replay.mode_changed.connect(self._replay_moved)
+            replay.position_changed.connect(self._replay_moved)
+
+    # ----- replay ------------------------------------------------------------------------------------
+    def shown_node(self, key: str) -> NodeSnapshot | None:
+        """The node as shown: live, or during a replay with its state and reasons at the replayed instant."""
+        node = self.fleet.node(key)
+        view = self.replay.view if self.replay is not None else None
+        if node is None or view is None or not node.node_id:
+            return node
+        then = view.node(node.node_id)
+        if then is None:
+            return dataclasses.replace(node, state=NodeState.DISCOVERED, state_since_ms=0,
+                                       reasons=("not in the replayed history",))
+        return dataclasses.replace(node, state=then.state, state_since_ms=then.state_since_ms, reasons=then.reasons)
+
+    def latest(self, node_id: str) -> NodeSample | None:
+        """The node's latest sample as shown (live, or at the replayed instant)."""
+        view = self.replay.view if self.replay is not None else None
+        source = view if view is not None else self.telemetry
+        return source.latest(node_id) if source is not None and node_id else None
+
+    def now_ms(self) -> int:
+        """Now, or the replayed instant (what 'offline for 42 s' counts from)."""
+        view = self.replay.view if self.replay is not None else None
+        return view.position_ms if view is not None else fmt.now_ms()
+
+    @Slot()
+    def _replay_moved(self) -> None:
+        view = self.replay.view if self.replay is not None else None
+        self.replay_banner.setVisible(view is not None)
+        if view is not None:
+            at = datetime.fromtimestamp(view.position_ms / 1000)
+            self.replay_banner.setText(f"REPLAY · node states at {at:%H:%M:%S} as recorded · live nodes are still "
+                                       "watched")
+        self.view.viewport().update()
 
     # ----- actions -----------------------------------------------------------------------------------
     def _make_actions(self) -> None:
@@ -539,10 +590,10 @@ class FleetPanel(QWidget):
 
     def row_text(self, key: str) -> str:
         """What the row of a node says, as text (for tests and screen readers)."""
-        node = self.fleet.node(key)
+        node = self.shown_node(key)
         if node is None:
             return ""
-        sample = self.telemetry.latest(node.node_id) if self.telemetry and node.node_id else None
+        sample = self.latest(node.node_id)
         badge = fmt.security(node)[1]
-        return (f"{node.name} [{node.state}] {badge} | {fmt.state_text(node)} | {fmt.power(sample)} · "
+        return (f"{node.name} [{node.state}] {badge} | {fmt.state_text(node, self.now_ms())} | {fmt.power(sample)} · "
                 f"{fmt.hardware(node)} · stages: {fmt.stages(node)}")

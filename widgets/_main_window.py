@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from app._problem_words import explain_all
+from app._replay_qt import ReplayModel
 from app.pipeline_file import PipelineError
 from app.qt import QtConsole
 from widgets import _theme as theme
@@ -66,12 +67,14 @@ class MainWindow(QMainWindow):
         self.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
 
         self.clock = FrameClock(console.telemetry, frame_hz, self)
-        self.fleet_panel = FleetPanel(console.fleet, console.telemetry, self.clock, self)
+        self.replay = ReplayModel(console)
+        self.fleet_panel = FleetPanel(console.fleet, console.telemetry, self.clock, self, replay=self.replay)
         self.editor = PipelineEditor(console.pipeline, console.fleet, console.telemetry, self.clock, policy_pusher,
                                      self)
         self.canvas = self.editor.canvas
-        self.dashboard = Dashboard(console.fleet, console.telemetry, self.clock, console.pipeline, console.files, self)
-        self.event_log = EventLog(console.events, self)
+        self.dashboard = Dashboard(console.fleet, console.telemetry, self.clock, console.pipeline, console.files, self,
+                                   replay=self.replay)
+        self.event_log = EventLog(console.events, self, replay=self.replay)
 
         self.tabs = QTabWidget(self)
         self.tabs.addTab(self.editor, theme.icon("stage"), "&Pipeline")
@@ -177,8 +180,11 @@ class MainWindow(QMainWindow):
         self.events_focus_action = self._action("Go to &events", "Alt+3", self.focus_events, "Move to the event log")
         self.palette_focus_action = self._action("Go to stage p&alette", "Alt+4", self.focus_palette,
                                                  "Move to the stage palette (Enter on a model places it)")
+        self.replay_action = self._action("&Replay history / back to live", "Ctrl+Shift+R", self.toggle_replay,
+                                          "Play back a past window from the console database, or go back to live")
         view_menu = bar.addMenu("&View")
-        for a in (self.pipeline_tab_action, self.dashboard_tab_action, None, *self.dashboard.window_actions, None,
+        for a in (self.pipeline_tab_action, self.dashboard_tab_action, None, *self.dashboard.window_actions,
+                  self.replay_action, None,
                   self.fleet_panel.fleet_view_action, self.canvas.fit_action, self.canvas.focus_action,
                   self.events_focus_action,
                   self.palette_focus_action, self.editor.stage_palette.show_bundled_action, None):
@@ -538,6 +544,13 @@ class MainWindow(QMainWindow):
         self.event_log.view.setFocus()
 
     @Slot()
+    def toggle_replay(self) -> None:
+        """Ctrl+Shift+R: replay the window chosen on the dashboard's replay bar, or go back to live."""
+        self.show_dashboard()
+        if self.dashboard.replay_bar is not None:
+            self.dashboard.replay_bar.toggle_mode()
+
+    @Slot()
     def toggle_wall(self) -> None:
         """F11: enter or leave wall mode."""
         if self.wall:
@@ -606,7 +619,10 @@ class MainWindow(QMainWindow):
                 lines.append(f"    {name:<40} {keys}")
         lines += ["Canvas", "    Tab / Shift+Tab                          next / previous stage",
                   "    Enter in the palette                     place the model (menu of targets with fit)",
-                  "    Enter / Esc in the threshold editor      apply / cancel"]
+                  "    Enter / Esc in the threshold editor      apply / cancel",
+                  "Dashboard replay", "    Space                                    play / pause",
+                  "    Left / Right (Shift: 1 min)              step 10 s back / forward",
+                  "    [ / ]                                    slower / faster (1× … 60×)"]
         text.setPlainText("\n".join(lines))
         font = text.font()
         font.setFamily("DejaVu Sans Mono")

@@ -79,4 +79,31 @@ def probe(window: MainWindow) -> dict[str, Any]:
         "problems": [window.editor.problems.item(i).text() for i in range(window.editor.problems.count())],
         "dialogs": dialogs, "stages": stages, "nodes": nodes,
         "undo": canvas.undo_stack.undoText(), "status": window.statusBar().currentMessage(),
+        "replay": _replay(window),
+    }
+
+
+def _replay(window: MainWindow) -> dict[str, Any]:
+    """The dashboard's replay bar: where its controls are, and what the replay shows."""
+    bar = window.dashboard.replay_bar
+    if bar is None:
+        return {}
+    controls = {name: _global(w, w.rect().center()) if w.isVisible() else None for name, w in (
+        ("live", bar.live_button), ("replay", bar.replay_button), ("range", bar.range_box), ("start", bar.start_edit),
+        ("load", bar.load_button),
+        ("back", bar.back_button), ("play", bar.play_button), ("forward", bar.forward_button),
+        ("speed", bar.speed_box), ("back_to_live", bar.live_now_button), ("slider", bar.slider))}
+    slider = bar.slider
+    history = window.replay.history
+    return {
+        "controls": controls,
+        "slider_ends": [_global(slider, QPoint(8, slider.height() // 2)),
+                        _global(slider, QPoint(slider.width() - 8, slider.height() // 2))]
+        if slider.isVisible() else None,
+        "replaying": window.replay.replaying, "loading": window.replay.loading, "playing": window.replay.playing,
+        "speed": window.replay.speed, "position_ms": window.replay.position_ms, "frames": window.replay.frames,
+        "window_ms": [history.since_ms, history.until_ms] if history is not None else None,
+        "banner": bar.banner.text() if bar.banner.isVisible() else "",
+        "events_shown": window.event_log.proxy.rowCount(),
+        "tiles": {k: t.value.text() for k, t in window.dashboard.tiles.items()},
     }

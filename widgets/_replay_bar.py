@@ -5,7 +5,7 @@ when the rollups stand in for deleted raw samples, says so); the controls drive 
 model (app._replay_qt.ReplayModel), which reads the database — this widget only shows it.
 
 Keys while the dashboard has focus: Space plays/pauses, Left/Right step 10 s (Shift: 1 min),
-[ and ] change the speed; Ctrl+Shift+R switches between Live and Replay.
+[ and ] change the speed. The main window's Ctrl+Shift+R switches between Live and Replay.
 """
 
 from __future__ import annotations
@@ -131,8 +131,6 @@ class ReplayBar(QFrame):
         layout.addWidget(controls)
 
         self.play_actions: list[QAction] = []   # enabled only in replay (Space must click buttons when live)
-        self.toggle_action = self._action("Live / Replay", "Ctrl+Shift+R", self.toggle_mode,
-                                          Qt.ShortcutContext.WindowShortcut)
         for keys, slot in (("Space", replay.toggle_play), ("Left", lambda: replay.step(-STEP_S)),
                            ("Right", lambda: replay.step(STEP_S)), ("Shift+Left", lambda: replay.step(-BIG_STEP_S)),
                            ("Shift+Right", lambda: replay.step(BIG_STEP_S)), ("[", lambda: self._speed_by(-1)),
@@ -253,7 +251,7 @@ class ReplayBar(QFrame):
         self.start_label.setText(datetime.fromtimestamp(history.since_ms / 1000).strftime(fmt))
         self.end_label.setText(datetime.fromtimestamp(history.until_ms / 1000).strftime(fmt))
 
-    @Slot(int)
+    @Slot(object)
     def _position_changed(self, t_ms: int) -> None:
         history = self.replay.history
         if history is None:

@@ -1,0 +1,226 @@
+"""The replay slider on a live console (real agents, the core's own recorder, a real SQLite file): the dashboard,
+the event log and the fleet panel show the recorded incident at the replayed instant, the replay clock advances
+speed × frame per frame, rollups say so, and back to live nothing recorded meanwhile is lost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import pytest
+from pytestqt.qtbot import QtBot
+from replay_support import Incident, write_incident
+from test_widgets_support import LiveConsole, dispose, live_console, small_model
+
+from app._db import telemetry_rows
+from app._records import NodeSample
+from app._replay import FRAME_MS, SPEEDS
+from app._replay_qt import ReplayModel
+from widgets import Dashboard, EventLog, FleetPanel, FrameClock, apply_theme
+
+MINUTE = 60_000
+
+
+@dataclass
+class Scene:
+    live: LiveConsole
+    incident: Incident
+    dev: str
+    edge: str
+    old: Incident          # an incident older than the raw retention (only its rollups are left)
+
+
+@pytest.fixture(scope="module")
+def scene(qapp: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scene]:
+    apply_theme(qapp)  # type: ignore[arg-type]
+    folder = tmp_path_factory.mktemp("replay")
+    model = small_model(folder / "models")
+    agents = {"device-1": ("device", ("--stage", f"s1={model}")), "edge-1": ("edge", ())}
+    with live_console(folder, agents, interval=0.1) as live:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+                len(live.console.fleet.nodes()) == 2 and all(n.node_id for n in live.console.fleet.nodes())):
+            qapp.processEvents()  # type: ignore[attr-defined]
+            time.sleep(0.01)
+        ids = {n.name: n.node_id for n in live.console.fleet.nodes()}
+        dev, edge = ids["device-1"], ids["edge-1"]
+        now = int(time.time() * 1000)
+        # the incident an hour ago, through the console's own recorder, on the live nodes' ids
+        incident = write_incident(live.core.db, (now - 3600_000) // MINUTE * MINUTE, dev=dev, edge=edge,
+                                  save_nodes=False)
+        old = write_incident(live.core.db, (now - 26 * 3600_000) // MINUTE * MINUTE, dev=dev, edge=edge,
+                             save_nodes=False)
+        live.core.db.run_maintenance().result(60)   # rolls the old one up and deletes its raw samples (24 h kept)
+        yield Scene(live, incident, dev, edge, old)
+
+
+@dataclass
+class Views:
+    replay: ReplayModel
+    dashboard: Dashboard
+    events: EventLog
+    fleet: FleetPanel
+    clock: FrameClock
+
+
+@pytest.fixture
+def views(scene: Scene, qtbot: QtBot) -> Iterator[Views]:
+    console = scene.live.console
+    clock = FrameClock(console.telemetry, 15)
+    replay = ReplayModel(console)
+    board = Dashboard(console.fleet, console.telemetry, clock, console.pipeline, console.files, replay=replay)
+    log = EventLog(console.events, replay=replay)
+    panel = FleetPanel(console.fleet, console.telemetry, clock, replay=replay)
+    board.resize(1200, 700)
+    board.show()
+    log.show()
+    panel.show()
+    qtbot.waitExposed(board)
+    clock.start()
+    yield Views(replay, board, log, panel, clock)
+    replay.go_live()
+    clock.stop()
+    for w in (board, log, panel):
+        dispose(w)
+
+
+def open_window(views: Views, qtbot: QtBot, since: int, until: int) -> None:
+    views.replay.open_window(since, until)
+    qtbot.waitUntil(lambda: views.replay.replaying and not views.replay.loading, timeout=30_000)
+
+
+def recorded(inc: Incident, node_id: str, t_ms: int) -> NodeSample:
+    return [s for s in inc.samples if s.node_id == node_id and s.ts_ms <= t_ms][-1]
+
+
+def test_replay_shows_the_incident_then_live_again_with_nothing_lost(scene: Scene, views: Views,
+                                                                      qtbot: QtBot) -> None:
+    inc, core, console = scene.incident, scene.live.core, scene.live.console
+    received: list[NodeSample] = []
+    unsubscribe = core.subscribe_samples(received.append)   # what the live path gets while we replay
+    try:
+        bar = views.dashboard.replay_bar
+        assert bar is not None and bar.live_badge.isVisible() and not bar.banner.isVisible()
+        open_window(views, qtbot, inc.start_ms, inc.start_ms + inc.seconds * 1000)
+        during = len(received)
+        views.replay.seek(inc.t3)
+        views.dashboard.redraw()
+        board = views.dashboard
+        assert board.replaying and board.telemetry is views.replay.view
+        assert board.frame is not None and board.frame.end == inc.t3 / 1000
+        # what the plots draw ends at the replayed instant, and there is something to see
+        finite = [s.t[np.isfinite(s.v)] for series in board.frame.plots.values() for s in series]
+        assert any(len(t) for t in finite) and max(float(t.max()) for t in finite if len(t)) <= inc.t3 / 1000
+        assert board.tiles["nodes"].value.text() == "1 / 2  ⚠0 ✖1"        # edge-1 was offline then
+        edge_then = recorded(inc, scene.edge, inc.t3).stages[0]
+        assert board.tiles["throughput"].value.text() == f"{edge_then.inferences_per_s:,.0f} /s"   # "cls" sorts first
+        # unmistakably not live
+        assert bar.banner.isVisible() and not bar.live_badge.isVisible() and bar.controls.isVisible()
+        at = datetime.fromtimestamp(inc.t3 / 1000).strftime("%H:%M:%S")
+        assert at in bar.banner.text() and "NOT LIVE" in bar.banner.text()
+        assert bar.banner.text().endswith("playing raw samples")
+        assert "replay of" in board.source.text()
+        # the event log holds exactly the window's events up to t3
+        shown = [views.events.proxy.index(r, 0).data() for r in range(views.events.proxy.rowCount())]
+        assert shown == [e.message for e in inc.events if inc.start_ms <= e.ts_ms <= inc.t3]
+        assert views.events.replay_banner.isVisible() and at in views.events.replay_banner.text()
+        # node cards: states (and links) as recorded at t3
+        edge_key = next(n.key for n in console.fleet.nodes() if n.node_id == scene.edge)
+        dev_key = next(n.key for n in console.fleet.nodes() if n.node_id == scene.dev)
+        assert "[offline]" in views.fleet.row_text(edge_key)
+        assert "connection refused" in views.fleet.row_text(edge_key)
+        assert "[online]" in views.fleet.row_text(dev_key) and "link down: det" in views.fleet.row_text(dev_key)
+        assert views.fleet.replay_banner.isVisible()
+        views.replay.seek(inc.t2 + 5_000)
+        assert "[online]" in views.fleet.row_text(edge_key) and "link down" not in views.fleet.row_text(dev_key)
+        shown = [views.events.proxy.index(r, 0).data() for r in range(views.events.proxy.rowCount())]
+        assert shown == [e.message for e in inc.events if inc.start_ms <= e.ts_ms <= inc.t2 + 5_000]
+        # back in time: the event log loses the later events again
+        views.replay.seek(inc.t1 - 1)
+        assert views.events.proxy.rowCount() == len([e for e in inc.events if inc.start_ms <= e.ts_ms < inc.t1])
+
+        # live telemetry keeps arriving (and being recorded) while the view shows history
+        qtbot.waitUntil(lambda: len(received) > during + 20, timeout=30_000)
+        views.dashboard.redraw()
+        assert board.frame.end == (inc.t1 - 1) / 1000
+
+        views.replay.go_live()
+        assert not board.replaying and board.telemetry is console.telemetry and board.fleet is console.fleet
+        assert bar.live_badge.isVisible() and not bar.banner.isVisible() and not bar.controls.isVisible()
+        assert views.events.proxy.sourceModel() is console.events and not views.events.replay_banner.isVisible()
+        assert "[offline]" not in views.fleet.row_text(edge_key)
+        last = len(received)
+        qtbot.waitUntil(lambda: console.telemetry.latest(scene.dev) is not None and
+                        console.telemetry.latest(scene.dev).ts_ms >= received[last - 1].ts_ms, timeout=30_000)
+        board.redraw()
+        assert board.frame.end > inc.start_ms / 1000 + 3000      # live: ends now, not in the replayed hour
+    finally:
+        core.call_soon(unsubscribe)
+    # nothing the live path received during the replay is lost: every sample is in the database and in the rings
+    core.db.flush().result(30)
+    first = min(s.ts_ms for s in received)
+    stored = {(r["node_id"], r["boot_id"], r["seq"]) for r in core.db.read(
+        lambda db: telemetry_rows(db, first, stage="")).result(30)}
+    got = [s for s in received if s.ts_ms <= received[last - 1].ts_ms]
+    assert {(s.node_id, s.boot_id, s.seq) for s in got} <= stored
+    ring = console.telemetry.node_series(scene.dev)
+    assert ring is not None
+    times = set(ring.times().tolist())
+    assert {s.ts_ms / 1000 for s in got if s.node_id == scene.dev} <= times
+
+
+def test_replay_clock_advances_speed_times_frame_per_frame(scene: Scene, views: Views, qtbot: QtBot) -> None:
+    inc, replay = scene.incident, views.replay
+    open_window(views, qtbot, inc.start_ms, inc.start_ms + inc.seconds * 1000)
+    bar = views.dashboard.replay_bar
+    assert bar is not None
+    assert replay.position_ms == inc.start_ms and replay.speed == 1.0
+    replay.play()
+    for _ in range(5):   # frames driven by hand (the timer needs the event loop, which does not run here)
+        replay.tick()
+    assert replay.position_ms == inc.start_ms + 5 * FRAME_MS
+    bar.speed_box.setCurrentIndex(SPEEDS.index(60.0))      # the operator picks 60×
+    assert replay.speed == 60.0
+    before = replay.position_ms
+    for _ in range(5):
+        replay.tick()
+    assert replay.position_ms == before + 5 * 60 * FRAME_MS
+    # on the real frame timer: the replayed time moved 6 s per frame, however long the frames took
+    frames, position = replay.frames, replay.position_ms
+    qtbot.waitUntil(lambda: replay.frames >= frames + 4, timeout=30_000)
+    replay.pause()
+    assert replay.position_ms == position + (replay.frames - frames) * 60 * FRAME_MS
+    assert "paused" in bar.banner.text()
+    # at 1× again, then to the end: it stops there
+    bar.speed_box.setCurrentIndex(0)
+    replay.seek(inc.start_ms + inc.seconds * 1000 - 150)
+    replay.play()
+    replay.tick()
+    replay.tick()
+    assert replay.position_ms == inc.start_ms + inc.seconds * 1000 and not replay.playing
+    # the slider: dragging it moves the replay, and the replay moves the slider
+    bar.slider.setValue(200)
+    assert replay.position_ms == inc.start_ms + 200_000
+    replay.step(-10)
+    assert bar.slider.value() == 190
+
+
+def test_a_window_beyond_raw_retention_plays_rollups_and_says_so(scene: Scene, views: Views, qtbot: QtBot) -> None:
+    old = scene.old
+    open_window(views, qtbot, old.start_ms, old.start_ms + old.seconds * 1000)
+    bar = views.dashboard.replay_bar
+    assert bar is not None and views.replay.history is not None
+    assert views.replay.history.resolution == "1m"
+    views.replay.seek(old.t3)
+    text = bar.banner.text()
+    assert "playing 1-minute rollups: raw samples kept only for the last 24 h" in text, text
+    assert "playing 1-minute rollups" in views.dashboard.source.text()
+    # the rollups' figures are drawn, and the incident is still in the log and on the cards
+    views.dashboard.redraw()
+    assert any(np.isfinite(s.v).any() for s in views.dashboard.frame.plots["throughput"])
+    assert [e.kind for e in views.replay.events.events()][-1] == "process_exit"
+    edge_key = next(n.key for n in scene.live.console.fleet.nodes() if n.node_id == scene.edge)
+    assert "[offline]" in views.fleet.row_text(edge_key)

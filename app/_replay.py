@@ -288,6 +288,10 @@ class ReplayTelemetry:
         self._nodes: dict[str, RingBuffer] = {}
         self._stages: dict[tuple[str, str], RingBuffer] = {}
         self._counts: dict[object, int] = {}
+        self._stages_of: dict[str, list[str]] = {}
+        for node_id, stage_id in history.stage_tracks:
+            self._stages_of.setdefault(node_id, []).append(stage_id)
+        self._snapshots: dict[str, NodeSnapshot] = {}   # at position_ms (the dashboard asks many times a frame)
         self._rebuild()
 
     # ----- moving ------------------------------------------------------------------------------------------------
@@ -295,6 +299,8 @@ class ReplayTelemetry:
         """Move to `t_ms` (clamped to the window); returns (node ids whose rings gained rows, rebuilt)."""
         t_ms = min(max(int(t_ms), self.history.since_ms), self.history.until_ms)
         back = t_ms < self.position_ms
+        if t_ms != self.position_ms:
+            self._snapshots.clear()
         self.position_ms = t_ms
         if back:
             self._rebuild()
@@ -358,11 +364,10 @@ class ReplayTelemetry:
         i = n - 1
         ts_ms = round(node.t[i] * 1000)
         stages = []
-        for (nid, stage_id), track in h.stage_tracks.items():
-            k = self._counts.get((nid, stage_id), 0)
-            if nid != node_id or not k:
-                continue
-            stages.append(_stage_sample(stage_id, track, k - 1))
+        for stage_id in self._stages_of.get(node_id, ()):
+            k = self._counts.get((node_id, stage_id), 0)
+            if k:
+                stages.append(_stage_sample(stage_id, h.stage_tracks[(node_id, stage_id)], k - 1))
         source = node.sources[i] if node.sources else ""
         return NodeSample(node_id, "", 0, ts_ms, 0.0, node.value(i, "cpu_percent"), _int(node.value(i, "rss_bytes")),
                           node.value(i, "power_watts"), source, bool(node.value(i, "power_measured") == 1.0),
@@ -380,7 +385,7 @@ class ReplayTelemetry:
         """State, link states and sample time of one node at the instant."""
         name, tier = self.history.nodes.get(node_id, (node_id[:12], ""))
         change = self.history.state_at(node_id, self.position_ms)
-        links = {sid: self.link_state(nid, sid) for (nid, sid) in self.history.stage_tracks if nid == node_id}
+        links = {sid: self.link_state(node_id, sid) for sid in self._stages_of.get(node_id, ())}
         n = self._counts.get(node_id, 0)
         sample_ms = round(self.history.node_tracks[node_id].t[n - 1] * 1000) if n else 0
         return NodeAt(node_id, name, tier, change.state if change else "", change.ts_ms if change else 0,
@@ -399,6 +404,9 @@ class ReplayTelemetry:
         return [s for s in self.nodes() if s.tier == tier]
 
     def _snapshot(self, node_id: str) -> NodeSnapshot:
+        cached = self._snapshots.get(node_id)
+        if cached is not None:
+            return cached
         at = self.node_at(node_id)
         state = NodeState(at.state) if at.state in NodeState._value2member_map_ else NodeState.DISCOVERED
         reasons = [at.reason] if at.reason else []
@@ -407,8 +415,10 @@ class ReplayTelemetry:
         down = sorted(sid for sid, link in at.links.items() if link == "down")
         if down:
             reasons.append(f"link down: {', '.join(down)}")
-        return NodeSnapshot(node_id, node_id, at.name, at.tier, "", "history", state, at.state_since_ms,
-                            tuple(reasons), last_sample_ms=at.sample_ms)
+        snapshot = NodeSnapshot(node_id, node_id, at.name, at.tier, "", "history", state, at.state_since_ms,
+                                tuple(reasons), last_sample_ms=at.sample_ms)
+        self._snapshots[node_id] = snapshot
+        return snapshot
 
 
 def _int(value: float) -> int:

@@ -41,6 +41,7 @@ SPEEDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 MIN_SPEED, MAX_SPEED = 1.0, 60.0
 FRAME_MS = 100                  # one replay frame: the clock advances speed × FRAME_MS of recorded time
 LINK_STATES = ("", "none", "up", "down")   # codes of a stage track's "link" column ("" = not recorded)
+STALE_MS = 5 * MINUTE_MS        # an online node with no telemetry recorded for this long: its state is not known
 
 NODE_TRACK = (*NODE_COLUMNS, "power_measured")
 STAGE_TRACK = (*STAGE_COLUMNS, "link")
@@ -170,9 +171,13 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
         raise ValueError("the replay window must end after it starts")
     nodes: dict[str, tuple[str, str]] = {}
     refs: dict[int, str] = {}
-    for ref, node_id, name, tier in db.execute("SELECT ref, node_id, name, tier FROM nodes").fetchall():
+    power: dict[str, tuple[str, float]] = {}   # rollups keep no power source: the node's, as last recorded
+    for ref, node_id, name, tier, info in db.execute("SELECT ref, node_id, name, tier, info_json FROM nodes"
+                                                     ).fetchall():
         refs[int(ref)] = node_id
         nodes[node_id] = (name or node_id[:12], tier or "")
+        about = json.loads(info) if info else {}
+        power[node_id] = (str(about.get("power_source") or ""), 1.0 if about.get("power_measured") else 0.0)
     # Where the raw samples begin (index range scans per node), and how far the rollups reach.
     firsts = [first for ref in refs
               if (first := db.execute("SELECT min(ts_ms) FROM telemetry WHERE node = ?", [ref]).fetchone()[0])
@@ -210,9 +215,10 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
                 rollups += 1
                 if r[1] == "":
                     node_t.setdefault(node_id, []).append(t)
-                    node_sources.setdefault(node_id, []).append("")
+                    source, measured = power[node_id]
+                    node_sources.setdefault(node_id, []).append(f"{source}, 1-min avg" if source else "1-min avg")
                     node_rows.setdefault(node_id, []).append(
-                        [_num(r[8]), _num(r[9]), math.nan, math.nan, _num(r[10]), math.nan])
+                        [_num(r[8]), _num(r[9]), math.nan, math.nan, _num(r[10]), measured])
                 else:
                     inferences, escalated = _num(r[2]), _num(r[3])
                     key = (node_id, r[1])
@@ -412,6 +418,13 @@ class ReplayTelemetry:
         reasons = [at.reason] if at.reason else []
         if not at.state:
             reasons.append("no state recorded by then")
+        elif state in (NodeState.ONLINE, NodeState.DEGRADED) and self.position_ms - max(
+                at.sample_ms or self.history.since_ms, at.state_since_ms) > STALE_MS:
+            # the audit log's last word is old and no telemetry backs it (the console was not running, say)
+            when = datetime.fromtimestamp((at.sample_ms or at.state_since_ms) / 1000).strftime("%d %b %H:%M:%S")
+            reasons = [f"not known: no telemetry recorded since {when}" if at.sample_ms else
+                       f"not known: recorded {state} at {when}, no telemetry in this window"]
+            state = NodeState.DISCOVERED
         down = sorted(sid for sid, link in at.links.items() if link == "down")
         if down:
             reasons.append(f"link down: {', '.join(down)}")

@@ -88,6 +88,20 @@ def test_event_log_holds_exactly_the_events_up_to_t(incident: tuple[Path, Incide
     assert [e.kind for e in history.events_until(inc.t3)][-1] == "process_exit"
 
 
+def test_an_online_node_without_telemetry_for_minutes_is_not_known(incident: tuple[Path, Incident]) -> None:
+    path, inc = incident
+    end = inc.start_ms + inc.seconds * 1000
+    view = ReplayTelemetry(load_history(reader(path), inc.start_ms, end + 20 * MINUTE))
+    view.seek(end + 4 * MINUTE)              # the recording stopped four minutes ago: still online as recorded
+    snapshot = view.node(DEV)
+    assert snapshot is not None and str(snapshot.state) == "online"
+    view.seek(end + 6 * MINUTE)              # six: the audit log's "online" is no longer backed by telemetry
+    snapshot = view.node(DEV)
+    assert snapshot is not None and str(snapshot.state) == "discovered"
+    assert snapshot.reasons[0].startswith("not known: no telemetry recorded since")
+    assert str(view.node(EDGE).state) == "discovered"   # type: ignore[union-attr]
+
+
 def test_going_back_rebuilds_the_rings_exactly(incident: tuple[Path, Incident]) -> None:
     path, inc = incident
     history = load_history(reader(path), inc.start_ms, inc.start_ms + inc.seconds * 1000)
@@ -154,6 +168,7 @@ def test_beyond_raw_retention_plays_the_rollups_and_says_so(tmp_path: Path) -> N
         assert st.inferences_per_s == row["inferences"] / 60 and st.escalation_rate == row["escalation_rate"]
         assert st.latency_p95_ms == row["latency_p95_ms_avg"] and st.link_state == ""   # not kept in rollups
         assert sample.power_watts == node_row["power_watts_avg"] and sample.backlog == node_row["backlog_max"]
+        assert sample.power_source == "1-min avg"        # said so on the node card's power line
         want_minute = [s for s in inc.samples if s.node_id == DEV and
                        start + minute * MINUTE <= s.ts_ms < start + (minute + 1) * MINUTE]
         assert row["inferences"] == sum(s.stages[0].inferences for s in want_minute)

@@ -2,8 +2,8 @@
 
 `tierdeck demo` on real agents records a real incident: the edge agent is frozen (SIGSTOP) until the
 console calls it offline and the device's link to it goes down, then thawed (SIGCONT) so the link comes back.
-History older than the raw retention (26 h ago, written by the recorder and rolled up by its own
-maintenance before the console starts) stands in for "yesterday". The operator switches to Replay,
+History older than the raw retention (26 h ago, written by the recorder for the demo's own node ids and
+rolled up by its maintenance before the console starts) stands in for "yesterday". The operator switches to Replay,
 drags the slider to the incident, plays at 10×, steps, opens yesterday's window and goes back to live.
 Screenshots of every step go to the test's folder (and $TIERDECK_SCREENSHOTS when set).
 """
@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -73,21 +74,23 @@ def start(display: XDisplay, folder: Path) -> Console:
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Session, Incident]]:
     folder = tmp_path_factory.mktemp("replay-display")
+    # yesterday's history for the demo's own nodes: their ids are the ones the agents will take from their data
+    # dirs; written by the recorder and rolled up by its maintenance (raw samples older than 24 h deleted)
+    ids = {name: str(uuid.uuid4()) for name in ("device-1", "edge-1")}
+    for name, node_id in ids.items():
+        (folder / "fleet" / "nodes" / name).mkdir(parents=True)
+        (folder / "fleet" / "nodes" / name / "node_id").write_text(node_id)
+    db = Database(folder / "fleet" / "console.sqlite").start()
+    try:
+        old = write_incident(db, (int(time.time() * 1000) - 26 * 3600_000) // MINUTE * MINUTE,
+                             dev=ids["device-1"], edge=ids["edge-1"])
+        db.run_maintenance().result(60)
+    finally:
+        db.close()
     with XDisplay() as display:
-        # 1. the fleet once, to learn its node ids (kept in the agents' data dirs), then yesterday's history
-        first = start(display, folder)
-        ids = {n["name"]: n["node_id"] for n in first.probe()["nodes"]}
-        first.stop()
-        db = Database(folder / "fleet" / "console.sqlite").start()
-        try:
-            old = write_incident(db, (int(time.time() * 1000) - 26 * 3600_000) // MINUTE * MINUTE,
-                                 dev=ids["device-1"], edge=ids["edge-1"], save_nodes=False)
-            db.run_maintenance().result(60)   # rolled up, then the raw samples deleted (24 h kept)
-        finally:
-            db.close()
-        # 2. the console again on the same fleet and database
         console = start(display, folder)
         try:
+            assert {n["name"]: n["node_id"] for n in console.probe()["nodes"] if n["name"] in ids} == ids
             yield Session(display, console, folder), old
         finally:
             console.stop()
@@ -96,7 +99,8 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Session,
 def test_operator_replays_the_incident_then_yesterday_then_goes_live(session: tuple[Session, Incident]) -> None:
     s, old = session
     op = s.op
-    # deploy the ship-finder and let traffic flow
+    # deploy the ship-finder and let traffic flow (a click on the canvas first: the window takes the keys)
+    op.click(s.console.probe()["lanes"]["edge"], "the canvas")
     op.key("ctrl+d")
     s.console.wait(lambda p: any(d.get("deploy_enabled") for d in p["dialogs"]), 60, "a deployable plan")
     op.key("Return")
@@ -115,8 +119,8 @@ def test_operator_replays_the_incident_then_yesterday_then_goes_live(session: tu
         time.sleep(15)
     finally:
         os.kill(pid, signal.SIGCONT)
-    back_ms = int(time.time() * 1000)
     s.console.wait(lambda p: all(n["state"] == "online" for n in p["nodes"]), 90, "edge-1 back")
+    back_ms = int(time.time() * 1000)
     time.sleep(20)
     s.shot("live_after_incident")
 
@@ -151,10 +155,10 @@ def test_operator_replays_the_incident_then_yesterday_then_goes_live(session: tu
     s.console.wait(lambda p: p["replay"]["position_ms"] == paused_at - 10_000, 10, "stepped back 10 s")
     # to where the link came back
     r = s.replay()
-    x = int(x0 + (x1 - x0) * (back_ms + 5_000 - since) / (until - since))
+    x = int(x0 + (x1 - x0) * (back_ms + 10_000 - since) / (until - since))
     handle = int(x0 + (x1 - x0) * (r["position_ms"] - since) / (until - since))
     op.drag([handle, y], [x, y], "slider to the link coming back")
-    s.console.wait(lambda p: abs(p["replay"]["position_ms"] - back_ms - 5_000) < 60_000, 20, "the slider moved")
+    r = s.console.wait(lambda p: abs(p["replay"]["position_ms"] - back_ms - 10_000) < 60_000, 20, "the slider moved")
     s.shot("link_back")
 
     # yesterday: beyond the raw retention, played from the rollups, and the bar says so

@@ -122,7 +122,7 @@ def test_replay_shows_the_incident_then_live_again_with_nothing_lost(scene: Scen
         at = datetime.fromtimestamp(inc.t3 / 1000).strftime("%H:%M:%S")
         assert at in bar.banner.text() and "NOT LIVE" in bar.banner.text()
         assert bar.banner.text().endswith("playing raw samples")
-        assert "replay of" in board.source.text()
+        assert board.source.text() == "replay · raw samples"
         # the event log holds exactly the window's events up to t3
         shown = [views.events.proxy.index(r, 0).data() for r in range(views.events.proxy.rowCount())]
         assert shown == [e.message for e in inc.events if inc.start_ms <= e.ts_ms <= inc.t3]
@@ -217,10 +217,13 @@ def test_a_window_beyond_raw_retention_plays_rollups_and_says_so(scene: Scene, v
     views.replay.seek(old.t3)
     text = bar.banner.text()
     assert "playing 1-minute rollups: raw samples kept only for the last 24 h" in text, text
-    assert "playing 1-minute rollups" in views.dashboard.source.text()
+    assert views.dashboard.source.text() == "replay · 1-min rollups"
+    assert views.dashboard.window_s == 3600.0          # a rollup a minute: the last hour, not the last minute
     # the rollups' figures are drawn, and the incident is still in the log and on the cards
     views.dashboard.redraw()
     assert any(np.isfinite(s.v).any() for s in views.dashboard.frame.plots["throughput"])
     assert [e.kind for e in views.replay.events.events()][-1] == "process_exit"
     edge_key = next(n.key for n in scene.live.console.fleet.nodes() if n.node_id == scene.edge)
     assert "[offline]" in views.fleet.row_text(edge_key)
+    views.replay.go_live()
+    assert views.dashboard.window_s == 60.0            # the operator's window again

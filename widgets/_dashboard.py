@@ -45,7 +45,7 @@ from PySide6.QtWidgets import (
 )
 
 from app._records import NodeSample, StageSample
-from app._replay import ReplayTelemetry
+from app._replay import ReplayHistory, ReplayTelemetry
 from app._replay_qt import ReplayModel
 from app.qt import FleetModel, PipelineModel, TelemetryModel
 from widgets import _theme as theme
@@ -418,6 +418,8 @@ class Dashboard(QWidget):
             layout.addWidget(self.replay_bar)
             replay.mode_changed.connect(self._replay_mode)
             replay.moved.connect(self._replay_moved)
+            replay.window_loaded.connect(self._replay_loaded)
+        self._live_window: float | None = None   # the window before a replay of rollups widened it
         layout.addLayout(controls)
         layout.addLayout(tiles)
         layout.addLayout(self.grid, 1)
@@ -486,10 +488,21 @@ class Dashboard(QWidget):
         tel = self.telemetry
         return tel.position_ms / 1000 if isinstance(tel, ReplayTelemetry) else time.time()
 
+    @Slot(object)
+    def _replay_loaded(self, history: ReplayHistory) -> None:
+        """Rollups hold one row a minute: a window under an hour would show a point or two, so show the last hour."""
+        if history.resolution != "raw" and self.window_s < 3600.0:
+            if self._live_window is None:
+                self._live_window = self.window_s
+            self.set_window(3600.0)
+
     @Slot(bool)
     def _replay_mode(self, replaying: bool) -> None:
         view = self.replay.view if self.replay is not None else None
         self.fleet, self.telemetry = (view, view) if replaying and view is not None else self._live
+        if not replaying and self._live_window is not None:
+            window, self._live_window = self._live_window, None
+            self.set_window(window)
         self._history.clear()
         self._history_for = 0.0
         self._rollup_stale = True
@@ -588,9 +601,7 @@ class Dashboard(QWidget):
 
     def _source_text(self, frame: Frame) -> str:
         if self.replaying and self.replay is not None and self.replay.history is not None:
-            h = self.replay.history
-            return (f"replay of {datetime.fromtimestamp(h.since_ms / 1000):%d %b %H:%M}–"
-                    f"{datetime.fromtimestamp(h.until_ms / 1000):%H:%M} · {h.note}")
+            return "replay · " + ("raw samples" if self.replay.history.resolution == "raw" else "1-min rollups")
         parts = [f"{sum(1 for n in self.fleet.nodes() if str(n.state) == 'online')} online"]
         if self.quiet and self._last_sample_wall:
             parts.append(f"no samples since {datetime.fromtimestamp(self._last_sample_wall):%H:%M:%S}")

@@ -175,6 +175,7 @@ class EventLog(QWidget):
     def _replay_position(self, t_ms: int) -> None:
         self.replay_banner.setText(f"REPLAY · events up to {datetime.fromtimestamp(t_ms / 1000):%H:%M:%S} · "
                                    "not live (new events are still recorded)")
+        self.view.scrollToBottom()   # the newest event at the replayed instant (the slider jumps, rows come in bursts)
 
     @Slot()
     def _filter(self) -> None:

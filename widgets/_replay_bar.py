@@ -80,6 +80,8 @@ class ReplayBar(QFrame):
         self.banner.setObjectName("replayBanner")
         self.banner.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.banner.setAccessibleName("Replay banner")
+        self.banner.setToolTip("The view shows recorded history, not the fleet now. Live telemetry and events "
+                               "keep being recorded meanwhile; Back to live shows them.")
         self.setStyleSheet(_BANNER + _LIVE)
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
@@ -91,7 +93,7 @@ class ReplayBar(QFrame):
         top.addWidget(self.load_button)
         top.addSpacing(6)
         top.addWidget(self.live_badge)
-        top.addWidget(self.banner, 1)
+        top.addStretch(1)
 
         self.back_button = QPushButton("◀◀", self)
         self.back_button.setToolTip(f"Step back {STEP_S:g} s (Left; Shift+Left: {BIG_STEP_S:g} s)")
@@ -128,6 +130,7 @@ class ReplayBar(QFrame):
         layout.setContentsMargins(0, 0, 0, 2)
         layout.setSpacing(3)
         layout.addLayout(top)
+        layout.addWidget(self.banner)   # a row of its own: the replayed instant and NOT LIVE are never cut off
         layout.addWidget(controls)
 
         self.play_actions: list[QAction] = []   # enabled only in replay (Space must click buttons when live)
@@ -269,7 +272,7 @@ class ReplayBar(QFrame):
             return "Loading history…" if self.replay.loading else ""
         at = datetime.fromtimestamp(self.replay.position_ms / 1000).strftime("%a %d %b %H:%M:%S")
         state = f"{self.replay.speed:g}×" if self.replay.playing else "paused"
-        return f"REPLAY · {at} · {state} · NOT LIVE (live telemetry is still recorded) · {history.note}"
+        return f"REPLAY · {at} · {state} · NOT LIVE — live telemetry is still recorded · {history.note}"
 
     @Slot(bool)
     def _playing_changed(self, playing: bool) -> None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -36,7 +37,7 @@ from runners.protocol import STAGE_COUNTERS
 
 Array = npt.NDArray[np.float64]
 MINUTE_MS = 60_000
-RAW_MAX_WINDOW_S = 6 * 3600.0   # longer windows play the one-minute rollups (the plots bin coarser anyway)
+RAW_MAX_WINDOW_S = 3600.0       # longer windows play the one-minute rollups (bench/replay_load.py: cost of raw)
 SPEEDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 MIN_SPEED, MAX_SPEED = 1.0, 60.0
 FRAME_MS = 100                  # one replay frame: the clock advances speed × FRAME_MS of recorded time
@@ -46,10 +47,13 @@ STALE_MS = 5 * MINUTE_MS        # an online node with no telemetry recorded for 
 NODE_TRACK = (*NODE_COLUMNS, "power_measured")
 STAGE_TRACK = (*STAGE_COLUMNS, "link")
 
-_RAW_NODE = ("cpu_percent", "power_watts", "rss_bytes", "energy_joules_total", "backlog", "power_measured",
-             "power_source")
-_RAW_STAGE = ("inferences_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms",
-              "queue_depth", "energy_per_inference_j", "inferences_total", "errors_total", "link_state")
+_RAW_NODE = ("cpu_percent", "power_watts", "rss_bytes", "energy_joules_total", "backlog", "power_measured")
+# STAGE_TRACK's columns from a raw row (escalated/s is not stored: the agent's rate × escalation rate, both over
+# its interval); the link state as its LINK_STATES code.
+_RAW_STAGE_SQL = (
+    "inferences_per_s, inferences_per_s * escalation_rate, escalation_rate, latency_p50_ms, latency_p95_ms, "
+    "latency_p99_ms, queue_depth, energy_per_inference_j, inferences_total, errors_total, "
+    "CASE link_state " + " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(LINK_STATES) if v) + " ELSE 0 END")
 
 
 @dataclass(frozen=True)
@@ -154,13 +158,18 @@ def _hours(seconds: float) -> str:
     return f"{hours:g} h" if hours >= 1 else f"{seconds / 60:g} min"
 
 
-def _link_code(value: object) -> float:
-    text = str(value or "")
-    return float(LINK_STATES.index(text)) if text in LINK_STATES else 0.0
-
-
 def _num(value: object) -> float:
     return math.nan if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _fetch(cursor: sqlite3.Cursor, width: int, chunk: int = 20_000) -> tuple[list[str], Array]:
+    """(first column of every row, the `width` others as a float array, NULL as NaN), a chunk at a time."""
+    labels: list[str] = []
+    parts = []
+    while rows := cursor.fetchmany(chunk):
+        labels += [r[0] for r in rows]
+        parts.append(np.array([r[1:] for r in rows], dtype=np.float64).reshape(len(rows), width))
+    return labels, np.concatenate(parts) if parts else np.zeros((0, width))
 
 
 def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_retention_s: float = 24 * 3600.0,
@@ -171,13 +180,13 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
         raise ValueError("the replay window must end after it starts")
     nodes: dict[str, tuple[str, str]] = {}
     refs: dict[int, str] = {}
-    power: dict[str, tuple[str, float]] = {}   # rollups keep no power source: the node's, as last recorded
+    measured: dict[str, float] = {}   # rollups keep no power source: whether the node's power is measured
     for ref, node_id, name, tier, info in db.execute("SELECT ref, node_id, name, tier, info_json FROM nodes"
                                                      ).fetchall():
         refs[int(ref)] = node_id
         nodes[node_id] = (name or node_id[:12], tier or "")
         about = json.loads(info) if info else {}
-        power[node_id] = (str(about.get("power_source") or ""), 1.0 if about.get("power_measured") else 0.0)
+        measured[node_id] = 1.0 if about.get("power_measured") else 0.0
     # Where the raw samples begin (index range scans per node), and how far the rollups reach.
     firsts = [first for ref in refs
               if (first := db.execute("SELECT min(ts_ms) FROM telemetry WHERE node = ?", [ref]).fetchone()[0])
@@ -215,10 +224,9 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
                 rollups += 1
                 if r[1] == "":
                     node_t.setdefault(node_id, []).append(t)
-                    source, measured = power[node_id]
-                    node_sources.setdefault(node_id, []).append(f"{source}, 1-min avg" if source else "1-min avg")
+                    node_sources.setdefault(node_id, []).append("1-min avg")
                     node_rows.setdefault(node_id, []).append(
-                        [_num(r[8]), _num(r[9]), math.nan, math.nan, _num(r[10]), measured])
+                        [_num(r[8]), _num(r[9]), math.nan, math.nan, _num(r[10]), measured[node_id]])
                 else:
                     inferences, escalated = _num(r[2]), _num(r[3])
                     key = (node_id, r[1])
@@ -226,30 +234,34 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
                     stage_rows.setdefault(key, []).append(
                         [inferences / 60, escalated / 60, _num(r[4]), math.nan, _num(r[5]), _num(r[6]),
                          _num(r[7]), math.nan, math.nan, math.nan, 0.0])
+    # Raw rows straight into numpy, a chunk at a time (no Python float per value: a 1 h window of 50 nodes is
+    # 360,000 rows).
+    raw_nodes: dict[str, tuple[Array, list[str]]] = {}
+    raw_stages: dict[tuple[str, str], Array] = {}
     if split <= until_ms:
-        node_cols = ", ".join(_RAW_NODE)
-        stage_cols = ", ".join(_RAW_STAGE)
+        where = "WHERE node = ? AND ts_ms >= ? AND ts_ms <= ?"
         for ref, node_id in refs.items():
-            for r in db.execute(f"SELECT ts_ms, stage, {node_cols}, {stage_cols} FROM telemetry "
-                                "WHERE node = ? AND ts_ms >= ? AND ts_ms <= ? ORDER BY ts_ms, seq",
-                                [ref, split, until_ms]).fetchall():
-                t = r[0] / 1000
-                if r[1] == "":
-                    node_t.setdefault(node_id, []).append(t)
-                    node_sources.setdefault(node_id, []).append(r[8] or "")
-                    node_rows.setdefault(node_id, []).append([_num(v) for v in r[2:8]])
-                else:
-                    (ips, rate, p50, p95, p99, queue, epi, total, errors, link) = r[9:19]
-                    key = (node_id, r[1])
-                    stage_t.setdefault(key, []).append(t)
-                    stage_rows.setdefault(key, []).append(
-                        [_num(ips), _num(ips) * _num(rate), _num(rate), _num(p50), _num(p95), _num(p99),
-                         _num(queue), _num(epi), _num(total), _num(errors), _link_code(link)])
+            sources, data = _fetch(db.execute(
+                f"SELECT power_source, ts_ms, {', '.join(_RAW_NODE)} FROM telemetry {where} AND stage = '' "
+                "ORDER BY ts_ms, seq", [ref, split, until_ms]), 1 + len(_RAW_NODE))
+            if len(data):
+                raw_nodes[node_id] = (data, [x or "" for x in sources])
+            stages, data = _fetch(db.execute(
+                f"SELECT stage, ts_ms, {_RAW_STAGE_SQL} FROM telemetry {where} AND stage != '' ORDER BY ts_ms, seq",
+                [ref, split, until_ms]), 1 + len(STAGE_TRACK))
+            if len(data):
+                labels = np.asarray(stages)
+                for stage_id in dict.fromkeys(stages):
+                    raw_stages[(node_id, stage_id)] = data[labels == stage_id]
 
-    def track(columns: tuple[str, ...], t: list[float], rows: list[list[float]], sources: list[str] | None = None
-              ) -> Track:
-        return Track(columns, np.asarray(t, dtype=np.float64),
-                     np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns)), tuple(sources or ()))
+    def track(columns: tuple[str, ...], t: list[float], rows: list[list[float]], raw: Array | None,
+              sources: list[str] | None = None) -> Track:
+        old = np.asarray(rows, dtype=np.float64).reshape(len(rows), len(columns))
+        times = np.asarray(t, dtype=np.float64)
+        if raw is not None:
+            times = np.concatenate([times, raw[:, 0] / 1000])
+            old = np.concatenate([old, raw[:, 1:]])
+        return Track(columns, times, old, tuple(sources or ()))
 
     events = []
     for r in db.execute("SELECT ts_ms, kind, severity, node_id, message, detail_json FROM events "
@@ -268,8 +280,11 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
             states.setdefault(ev.node_id, []).append(_state_change(ev.ts_ms, json.dumps(ev.detail), ev.message))
     return ReplayHistory(
         since_ms, until_ms, nodes,
-        {n: track(NODE_TRACK, node_t[n], node_rows[n], node_sources[n]) for n in node_t},
-        {k: track(STAGE_TRACK, stage_t[k], stage_rows[k]) for k in stage_t},
+        {n: track(NODE_TRACK, node_t.get(n, []), node_rows.get(n, []), raw_nodes[n][0] if n in raw_nodes else None,
+                  node_sources.get(n, []) + (raw_nodes[n][1] if n in raw_nodes else []))
+         for n in {*node_t, *raw_nodes}},
+        {k: track(STAGE_TRACK, stage_t.get(k, []), stage_rows.get(k, []), raw_stages.get(k))
+         for k in {*stage_t, *raw_stages}},
         tuple(events), {n: tuple(c) for n, c in states.items()}, split if rollups else since_ms, raw_retention_s,
         raw_gone and rollups > 0, np.asarray([e.ts_ms for e in events], dtype=np.int64))
 

@@ -145,7 +145,8 @@ def test_beyond_raw_retention_plays_the_rollups_and_says_so(tmp_path: Path) -> N
     db = Database(tmp_path / "console.sqlite", retention=Retention(raw_s=3600.0)).start()
     try:
         inc = write_incident(db, start)
-        write_incident(db, start + 2 * 3600_000 + 30 * MINUTE)   # and recent raw samples (again, later)
+        edge_start = (now - 70 * MINUTE) // MINUTE * MINUTE
+        write_incident(db, edge_start, seconds=1200)   # 20 minutes across the retention horizon (now - 1 h)
         counts = db.run_maintenance(now).result(30)
         assert counts["raw_deleted"] > 0
         rollups = db.read(lambda d: rollup_rows(d, start, start + inc.seconds * 1000)).result(30)
@@ -178,16 +179,20 @@ def test_beyond_raw_retention_plays_the_rollups_and_says_so(tmp_path: Path) -> N
     view.seek(inc.t1 + 1000)
     assert view.node_at(EDGE).state == "offline"
 
-    # a window across the retention edge: rollups first, then the raw samples, and the note says until when
-    raw_first = start + 2 * 3600_000 + 30 * MINUTE
-    mixed = load_history(reader(tmp_path / "console.sqlite"), start + 5 * MINUTE, raw_first + 5 * MINUTE, 3600.0)
-    assert mixed.resolution == "mixed" and mixed.rollup_until_ms == raw_first
+    # a window across the retention horizon: rollups first, then the raw samples, and the note says until when
+    raw_first = reader(tmp_path / "console.sqlite").execute("SELECT min(ts_ms) FROM telemetry").fetchone()[0]
+    assert edge_start < raw_first < edge_start + 20 * MINUTE
+    split = -(-raw_first // MINUTE) * MINUTE
+    mixed = load_history(reader(tmp_path / "console.sqlite"), edge_start + 2 * MINUTE, edge_start + 18 * MINUTE,
+                         3600.0)
+    assert mixed.resolution == "mixed" and mixed.rollup_until_ms == split
     assert "playing 1-minute rollups until" in mixed.note and "raw samples kept only for the last 1 h" in mixed.note
     track = mixed.stage_tracks[(DEV, "det")]
     assert np.all(np.diff(track.t) > 0)
-    rolled, raw = track.t[track.t < raw_first / 1000], track.t[track.t >= raw_first / 1000]
-    assert len(rolled) == 5 and np.all((rolled * 1000 - 30_000) % MINUTE == 0)   # minutes 5..9, at their middles
-    assert raw[0] == raw_first / 1000 and len(raw) == 301
+    rolled, raw = track.t[track.t < split / 1000], track.t[track.t >= split / 1000]
+    assert len(rolled) == (split - edge_start) // MINUTE - 2   # one a minute, at the minute's middle
+    assert np.all((rolled * 1000 - 30_000) % MINUTE == 0)
+    assert raw[0] == split / 1000 and len(raw) == (edge_start + 18 * MINUTE - split) // 1000 + 1
 
 
 def test_long_windows_play_rollups_and_say_why(incident: tuple[Path, Incident]) -> None:
@@ -200,7 +205,7 @@ def test_long_windows_play_rollups_and_say_why(incident: tuple[Path, Incident]) 
     until = inc.start_ms + inc.seconds * 1000
     history = load_history(reader(path), until - int(RAW_MAX_WINDOW_S * 1000) - 3600_000, until)
     assert history.resolution == "1m" and not history.raw_gone
-    assert history.note.startswith("playing 1-minute rollups: windows over 6 h play per minute")
+    assert history.note.startswith("playing 1-minute rollups: windows over 1 h play per minute")
     assert len(history.stage_tracks[(DEV, "det")]) == inc.seconds // 60
 
 

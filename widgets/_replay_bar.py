@@ -79,6 +79,7 @@ class ReplayBar(QFrame):
         self.banner = QLabel("", self)
         self.banner.setObjectName("replayBanner")
         self.banner.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.banner.setWordWrap(True)   # a narrow window: two lines rather than a cut-off note
         self.banner.setAccessibleName("Replay banner")
         self.banner.setToolTip("The view shows recorded history, not the fleet now. Live telemetry and events "
                                "keep being recorded meanwhile; Back to live shows them.")
@@ -272,7 +273,7 @@ class ReplayBar(QFrame):
             return "Loading history…" if self.replay.loading else ""
         at = datetime.fromtimestamp(self.replay.position_ms / 1000).strftime("%a %d %b %H:%M:%S")
         state = f"{self.replay.speed:g}×" if self.replay.playing else "paused"
-        return f"REPLAY · {at} · {state} · NOT LIVE — live telemetry is still recorded · {history.note}"
+        return f"REPLAY · {at} · {state} · NOT LIVE (still recording) · {history.note}"
 
     @Slot(bool)
     def _playing_changed(self, playing: bool) -> None:

@@ -199,10 +199,22 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
     raw_gone = (raw_first is None or raw_first > since_ms) and since_ms < now_ms - raw_retention_s * 1000
     if raw_first is None:
         split = until_ms + 1
+    elif raw_first <= since_ms:
+        split = since_ms
     else:
-        split = -(-raw_first // MINUTE_MS) * MINUTE_MS if raw_first > since_ms else since_ms
-        if (until_ms - since_ms) / 1000 > RAW_MAX_WINDOW_S and watermark is not None:
-            split = max(split, watermark)
+        # Raw samples begin inside the window. Rollups before their minute mean retention deleted the raw samples
+        # there: play the rollups up to that minute (and that minute's own rollup, if rolled: part of its raw rows
+        # is gone), the raw samples after. No rollups before it: the database simply begins there.
+        first_minute = raw_first // MINUTE_MS * MINUTE_MS
+        rolled = {int(m) for (m,) in db.execute(
+            "SELECT DISTINCT minute_ms FROM telemetry_rollup_1m WHERE minute_ms >= ? AND minute_ms <= ? "
+            "ORDER BY minute_ms DESC LIMIT 2", [since_ms // MINUTE_MS * MINUTE_MS, first_minute]).fetchall()}
+        if not rolled - {first_minute}:
+            split = since_ms
+        else:
+            split = first_minute + MINUTE_MS if first_minute in rolled else first_minute
+    if raw_first is not None and (until_ms - since_ms) / 1000 > RAW_MAX_WINDOW_S and watermark is not None:
+        split = max(split, watermark)
     split = min(max(split, since_ms), until_ms + 1)
 
     node_rows: dict[str, list[list[float]]] = {}

@@ -195,6 +195,25 @@ def test_beyond_raw_retention_plays_the_rollups_and_says_so(tmp_path: Path) -> N
     assert raw[0] == split / 1000 and len(raw) == (edge_start + 18 * MINUTE - split) // 1000 + 1
 
 
+def test_a_database_that_begins_inside_the_window_plays_its_raw_samples_from_the_first(tmp_path: Path) -> None:
+    # the console started at 15:20:11 (say): no rollups before, and the raw samples of its first minute count
+    start = (int(time.time() * 1000) - 3600_000) // MINUTE * MINUTE + 11_958
+    db = Database(tmp_path / "console.sqlite").start()
+    try:
+        inc = write_incident(db, start)
+        db.run_maintenance().result(30)   # rolls up what it can; deletes nothing (raw kept 24 h)
+    finally:
+        db.close()
+    history = load_history(reader(tmp_path / "console.sqlite"), start - 30 * MINUTE, start + 5 * MINUTE)
+    assert history.resolution == "raw" and history.note == "playing raw samples"
+    track = history.node_tracks[DEV]
+    assert track.t[0] == start / 1000 and len(track) == 301   # every second of the 5 minutes, both ends
+    view = ReplayTelemetry(history)
+    view.seek(start + 30_000)
+    sample = view.latest(DEV)
+    assert sample is not None and sample.ts_ms == recorded(inc, DEV, start + 30_000).ts_ms
+
+
 def test_long_windows_play_rollups_and_say_why(incident: tuple[Path, Incident]) -> None:
     path, inc = incident
     db = Database(path).start()

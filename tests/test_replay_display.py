@@ -4,7 +4,7 @@
 console calls it offline and the device's link to it goes down, then thawed (SIGCONT) so the link comes back.
 History older than the raw retention (26 h ago, written by the recorder for the demo's own node ids and
 rolled up by its maintenance before the console starts) stands in for "yesterday". The operator switches to Replay,
-drags the slider to the incident, plays at 10×, steps, opens yesterday's window and goes back to live.
+drags the slider to the incident, steps, plays at 5×, opens yesterday's window and goes back to live.
 Screenshots of every step go to the test's folder (and $TIERDECK_SCREENSHOTS when set).
 """
 
@@ -137,16 +137,23 @@ def test_operator_replays_the_incident_then_yesterday_then_goes_live(session: tu
     r = s.console.wait(lambda p: abs(p["replay"]["position_ms"] - target) < 60_000, 20, "the slider moved")
     at = r["replay"]["position_ms"]
     assert datetime.fromtimestamp(at / 1000).strftime("%H:%M") in r["replay"]["banner"]
+    # the dashboard draws that instant: its figures (a slip here once left the first raw minute unplayed)
+    s.console.wait(lambda p: p["replay"]["tiles"]["throughput"] != "—" and p["replay"]["tiles"]["nodes"] != "4 / 4",
+                   10, "the dashboard at the incident")
     s.shot("dragged_to_incident")
     edge_then = next(n for n in r["nodes"] if n["name"] == "edge-1")
     assert edge_then["state"] == "online"   # the live fleet is untouched: only the views show history
 
-    # play at 10× with the keyboard ("]" three times: 2×, 5×, 10×), then pause and step
+    # 20 s back (Left twice: into the incident), then play at 5× with the keyboard ("]" twice: 2×, 5×; the rest of
+    # the window is some 10 s of play at 5×), pause (Space) and step back (Left)
+    op.key("Left", "Left")
+    s.console.wait(lambda p: p["replay"]["position_ms"] == at - 20_000, 10, "20 s back")
+    at -= 20_000
     op.click(s.replay()["controls"]["play"], "Play")
-    op.key("bracketright", "bracketright", "bracketright")
-    s.console.wait(lambda p: p["replay"]["speed"] == 10.0 and p["replay"]["playing"], 10, "10× playing")
-    time.sleep(2.5)
-    s.shot("playing_10x")
+    op.key("bracketright", "bracketright")
+    s.console.wait(lambda p: p["replay"]["speed"] == 5.0 and p["replay"]["playing"], 10, "5× playing")
+    time.sleep(1.5)
+    s.shot("playing_5x")
     op.key("space")
     r = s.console.wait(lambda p: not p["replay"]["playing"], 10, "paused")
     paused_at = r["replay"]["position_ms"]

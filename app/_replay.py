@@ -114,6 +114,7 @@ class ReplayHistory:
     rollup_until_ms: int         # rows before this instant come from the one-minute rollups (== since_ms: none)
     raw_retention_s: float
     raw_gone: bool               # True when rollups stand in because retention deleted the raw samples
+    seen_before: dict[str, int] = field(default_factory=dict)   # per node, its last row before the window (ms)
     event_t: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
@@ -290,6 +291,12 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
     for ev in events:
         if ev.kind == "node_state" and ev.node_id:
             states.setdefault(ev.node_id, []).append(_state_change(ev.ts_ms, json.dumps(ev.detail), ev.message))
+    seen_before: dict[str, int] = {}
+    for ref, node_id in refs.items():   # the last sign of life before the window (index lookups)
+        raw = db.execute("SELECT max(ts_ms) FROM telemetry WHERE node = ? AND ts_ms < ?", [ref, since_ms]).fetchone()[0]
+        rolled = db.execute("SELECT max(minute_ms) FROM telemetry_rollup_1m WHERE node = ? AND minute_ms < ?",
+                            [ref, since_ms]).fetchone()[0]
+        seen_before[node_id] = max(int(raw or 0), int(rolled or 0) + MINUTE_MS // 2 if rolled is not None else 0)
     return ReplayHistory(
         since_ms, until_ms, nodes,
         {n: track(NODE_TRACK, node_t.get(n, []), node_rows.get(n, []), raw_nodes[n][0] if n in raw_nodes else None,
@@ -298,7 +305,7 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
         {k: track(STAGE_TRACK, stage_t.get(k, []), stage_rows.get(k, []), raw_stages.get(k))
          for k in {*stage_t, *raw_stages}},
         tuple(events), {n: tuple(c) for n, c in states.items()}, split if rollups else since_ms, raw_retention_s,
-        raw_gone and rollups > 0, np.asarray([e.ts_ms for e in events], dtype=np.int64))
+        raw_gone and rollups > 0, seen_before, np.asarray([e.ts_ms for e in events], dtype=np.int64))
 
 
 def _state_change(ts_ms: int, detail_json: str | None, message: str) -> StateChange:
@@ -446,11 +453,11 @@ class ReplayTelemetry:
         if not at.state:
             reasons.append("no state recorded by then")
         elif state in (NodeState.ONLINE, NodeState.DEGRADED) and self.position_ms - max(
-                at.sample_ms or self.history.since_ms, at.state_since_ms) > STALE_MS:
+                seen := at.sample_ms or self.history.seen_before.get(node_id, 0), at.state_since_ms) > STALE_MS:
             # the audit log's last word is old and no telemetry backs it (the console was not running, say)
-            when = datetime.fromtimestamp((at.sample_ms or at.state_since_ms) / 1000).strftime("%d %b %H:%M:%S")
-            reasons = [f"not known: no telemetry recorded since {when}" if at.sample_ms else
-                       f"not known: recorded {state} at {when}, no telemetry in this window"]
+            when = datetime.fromtimestamp((seen or at.state_since_ms) / 1000).strftime("%d %b %H:%M:%S")
+            reasons = [f"not known: no telemetry recorded since {when}" if seen else
+                       f"not known: recorded {state} at {when}, no telemetry since"]
             state = NodeState.DISCOVERED
         down = sorted(sid for sid, link in at.links.items() if link == "down")
         if down:

@@ -100,6 +100,13 @@ def test_an_online_node_without_telemetry_for_minutes_is_not_known(incident: tup
     assert snapshot is not None and str(snapshot.state) == "discovered"
     assert snapshot.reasons[0].startswith("not known: no telemetry recorded since")
     assert str(view.node(EDGE).state) == "discovered"   # type: ignore[union-attr]
+    # a window that starts after the recording ended: its start is judged by the last sample before it
+    late = ReplayTelemetry(load_history(reader(path), end + 2 * MINUTE, end + 20 * MINUTE))
+    assert str(late.node(DEV).state) == "online"            # type: ignore[union-attr]  # 2 min since the last
+    later = ReplayTelemetry(load_history(reader(path), end + 6 * MINUTE, end + 20 * MINUTE))
+    snapshot = later.node(DEV)
+    assert snapshot is not None and str(snapshot.state) == "discovered"
+    assert snapshot.reasons[0].startswith("not known: no telemetry recorded since")
 
 
 def test_going_back_rebuilds_the_rings_exactly(incident: tuple[Path, Incident]) -> None:

@@ -42,6 +42,11 @@ BIG_STEP_S = 60.0
 _BANNER = (f"QLabel#replayBanner {{ background: {theme.WARN}; color: #111; font-weight: bold; padding: 3px 8px;"
            " border-radius: 3px; }")
 _LIVE = f"QLabel#liveBadge {{ color: {theme.OK}; font-weight: bold; padding: 3px 4px; }}"
+# The whole track visible (the platform style draws only the part left of the handle on this dark theme).
+_SLIDER = (f"QSlider#replaySlider::groove:horizontal {{ height: 6px; background: {theme.BORDER}; border-radius: 3px; }}"
+           f"QSlider#replaySlider::sub-page:horizontal {{ background: {theme.ACCENT}; border-radius: 3px; }}"
+           f"QSlider#replaySlider::handle:horizontal {{ width: 14px; margin: -5px 0; background: {theme.TEXT};"
+           " border-radius: 7px; }")
 
 
 class ReplayBar(QFrame):
@@ -83,7 +88,7 @@ class ReplayBar(QFrame):
         self.banner.setAccessibleName("Replay banner")
         self.banner.setToolTip("The view shows recorded history, not the fleet now. Live telemetry and events "
                                "keep being recorded meanwhile; Back to live shows them.")
-        self.setStyleSheet(_BANNER + _LIVE)
+        self.setStyleSheet(_BANNER + _LIVE + _SLIDER)
         top = QHBoxLayout()
         top.setContentsMargins(0, 0, 0, 0)
         top.addWidget(self.live_button)
@@ -109,6 +114,7 @@ class ReplayBar(QFrame):
         self.speed_box.setToolTip("Replay speed: recorded time per real time ([ and ])")
         self.slider = QSlider(Qt.Orientation.Horizontal, self)
         self.slider.setAccessibleName("Replayed time")
+        self.slider.setObjectName("replaySlider")
         self.slider.setSingleStep(1)
         self.slider.setPageStep(60)
         self.slider.setTracking(True)

@@ -462,7 +462,8 @@ class ReplayTelemetry:
         down = sorted(sid for sid, link in at.links.items() if link == "down")
         if down:
             reasons.append(f"link down: {', '.join(down)}")
-        snapshot = NodeSnapshot(node_id, node_id, at.name, at.tier, "", "history", state, at.state_since_ms,
+        since = at.state_since_ms if str(state) == at.state else 0   # "for 25 h" of a state not known: no
+        snapshot = NodeSnapshot(node_id, node_id, at.name, at.tier, "", "history", state, since,
                                 tuple(reasons), last_sample_ms=at.sample_ms)
         self._snapshots[node_id] = snapshot
         return snapshot

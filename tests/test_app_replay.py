@@ -99,6 +99,7 @@ def test_an_online_node_without_telemetry_for_minutes_is_not_known(incident: tup
     snapshot = view.node(DEV)
     assert snapshot is not None and str(snapshot.state) == "discovered"
     assert snapshot.reasons[0].startswith("not known: no telemetry recorded since")
+    assert snapshot.state_since_ms == 0      # no "discovered for 25 h": how long is not known either
     assert str(view.node(EDGE).state) == "discovered"   # type: ignore[union-attr]
     # a window that starts after the recording ended: its start is judged by the last sample before it
     late = ReplayTelemetry(load_history(reader(path), end + 2 * MINUTE, end + 20 * MINUTE))

@@ -187,6 +187,12 @@ class Ledger:
             """
         )
         self._size = int(self._db.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0])
+        self._rows = int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
+        self._counters = {name: 0 for name in _COUNTERS}
+        self._counters.update(self._db.execute("SELECT name, value FROM counters").fetchall())
+        # Reads have their own connection: with WAL they never wait for the writer, nor it for them.
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._thread = threading.Thread(target=self._writer, name="ledger-writer", daemon=True)
         self._thread.start()
 
@@ -216,7 +222,7 @@ class Ledger:
                 stage_answer: Decisions, hop_answer: Decisions | None, final: Decisions,
                 origin_row_ids: Sequence[str] | None) -> int:
         rows = len(row_ids)
-        if not rows:
+        if not rows or not self.max_bytes:  # --ledger-max-mb 0: the node keeps no ledger
             return 0
         # Answers are copied (a Decisions is assigned into in place later on the request path); tensors are not:
         # callers hand over arrays they no longer change.
@@ -250,8 +256,11 @@ class Ledger:
                 self._write(batches, dropped)
             except Exception:  # the writer must outlive a bad row or a full disk
                 log.exception("hard-example ledger: write failed, %d rows lost", sum(b.rows for b in batches))
+                with self._db_lock:  # the transaction rolled back: take size and rows from the disk again
+                    size, count = self._db.execute("SELECT coalesce(sum(size), 0), count(*) FROM entries").fetchone()
                 with self._cond:
                     self._dropped += sum(b.rows for b in batches)
+                    self._size, self._rows = int(size), int(count)
             with self._cond:
                 self._written = target
                 self._cond.notify_all()
@@ -285,8 +294,13 @@ class Ledger:
                         break
                 self._db.executemany("DELETE FROM entries WHERE seq=?", victims)
                 evicted = len(victims)
-            self._bump({"recorded_total": len(rows), "evicted_total": evicted, "expired_total": len(expired),
-                        "dropped_total": dropped})
+            deltas = {"recorded_total": len(rows), "evicted_total": evicted, "expired_total": len(expired),
+                      "dropped_total": dropped}
+            self._bump(deltas)
+        with self._cond:
+            self._rows += len(rows) - evicted - len(expired)
+            for name, value in deltas.items():
+                self._counters[name] += value
 
     def _bump(self, deltas: dict[str, int]) -> None:
         self._db.executemany(
@@ -308,21 +322,18 @@ class Ledger:
         self._thread.join(timeout=30.0)
         with self._db_lock:
             self._db.close()
+        with self._read_lock:
+            self._reader.close()
 
     # -- reading (blocking: call from an executor) -----------------------------------------------
     def stats(self) -> LedgerStats:
-        """Rows, bytes, limits and counters (the hand-off's not yet persisted drops included)."""
-        with self._db_lock:
-            rows = int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
-            counters = dict(self._db.execute("SELECT name, value FROM counters").fetchall())
-            size = self._size
+        """Rows, bytes, limits and counters, the hand-off's drops not yet written included (cheap: from memory)."""
         with self._cond:
-            pending_drops = self._dropped
-        return LedgerStats(rows=rows, bytes=size, max_bytes=self.max_bytes, max_age_s=self.max_age_s,
-                           recorded_total=int(counters.get("recorded_total", 0)),
-                           evicted_total=int(counters.get("evicted_total", 0)),
-                           expired_total=int(counters.get("expired_total", 0)),
-                           dropped_total=int(counters.get("dropped_total", 0)) + pending_drops)
+            return LedgerStats(rows=self._rows, bytes=self._size, max_bytes=self.max_bytes, max_age_s=self.max_age_s,
+                               recorded_total=self._counters["recorded_total"],
+                               evicted_total=self._counters["evicted_total"],
+                               expired_total=self._counters["expired_total"],
+                               dropped_total=self._counters["dropped_total"] + self._dropped)
 
     def list(self, *, stage_id: str = "", kind: str = "", label: str = "", disagreed_only: bool = False,
              since_ms: int = 0, until_ms: int = 0, after_seq: int = 0, before_seq: int = 0,
@@ -338,17 +349,17 @@ class Ledger:
             page_where.append("seq < ?")
             page_args.append(before_seq)
         clause = f"WHERE {' AND '.join(page_where)}" if page_where else ""
-        with self._db_lock:
-            found = self._db.execute(f"SELECT {_LIST_COLUMNS} FROM entries {clause} ORDER BY seq DESC LIMIT ?",
+        with self._read_lock:
+            found = self._reader.execute(f"SELECT {_LIST_COLUMNS} FROM entries {clause} ORDER BY seq DESC LIMIT ?",
                                      [*page_args, max(1, limit)]).fetchall()
-            total = self._db.execute(f"SELECT count(*) FROM entries {'WHERE ' + ' AND '.join(where) if where else ''}",
-                                     args).fetchone()[0]
+            matching = f"WHERE {' AND '.join(where)}" if where else ""
+            total = self._reader.execute(f"SELECT count(*) FROM entries {matching}", args).fetchone()[0]
         return [_entry(row) for row in found], int(total)
 
     def get(self, seq: int) -> LedgerEntry | None:
         """One entry with its input tensors, or None when it is gone (evicted, expired)."""
-        with self._db_lock:
-            row = self._db.execute(f"SELECT {_LIST_COLUMNS}, inputs FROM entries WHERE seq=?", (seq,)).fetchone()
+        with self._read_lock:
+            row = self._reader.execute(f"SELECT {_LIST_COLUMNS}, inputs FROM entries WHERE seq=?", (seq,)).fetchone()
         if row is None:
             return None
         entry = _entry(row[:-1])

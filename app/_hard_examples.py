@@ -101,10 +101,25 @@ class HardRow:
         """The final answer's class: the dataset's label."""
         return self.root.example.final_label
 
+    def disagreed_at(self, i: int) -> bool:
+        """Did the answer that came back from above contradict entry i's own? Different classes count when one
+        side knows the other's class: a detector's 'vessel' called 'water', or its 'water' called 'cargo', is a
+        disagreement; its 'vessel' called 'cargo' is a refinement (the detector has no 'cargo', the classifier no
+        'vessel'). Shadow rows are recorded because they disagreed."""
+        e = self.entries[i].example
+        if e.kind == "shadow_disagreed" and i == 0:
+            return True
+        if not e.hop_label or e.hop_label == e.stage_label:
+            return False
+        if not e.score_labels or e.hop_label in e.score_labels:
+            return True
+        above = self.entries[i + 1].example if i + 1 < len(self.entries) else None
+        return above is not None and e.stage_label in above.score_labels
+
     @property
     def disagreed(self) -> bool:
-        """Some stage's own answer differed from the answer that came back from above it."""
-        return any(e.example.hop_label and e.example.hop_label != e.example.stage_label for e in self.entries)
+        """Some stage's own answer was contradicted by the answer that came back from above it (disagreed_at)."""
+        return any(self.disagreed_at(i) for i in range(len(self.entries)))
 
     @property
     def classes(self) -> frozenset[str]:

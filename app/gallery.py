@@ -149,10 +149,9 @@ class GalleryModel(QAbstractListModel):
 
 
 def caption(row: HardRow) -> str:
-    """The thumbnail's caption: the final class, and the first stage's answer when it differed."""
-    root = row.root.example
-    said = root.stage_label
-    return f"{row.label} ({said})" if said and said != row.label else row.label
+    """The thumbnail's caption: the first stage's answer → the final one (just the class when they are the same)."""
+    said = row.root.example.stage_label
+    return f"{said} → {row.label}" if said and said != row.label else row.label
 
 
 __all__ = ["DatasetWritten", "GalleryModel", "HardRow", "RowFilter", "caption"]

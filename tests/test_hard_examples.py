@@ -137,3 +137,16 @@ def test_the_training_script_reads_hard_examples() -> None:
     train_models = pytest.importorskip("tools.train_models", reason="torch (the train extra) is not installed")
     assert train_models.MODELS_DIR == ROOT / "resources" / "models"
     assert train_models.load_hard_examples is load_hard_examples
+
+
+@pytest.mark.parametrize(("said", "came_back", "disagreed"), [
+    ("vessel", "water", True), ("water", "cargo", True), ("vessel", "cargo", False), ("water", "water", False)])
+def test_a_refinement_is_not_a_disagreement(said: str, came_back: str, disagreed: bool) -> None:
+    detector = NodeEntry("dev", "dev", "device", ctl.HardExample(
+        seq=1, kind="escalated", stage_id="detector", row_id="d.0", stage_label=said, hop_label=came_back,
+        score_labels=["water", "vessel"]))
+    classifier = NodeEntry("edge", "edge", "edge", ctl.HardExample(
+        seq=1, kind="escalated", stage_id="classifier", origin_row_id="d.0", stage_label=came_back,
+        score_labels=["water", "cargo", "tanker"]))
+    (row,) = join([detector, classifier])
+    assert row.disagreed is disagreed

@@ -160,6 +160,7 @@ class RowDetail(QScrollArea):
         super().__init__(parent)
         self.setWidgetResizable(True)
         self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # labels wrap instead
         self.row: HardRow | None = None
         self._show_empty()
 
@@ -183,43 +184,53 @@ class RowDetail(QScrollArea):
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(root.created_unix_ms / 1000))
         title = QLabel(f"<b style='font-size:large'>{row.label}</b> &nbsp;answered by {root.final_stage}"
                        f" ({root.final_confidence:.2f}){'' if root.final else ' — provisional'}")
+        title.setWordWrap(True)
         title.setObjectName("gallery_detail_title")
         layout.addWidget(title)
         facts = QLabel(f"{row.link} · {'shadow row, disagreed' if row.kind == 'shadow_disagreed' else 'escalated'}"
                        f"{' · stages disagreed ≠' if row.disagreed else ''}<br>{when}")
         facts.setStyleSheet(f"color: {theme.MUTED}")
+        facts.setWordWrap(True)
         layout.addWidget(facts)
-        for entry in row.entries:
-            layout.addWidget(self._stage_box(entry))
+        for i, entry in enumerate(row.entries):
+            layout.addWidget(self._stage_box(entry, row.disagreed_at(i)))
         layout.addStretch(1)
         self.setWidget(body)
 
-    def _stage_box(self, entry: NodeEntry) -> QFrame:
+    def _stage_box(self, entry: NodeEntry, disagreed: bool) -> QFrame:
         e = entry.example
         box = QFrame()
         box.setFrameShape(QFrame.Shape.StyledPanel)
         box.setObjectName("gallery_stage")
         outer = QHBoxLayout(box)
         picture = QLabel()
-        picture.setPixmap(preview_pixmap(bytes(e.preview), tuple(e.preview_shape), 128))
-        picture.setFixedWidth(136)
+        picture.setPixmap(preview_pixmap(bytes(e.preview), tuple(e.preview_shape), 88))
+        picture.setFixedWidth(94)
         picture.setAlignment(Qt.AlignmentFlag.AlignTop | Qt.AlignmentFlag.AlignHCenter)
         outer.addWidget(picture)
         text = QVBoxLayout()
         tier_colour = theme.TIER_COLOURS.get(entry.tier, theme.MUTED)
-        head = QLabel(f"<b>{e.stage_id}</b> v{e.stage_version} on {entry.node_name} "
-                      f"<span style='color:{tier_colour}'>({theme.TIER_TITLES.get(entry.tier, entry.tier)})</span>")
+        version = e.stage_version if len(e.stage_version) <= 12 else e.stage_version[:12] + "…"
+        head = QLabel(f"<b>{e.stage_id}</b> on {entry.node_name} "
+                      f"<span style='color:{tier_colour}'>({theme.TIER_TITLES.get(entry.tier, entry.tier)})</span>"
+                      f" <span style='color:{theme.MUTED}'>v{version}</span>")
+        head.setToolTip(f"version {e.stage_version}")
+        head.setWordWrap(True)
         text.addWidget(head)
         answer = f"said <b>{e.stage_label}</b> ({e.stage_confidence:.2f})"
         if e.hop_label:
-            mark = " ≠" if e.hop_label != e.stage_label else ""
+            mark = f" <span style='color:{theme.WARN}'>≠ disagreed</span>" if disagreed else ""
             answer += f" → {e.hop_stage} answered <b>{e.hop_label}</b> ({e.hop_confidence:.2f}){mark}"
         elif e.row_id:
             answer += " → sent up, no answer yet (queued)"
-        text.addWidget(QLabel(answer))
+        said = QLabel(answer)
+        said.setWordWrap(True)
+        text.addWidget(said)
         text.addWidget(ScoreBars(entry.scores(), e.stage_label))
         ids = QLabel(f"row {e.row_id or '—'}" + (f" · arrived as {e.origin_row_id}" if e.origin_row_id else ""))
         ids.setStyleSheet(f"color: {theme.MUTED}")
+        ids.setWordWrap(True)
+        ids.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         ids.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         text.addWidget(ids)
         outer.addLayout(text, 1)
@@ -297,8 +308,8 @@ class Gallery(QWidget):
         self.splitter = QSplitter(Qt.Orientation.Horizontal)
         self.splitter.addWidget(left)
         self.splitter.addWidget(self.detail)
-        self.splitter.setStretchFactor(0, 3)
-        self.splitter.setStretchFactor(1, 2)
+        self.splitter.setStretchFactor(0, 1)
+        self.splitter.setStretchFactor(1, 1)
         self.summary_label = QLabel()
         self.summary_label.setWordWrap(True)
         self.summary_label.setStyleSheet(f"color: {theme.MUTED}")

@@ -103,6 +103,17 @@ class LedgerStats:
 
 
 @dataclass
+class _Late:
+    stage_id: str
+    row_ids: list[str]
+    answers: list[tuple[str, float, str, bool]]
+
+    @property
+    def rows(self) -> int:
+        return len(self.row_ids)
+
+
+@dataclass
 class _Batch:
     kind: str
     created_ms: int
@@ -177,7 +188,7 @@ class Ledger:
         self.max_bytes = int(max_mb * 2**20)
         self.max_age_s = max_age_h * 3600.0
         self.handoff_rows = handoff_rows
-        self._pending: deque[_Batch] = deque()
+        self._pending: deque[_Batch | _Late] = deque()
         self._pending_rows = 0
         self._cond = threading.Condition()
         self._closed = False
@@ -279,6 +290,21 @@ class Ledger:
             self._pending_rows += rows
         return rows
 
+    def record_late_answers(self, stage_id: str, row_ids: Sequence[str], answers: Decisions) -> None:
+        """Queued rows were delivered: fill in the next hop's answer of their entries (the caller's answer stays
+        the provisional one it got). Never blocks; dropped and counted like rows when the hand-off is full."""
+        if not row_ids or not self.max_bytes:
+            return
+        update = _Late(stage_id, list(row_ids), _answers(answers))
+        with self._cond:
+            self._submitted += 1
+            self._cond.notify()
+            if self._closed or self._pending_rows + len(update.row_ids) > self.handoff_rows:
+                self._dropped += len(update.row_ids)
+                return
+            self._pending.append(update)
+            self._pending_rows += len(update.row_ids)
+
     # -- the writer thread ------------------------------------------------------------------------
     def _writer(self) -> None:
         while True:
@@ -315,8 +341,10 @@ class Ledger:
         free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
         return (pages - free) * self._page_size
 
-    def _write(self, batches: list[_Batch], dropped: int) -> None:
-        rows = [row for batch in batches for row in _rows(batch)]
+    def _write(self, items: list[_Batch | _Late], dropped: int) -> None:
+        rows = [row for batch in items if isinstance(batch, _Batch) for row in _rows(batch)]
+        late = [(label, stage, confidence, rid, item.stage_id) for item in items if isinstance(item, _Late)
+                for rid, (label, confidence, stage, _) in zip(item.row_ids, item.answers, strict=True)]
         now = int(self._clock() * 1000)
         with self._db_lock, self._db:
             expired = len(self._db.execute("DELETE FROM entries WHERE created_ms < ? RETURNING seq",
@@ -333,6 +361,9 @@ class Ledger:
                     "size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
                 more, count, used = self._evict(self.max_bytes, count + len(rows))
                 evicted += more
+            if late:
+                self._db.executemany("UPDATE entries SET hop_label=?, hop_stage=?, hop_confidence=? "
+                                     "WHERE row_id=? AND stage_id=? AND hop_label=''", late)
             deltas = {"recorded_total": len(rows), "evicted_total": evicted, "expired_total": expired,
                       "dropped_total": dropped}
             self._bump(deltas)

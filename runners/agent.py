@@ -393,6 +393,7 @@ class Agent:
             stage.forwarder = reuse
             reuse._max_batch = stage.manifest.max_batch or 64
             reuse._priority = stage.manifest.budget.priority
+            reuse.on_late_answers = functools.partial(self.ledger.record_late_answers, stage.stage_id)
             return
         if reuse is not None:
             await reuse.async_stop()
@@ -401,6 +402,7 @@ class Agent:
                                         max_batch=stage.manifest.max_batch or 64,
                                         priority=stage.manifest.budget.priority,
                                         origin=f"{self.node_id[:8]}-{self.boot_id[:8]}")
+            stage.forwarder.on_late_answers = functools.partial(self.ledger.record_late_answers, stage.stage_id)
             await stage.forwarder.async_start(self.identity.channel_credentials(),
                                               self.identity.target_name(hop.node_id))
         else:
@@ -974,9 +976,12 @@ class ControlService(ctl_grpc.NodeControlServicer):
             self.agent.ledger.list, stage_id=request.stage_id, kind=request.kind, label=request.label,
             disagreed_only=request.disagreed_only, since_ms=request.since_unix_ms, until_ms=request.until_unix_ms,
             before_seq=request.before_seq, limit=min(request.limit or 100, 1000))
+        # The counters first: a write landing during the read then shows in the entries, never only in the
+        # counters (a client that waits for a count and then reads the entries gets them all).
+        stats = self.agent.ledger.stats()
         entries, total = await asyncio.get_running_loop().run_in_executor(self.agent.ledger_reads, read)
         return ctl.ListHardExamplesResponse(examples=[example_pb(e) for e in entries], total=total,
-                                            ledger=ledger_pb(self.agent.ledger.stats()))
+                                            ledger=ledger_pb(stats))
 
     async def GetHardExample(self, request: ctl.GetHardExampleRequest,
                              context: grpc.aio.ServicerContext) -> ctl.GetHardExampleResponse:

@@ -188,3 +188,30 @@ def test_ledger_off_and_bad_limits(tmp_path: Path) -> None:
         args = build_parser().parse_args(["--data-dir", str(tmp_path / "bad"), *bad])
         with pytest.raises(SystemExit, match="ledger-max-age-h"):
             config_from_args(args)
+
+
+def test_queued_rows_get_their_late_answer_in_the_ledger(tmp_path: Path) -> None:
+    edge = start_agent(tmp_path / "edge", name="edge")
+    device = start_agent(tmp_path / "device", name="device", tier="device")
+    try:
+        _escalate_all_pair(tmp_path, device, edge)
+        port = edge.port
+        assert edge.stop() == 0  # the link goes down: the device answers provisional and queues the rows
+        x = np.random.default_rng(9).normal(size=(30, 64)).astype(np.float32)
+        _send(device.address, x, chunk=10)
+        queued = _wait_recorded(device.address, 30)
+        assert queued.total == 30 and all(e.hop_label == "" and not e.final for e in queued.examples)
+        edge = start_agent(tmp_path / "edge", name="edge", listen=f"127.0.0.1:{port}")  # back, same stage
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            late = asyncio.run(_listing(device.address))
+            if all(e.hop_label for e in late.examples):
+                break
+            time.sleep(0.2)
+        assert all(e.hop_label in ("a", "b") and e.hop_stage == "top" for e in late.examples)
+        assert all(e.final_stage == "detector" and not e.final for e in late.examples)  # what the caller got
+        arrived = _wait_recorded(edge.address, 30)
+        assert {e.origin_row_id for e in arrived.examples} == {e.row_id for e in late.examples}
+    finally:
+        device.stop()
+        edge.stop()

@@ -201,3 +201,16 @@ def test_rows_over_the_recording_rate_are_dropped_and_counted(tmp_path: Path) ->
         assert sorted(e.row_id for e in entries) == sorted([f"a.{k}" for k in range(10)] + [f"b.{k}" for k in range(5)])
     finally:
         ledger.close()
+
+
+def test_reads_see_what_was_written_since(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.sqlite")
+    try:
+        for k in range(5):
+            record(ledger, 1, first=k)
+            assert ledger.flush()
+            entries, total = ledger.list()
+            assert total == k + 1 and entries[0].row_id == f"dev.det.x.{k}"  # never an older snapshot
+            assert ledger.get(entries[0].seq) is not None
+    finally:
+        ledger.close()

@@ -391,18 +391,25 @@ class ConsoleCore:
                                         {"stage_id": stage_id, "count": count, "retry": retry}))
         return count
 
-    async def async_hard_examples(self, request: ctl.ListHardExamplesRequest | None = None
-                                  ) -> HardExamplePull:
+    async def async_hard_examples(self, request: ctl.ListHardExamplesRequest | None = None,
+                                  before: dict[str, int] | None = None) -> HardExamplePull:
         """A page of every connected node's hard-example ledger (newest first, thumbnails only), pulled in
-        parallel; a node that fails is named in `errors` and the others still count."""
+        parallel; a node that fails is named in `errors` and the others still count. With `before` ({node key:
+        seq}, from `HardExamplePull.older()`), the next older page of those nodes only."""
         fleet = self._need_fleet()
-        nodes = [n for n in fleet.nodes() if n.source != "endpoint" and fleet.client(n.key) is not None]
+        nodes = [n for n in fleet.nodes() if n.source != "endpoint" and fleet.client(n.key) is not None
+                 and (before is None or n.key in before)]
 
         async def one(node: NodeSnapshot) -> ctl.ListHardExamplesResponse:
             client = fleet.client(node.key)
             if client is None:
                 raise ConnectionError("not connected")
-            return await client.hard_examples(request, timeout=15)
+            page = ctl.ListHardExamplesRequest()
+            if request is not None:
+                page.CopyFrom(request)
+            if before is not None:
+                page.before_seq = before[node.key]
+            return await client.hard_examples(page, timeout=15)
 
         results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
         pull = HardExamplePull()
@@ -414,6 +421,12 @@ class ConsoleCore:
             pull.ledgers[node.name] = result.ledger
             pull.totals[node.name] = int(result.total)
             pull.entries += [NodeEntry(node.key, node.name, node.tier, e) for e in result.examples]
+            pull.fetched[node.key] = len(result.examples)
+            if result.examples:
+                pull.oldest[node.key] = min(int(e.seq) for e in result.examples)
+            # Newest first: older entries are left when this page was full and more match than it held.
+            pull.matching[node.key] = int(result.total)
+            pull.more[node.key] = bool(result.examples) and int(result.total) > len(result.examples)
         return pull
 
     async def async_hard_example_tensors(self, rows: list[HardRow]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -446,10 +459,10 @@ class ConsoleCore:
                                          "rows": written.rows}))
         return written
 
-    def hard_examples(self, request: ctl.ListHardExamplesRequest | None = None
+    def hard_examples(self, request: ctl.ListHardExamplesRequest | None = None, before: dict[str, int] | None = None
                       ) -> concurrent.futures.Future[HardExamplePull]:
         """Thread-safe `async_hard_examples`."""
-        return self.submit(self.async_hard_examples(request))
+        return self.submit(self.async_hard_examples(request, before))
 
     def hard_example_tensors(self, rows: list[HardRow]) -> concurrent.futures.Future[dict[tuple[str, int], Any]]:
         """Thread-safe `async_hard_example_tensors`."""

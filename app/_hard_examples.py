@@ -146,10 +146,29 @@ class HardExamplePull:
     ledgers: dict[str, ctl.HardExampleLedger] = field(default_factory=dict)   # by node name
     totals: dict[str, int] = field(default_factory=dict)                      # entries matching, by node name
     errors: dict[str, str] = field(default_factory=dict)                      # by node name
+    fetched: dict[str, int] = field(default_factory=dict)                     # entries pulled, by node key
+    oldest: dict[str, int] = field(default_factory=dict)                      # smallest seq pulled, by node key
+    more: dict[str, bool] = field(default_factory=dict)                       # older entries left, by node key
+    matching: dict[str, int] = field(default_factory=dict)                    # entries matching, by node key
 
     def rows(self) -> list[HardRow]:
         """The entries joined into rows, newest first."""
         return join(self.entries)
+
+    def older(self) -> dict[str, int]:
+        """Where the next page starts, per node that has older entries: {node key: before_seq}."""
+        return {key: self.oldest[key] for key, left in self.more.items() if left and key in self.oldest}
+
+    def merge(self, page: HardExamplePull) -> HardExamplePull:
+        """This pull with an older page added (counters and totals from the newer of the two)."""
+        out = HardExamplePull(self.entries + page.entries, {**page.ledgers, **self.ledgers},
+                              {**page.totals, **self.totals}, {**self.errors, **page.errors},
+                              dict(self.fetched), dict(self.oldest), dict(self.more), dict(self.matching))
+        for key, count in page.fetched.items():
+            out.fetched[key] = out.fetched.get(key, 0) + count
+            out.more[key] = count > 0 and page.matching.get(key, 0) > out.fetched[key]
+        out.oldest.update(page.oldest)
+        return out
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,20 @@ class GalleryModel(QAbstractListModel):
         future = self._console.core.hard_examples(ctl.ListHardExamplesRequest(limit=self.per_node))
         self._console.dispatcher.when_done(future, self._pulled, self._pull_failed)
 
+    def load_older(self) -> None:
+        """Pull the next older page of every node that has more (rows already shown stay)."""
+        older = self.pull.older()
+        if self.busy or not older:
+            return
+        self._set_busy(True)
+        future = self._console.core.hard_examples(ctl.ListHardExamplesRequest(limit=self.per_node), older)
+        self._console.dispatcher.when_done(future, self._pulled_older, self._pull_failed)
+
+    @property
+    def has_older(self) -> bool:
+        """Do the nodes hold older entries than those pulled?"""
+        return bool(self.pull.older())
+
     def set_filter(self, wanted: RowFilter) -> None:
         """Show only the rows that pass `wanted` (applied here: link, class and disagreement are the joined row's)."""
         self.filter = wanted
@@ -131,6 +145,9 @@ class GalleryModel(QAbstractListModel):
         self.all_rows = pull.rows()
         self._set_busy(False)
         self._apply()
+
+    def _pulled_older(self, page: HardExamplePull) -> None:
+        self._pulled(self.pull.merge(page))
 
     def _pull_failed(self, exc: BaseException) -> None:
         self._set_busy(False)

@@ -56,7 +56,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     hard.add_argument("--disagreed", action="store_true",
                       help="only rows where a stage's answer differed from the one that came back from above it")
     hard.add_argument("--kind", choices=("escalated", "shadow_disagreed"), default="", help="only this kind")
-    hard.add_argument("--limit", type=int, default=1000, help="newest entries pulled per node (default 1000)")
+    hard.add_argument("--limit", type=int, default=5000,
+                      help="newest entries pulled per node, in pages of 1000 (default 5000)")
     hard.add_argument("--fleet", metavar="FILE", help="fleet file: one HOST:PORT [TIER] [NAME] per line, or JSON")
     hard.add_argument("--interface", action="append", default=[], metavar="IP",
                       help="browse mDNS on this IPv4 interface (repeatable)")
@@ -145,8 +146,14 @@ async def _hard_examples(args: argparse.Namespace, out: TextIO) -> int:
     async with core:
         await async_connected(core, args)
         # The time bounds go to the nodes; link, class and disagreement are properties of the joined row.
-        pull = await core.async_hard_examples(ctl.ListHardExamplesRequest(
-            since_unix_ms=since, until_unix_ms=until or 0, limit=max(1, min(args.limit, 1000))))
+        request = ctl.ListHardExamplesRequest(since_unix_ms=since, until_unix_ms=until or 0,
+                                              limit=max(1, min(args.limit, 1000)))
+        pull = await core.async_hard_examples(request)
+        while True:  # older pages, per node, up to --limit entries each
+            older = {k: seq for k, seq in pull.older().items() if pull.fetched.get(k, 0) < args.limit}
+            if not older:
+                break
+            pull = pull.merge(await core.async_hard_examples(request, before=older))
         rows = [row for row in pull.rows() if wanted.matches(row)]
         summary: dict[str, Any] = {"rows": len(rows), "nodes": sorted(pull.ledgers), "errors": pull.errors,
                                    "pulled_at_unix_ms": int(time.time() * 1000)}

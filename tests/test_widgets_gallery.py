@@ -20,6 +20,7 @@ from app.pipeline_file import load_pipeline
 from app.qt import QtConsole
 from resources import scenes
 from runners._ledger import make_preview
+from runners._proto import tierdeck_control_pb2 as ctl
 from runners.client import NodeClient
 from tools.hard_examples import read_hard_examples
 from widgets._gallery import Gallery, RowDetail, ScoreBars, preview_image
@@ -92,6 +93,21 @@ def test_gallery_shows_joined_rows_and_exports_what_it_shows(fleet: tuple[dict[s
         assert gallery.link_box.findData("detector → classifier") >= 0
         assert gallery.count_label.text() == f"{len(rows)} rows"
         assert "device-1:" in gallery.summary_label.text() and "MiB" in gallery.summary_label.text()
+
+        # Paging: pages of 10, newest first, until every node is through; then the gallery's "Older" button.
+        pull = core.hard_examples(ctl.ListHardExamplesRequest(limit=10)).result(20)
+        while pull.older():
+            pull = pull.merge(core.hard_examples(ctl.ListHardExamplesRequest(limit=10), pull.older()).result(20))
+        assert sorted((e.node_key, e.example.seq) for e in pull.entries) == \
+            sorted((e.node_key, e.example.seq) for r in model.all_rows for e in r.entries)
+        small = GalleryModel(console, per_node=10)
+        small.refresh()
+        qtbot.waitUntil(lambda: not small.busy and len(small.all_rows) > 0, timeout=20_000)
+        first_page = len(small.pull.entries)
+        assert small.has_older and first_page == sum(min(10, n) for n in small.pull.matching.values())
+        small.load_older()
+        qtbot.waitUntil(lambda: not small.busy and len(small.pull.entries) > first_page, timeout=20_000)
+        assert len({(e.node_key, e.example.seq) for e in small.pull.entries}) == len(small.pull.entries)
 
         # Thumbnails are the detector's input, as an image.
         data, shape = model.index(0).data(GalleryModel.PreviewRole)

@@ -258,6 +258,9 @@ class Gallery(QWidget):
                             ("shadow, disagreed", "shadow_disagreed")):
             self.kind_box.addItem(label, kind)
         self.disagreed_box = QCheckBox("Disagreed only (≠)")
+        self.older_button = QPushButton("&Older")
+        self.older_button.setToolTip("Pull the next older page from the nodes that hold more")
+        self.older_button.setEnabled(False)
         self.export_button = QPushButton("E&xport selected…")
         self.export_button.setToolTip("Write the selected rows as a dataset: FILE.npz (inputs, labels) + FILE.json "
                                       "(labels, every stage's scores, provenance). Ctrl+A selects all shown")
@@ -266,6 +269,7 @@ class Gallery(QWidget):
         # Three short rows rather than one long one: the tab must fit beside the fleet panel on a small laptop.
         first = QHBoxLayout()
         first.addWidget(self.refresh_button)
+        first.addWidget(self.older_button)
         first.addWidget(self.export_button)
         first.addStretch(1)
         first.addWidget(self.count_label)
@@ -320,6 +324,7 @@ class Gallery(QWidget):
         self._dialog: QFileDialog | None = None
 
         self.refresh_button.clicked.connect(model.refresh)
+        self.older_button.clicked.connect(model.load_older)
         for box in (self.link_box, self.class_box, self.time_box, self.kind_box):
             box.currentIndexChanged.connect(self._filters_changed)
         self.disagreed_box.toggled.connect(self._filters_changed)
@@ -364,6 +369,7 @@ class Gallery(QWidget):
         self.empty_label.setVisible(pulled == 0)
         self.view.setVisible(pulled > 0)
         self.summary_label.setText(self.model.summary())
+        self.older_button.setEnabled(self.model.has_older and not self.model.busy)
         selected = self.detail.row
         keep = next((r for r in self.model.rows if selected is not None and r.key == selected.key), None)
         self.detail.show_row(keep)
@@ -376,6 +382,7 @@ class Gallery(QWidget):
     @Slot(bool)
     def _busy(self, busy: bool) -> None:
         self.refresh_button.setEnabled(not busy)
+        self.older_button.setEnabled(not busy and self.model.has_older)
         self.refresh_button.setText("Pulling…" if busy else "&Refresh")
 
     @Slot()

@@ -706,14 +706,17 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                         sent: np.ndarray, origin_row_ids: list[str]) -> None:
         """Ledger: rows escalated to this stage from below that it answered itself (what it saw, its scores), so
         that the console can join a row's entries across nodes by row id."""
-        here = np.setdiff1d(np.arange(len(decisions)), sent)
-        if not len(here):
-            return
-        answered = decisions.take(here)
+        if len(sent):
+            here = np.setdiff1d(np.arange(len(decisions)), sent)
+            if not len(here):
+                return
+            inputs, scores, answered = {n: a[here] for n, a in feeds.items()}, output[here], decisions.take(here)
+            origins = [origin_row_ids[i] for i in here]
+        else:  # the usual case: every row answered here, handed over as it is (no copy on the request path)
+            inputs, scores, answered, origins = feeds, output, decisions, origin_row_ids
         self.agent.ledger.record_escalated(
-            stage.stage_id, stage.version, [""] * len(here), {n: a[here] for n, a in feeds.items()}, output[here],
-            stage.rule.labels if stage.rule else (), answered, None, final=answered,
-            origin_row_ids=[origin_row_ids[i] for i in here])
+            stage.stage_id, stage.version, [""] * len(origins), inputs, scores,
+            stage.rule.labels if stage.rule else (), answered, None, final=answered, origin_row_ids=origins)
 
 
 class ControlService(ctl_grpc.NodeControlServicer):

@@ -1064,7 +1064,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="store-and-forward bound, escalations per stage (default 100000)")
     parser.add_argument("--ledger-max-mb", type=float, default=DEFAULT_MAX_MB, metavar="MB",
                         help="hard-example ledger (escalated rows and disagreeing shadow rows, with their inputs, "
-                             "under DATA_DIR/ledger.sqlite): the oldest rows go past this size "
+                             "under DATA_DIR/ledger.sqlite): the oldest rows go past this size on disk, MiB "
                              f"(default {DEFAULT_MAX_MB:g}; 0 = record nothing); evictions are counted")
     parser.add_argument("--ledger-max-age-h", type=float, default=DEFAULT_MAX_AGE_H, metavar="HOURS",
                         help=f"hard-example ledger: rows older than this are deleted (default {DEFAULT_MAX_AGE_H:g}, "

@@ -23,7 +23,7 @@ from runners._ledger import make_preview
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners.client import NodeClient
 from tools.hard_examples import read_hard_examples
-from widgets._gallery import Gallery, RowDetail, ScoreBars, preview_image
+from widgets._gallery import Gallery, RowDetail, ScoreBars, preview_image, preview_pixmap
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +149,16 @@ def test_gallery_shows_joined_rows_and_exports_what_it_shows(fleet: tuple[dict[s
         assert all(sent[image.tobytes()] == label for image, label in zip(inputs["image"], labels, strict=True))
         console.close()
 
+
+
+def test_thumbnails_of_other_tensors_are_heat_strips(qapp: QApplication) -> None:
+    data, shape = make_preview(np.linspace(0, 1, 300, dtype=np.float32))  # e.g. a feature vector
+    assert shape == (64,)
+    strip = preview_image(data, shape)
+    assert (strip.width(), strip.height()) == (64, 1)
+    cold, warm = strip.pixelColor(0, 0), strip.pixelColor(63, 0)
+    assert cold.blue() > cold.red() and warm.red() > warm.blue()  # dark blue → yellow
+    assert preview_pixmap(data, shape, 96).size().toTuple() == (96, 24)
+    colour, colour_shape = make_preview(np.random.default_rng(0).random((3, 32, 32), dtype=np.float32))
+    assert colour_shape == (32, 32, 3) and not preview_image(colour, colour_shape).isNull()
+    assert preview_image(b"", ()).isNull()

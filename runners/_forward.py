@@ -247,6 +247,8 @@ class Forwarder:
         self._hop_inputs: list[str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._on_depth_change = on_depth_change
+        # Called with (row ids, decisions) when queued rows get their late answers (the agent's ledger).
+        self.on_late_answers: Callable[[list[str], Decisions], object] | None = None
         self.backlog = 0
         self.up = True
         self.last_error = ""
@@ -298,7 +300,7 @@ class Forwarder:
         """Forward the rows; the next hop's decisions for them, or None when they were queued or refused."""
         rows = len(next(iter(inputs.values())))
         future: asyncio.Future[Decisions | None] = asyncio.get_running_loop().create_future()
-        row_ids = [f"{self._origin}{self._next_row + i}" for i in range(rows)]
+        row_ids = self.upcoming_row_ids(rows)
         self._next_row += rows
         item = _Pending(inputs, rows, request_id, row_ids, future)
         now = time.monotonic()
@@ -310,6 +312,10 @@ class Forwarder:
             self._pending.append(item)
             self._wake.set()
         return await future
+
+    def upcoming_row_ids(self, rows: int) -> list[str]:
+        """The ids async_escalate gives its next `rows` rows (it takes them before it first awaits)."""
+        return [f"{self._origin}{self._next_row + i}" for i in range(rows)]
 
     async def async_smoke(self, inputs: dict[str, np.ndarray]) -> Decisions | None:
         """Send smoke rows straight to the next hop (no batching, queue, ids or counts); None when it failed."""
@@ -507,6 +513,8 @@ class Forwarder:
             backoff = 0.2
             acked = [(seq, rid, decisions.row(k)) for k, (seq, rid, _) in enumerate(rows)]
             await loop.run_in_executor(self._io, self._queue.ack, self.stage_id, acked)
+            if self.on_late_answers is not None:
+                self.on_late_answers(ids, decisions)
             self._stats.add("delivered_total", len(rows))
             if not self.up:
                 log.info("stage %s: next hop %s back, delivering %d queued escalations", self.stage_id,

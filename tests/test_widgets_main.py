@@ -4,6 +4,9 @@ plot's arithmetic and wiring, and the `tierdeck console` entry point on a live n
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +24,6 @@ from test_widgets_support import assert_not_blank, dispose, small_model
 from app.pipeline_file import Rule, load_pipeline
 from app.qt import QtConsole
 from cli import build_parser
-from cli._cmd_console import run
 from widgets import MainWindow, apply_theme, escalation_curve
 
 ALLOWED_WITHOUT_SHORTCUT = {"About tierdeck"}
@@ -229,14 +231,17 @@ def test_what_if_plot_marks_the_threshold_and_prices_a_new_one(console: QtConsol
 
 # ----- the entry point --------------------------------------------------------------------------------------
 
-def test_tierdeck_console_command_starts_on_a_live_node(tmp_path: Path, qapp: QApplication) -> None:
-    parser = build_parser()
+def test_tierdeck_console_command_starts_on_a_live_node(tmp_path: Path) -> None:
+    # Its own process, as an operator starts it: a QApplication that ran exec() and quit() inside the test
+    # process would leave later tests' queued deliveries unserved.
     with running_agent(tmp_path / "node", tier="edge", name="edge-1") as agent:
         shot = tmp_path / "console.png"
-        args = parser.parse_args(["console", "--db", str(tmp_path / "c.sqlite"), "--node", agent.address,
-                                  "--pipeline", str(write_pipeline(tmp_path / "p")), "--exit-after", "4",
-                                  "--screenshot", str(shot)])
-        assert run(args) == 0
+        env = {**os.environ, "QT_QPA_PLATFORM": "offscreen"}
+        done = subprocess.run([sys.executable, "-m", "cli", "console", "--db", str(tmp_path / "c.sqlite"),
+                               "--node", agent.address, "--pipeline", str(write_pipeline(tmp_path / "p")),
+                               "--exit-after", "4", "--screenshot", str(shot)],
+                              env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr[-2000:]
         assert_not_blank(shot)
-    help_text = parser.format_help()
+    help_text = build_parser().format_help()
     assert "console" in help_text and "operations console" in help_text

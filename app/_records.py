@@ -257,6 +257,10 @@ class StageSample(NamedTuple):
     dead_letter_total: int
     hop_errors_total: int
     hop_calls_total: int
+    shadow_sent_total: int
+    shadow_answered_total: int
+    shadow_agreed_total: int
+    shadow_shed_total: int
     # Increments since the previous sample of the same boot (the console computes them).
     inferences: int
     escalated: int

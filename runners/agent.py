@@ -65,6 +65,7 @@ from runners._providers import (
 from runners._rules import DROPPED, ESCALATE, Decisions, evaluate
 from runners._security import peer_address
 from runners._seen import row_digests
+from runners._shadow import is_shadow, shadow_call
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
 from runners._telemetry import StageStats, TelemetryWindow, attribute_energy, prune
@@ -286,6 +287,9 @@ class Agent:
         for stage in list(self.stages.values()):
             if stage.forwarder is not None:
                 await stage.forwarder.async_stop()
+        for stats in list(self.stats.values()):
+            if stats.shadow is not None:
+                await stats.shadow.async_stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -536,7 +540,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise AssertionError("unreachable")
         # The deployer's smoke inference runs the real path but is not traffic: it is kept out of every count.
         smoke = SMOKE in request.parameters and request.parameters[SMOKE].bool_param
-        stats = StageStats(stage.stage_id) if smoke else stage.stats
+        shadow = is_shadow(request)  # shadow rows too (runners/_shadow.py), and their escalations go on as such
+        stats = StageStats(stage.stage_id) if smoke or shadow else stage.stats
         stats.add("requests_total")
         try:
             feeds = stage.check_inputs(decode_inputs(request))
@@ -561,7 +566,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         else:
             run_feeds = feeds
         try:
-            named, decisions = await self._compute(stage, run_feeds, request.id, stats, smoke) \
+            named, decisions = await self._compute(stage, run_feeds, request.id, stats, smoke,
+                                                   "shadow" if shadow else "") \
                 if fresh != [] else ({}, None)
         except Exception as exc:  # onnxruntime's own exception types
             stats.add("errors_total")
@@ -593,7 +599,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray], request_id: str, stats: StageStats,
-                       smoke: bool = False) -> tuple[dict[str, np.ndarray], Decisions | None]:
+                       smoke: bool = False, mode: str = "") -> tuple[dict[str, np.ndarray], Decisions | None]:
         """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row."""
         outputs, compute_s = await stage.async_run(feeds, self.agent.compute, self.agent.compute_workers)
         stats.compute_seconds_total += compute_s
@@ -602,12 +608,12 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             first = next(iter(named.values()), None)
             stats.add("inferences_total", first.shape[0] if first is not None and first.ndim else 1)
             return named, None
-        decisions = await self._decide(stage, feeds, named[stage.rule.output], request_id, stats, smoke)
+        decisions = await self._decide(stage, feeds, named[stage.rule.output], request_id, stats, smoke, mode)
         stats.add("inferences_total", len(decisions))
         return named, decisions
 
     async def _decide(self, stage: Stage, feeds: dict[str, np.ndarray], output: np.ndarray,
-                      request_id: str, stats: StageStats, smoke: bool = False) -> Decisions:
+                      request_id: str, stats: StageStats, smoke: bool = False, mode: str = "") -> Decisions:
         """Apply the rule, forward what escalates (within the budget), and answer per row."""
         assert stage.rule is not None
         rule = stage.rule
@@ -623,7 +629,16 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         stats.add("dropped_total", int((outcome.action == DROPPED).sum()))
         escalate = np.flatnonzero(outcome.action == ESCALATE)
         stats.add("escalated_total", len(escalate))
-        if len(escalate) and stage.forwarder is not None:
+        sampler = stage.stats.shadow
+        if sampler is not None and sampler.rate > 0.0 and not smoke and not mode:  # shadow sample (runners/_shadow)
+            sampler.sample(stage.forwarder, stage.bucket, feeds, outcome, decisions, output, stage.version)
+        if mode == "shadow":  # a shadow row escalates in shadow mode, or settles here when the link cannot take it
+            if len(escalate) and stage.forwarder is not None:
+                answers = await shadow_call(stage.forwarder, {n: np.ascontiguousarray(a[escalate])
+                                                              for n, a in feeds.items()})
+                if answers is not None:
+                    decisions.assign(escalate, answers)
+        elif len(escalate) and stage.forwarder is not None:
             if smoke:
                 send = escalate
             else:
@@ -636,6 +651,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 answers = await (forwarder.async_smoke(rows) if smoke else forwarder.async_escalate(rows, request_id))
                 if answers is not None:
                     decisions.assign(send, answers)
+                    if sampler is not None and sampler.rate > 0.0 and not smoke:
+                        sampler.note_escalated(rule.labels, rule.class_in, outcome, send, answers)
         stats.add("provisional_total", int((~decisions.final).sum()))
         return decisions
 

@@ -12,7 +12,7 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from agents import AgentProcess, running_agent
+from agents import running_agent
 
 from app._miss import ShadowCounts, miss_estimate, wilson_interval
 from resources import scenes

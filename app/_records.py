@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from app._miss import ShadowCounts
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._providers import accelerators, describe
 
@@ -284,6 +285,8 @@ class StageSample(NamedTuple):
     # The next hop as this stage sees it: escalations kept aside now, latency p95 of its forwarded calls.
     dead_letters: int = 0
     hop_latency_p95_ms: float = 0.0
+    # The link's shadow sample (app/_miss.py), cumulative for the boot; None when the stage has no next hop.
+    shadow: ShadowCounts | None = None
 
 
 class NodeSample(NamedTuple):

@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app._miss import ShadowCounts, percent, predict_misses
 from app.pipeline_file import Rule
 from app.qt import Dispatcher, FleetModel, PipelineModel, TelemetryModel
 from widgets import _theme as theme
@@ -81,6 +82,7 @@ class WhatIfPanel(QWidget):
         self.pusher = pusher
         self.stage_id = ""
         self.hist = np.zeros(BINS)
+        self.shadow: ShadowCounts | None = None
         self.rows = 0.0
         self.rate_in = 0.0
         self._dispatcher = Dispatcher(self)
@@ -254,6 +256,7 @@ class WhatIfPanel(QWidget):
                 rate_in += ring.last("inferences_per_s") or 0.0
             nodes += 1
         self.hist, self.rows, self.rate_in = hist, float(hist.sum()), rate_in
+        self.shadow = self.telemetry.shadow_counts(self.stage_id)
         rule = self._rule()
         kind = getattr(self, "field", "confidence_below")
         xs = np.linspace(0.0, 1.0, 201)
@@ -299,7 +302,32 @@ class WhatIfPanel(QWidget):
         else:
             parts.append(f"At {new:.2f}: {new_frac * 100:.1f} % would escalate (≈ {new_frac * self.rate_in:,.1f}/s).")
         parts.append(f"From {self.rows:,.0f} scored rows.{caveat}")
-        self.readout.setText(" ".join(parts))
+        misses = self.miss_text(now_value, new)
+        self.readout.setText(" ".join(parts) + (f"\n{misses}" if misses else ""))
+
+    def miss_text(self, now_value: float | None, new: float) -> str:
+        """What the shadow sample says about misses now and at the proposed threshold, with 95 % intervals."""
+        counts = self.shadow
+        if counts is None or not self.stage_id:
+            return ""
+        if not counts.answered:
+            return ("Misses: no shadow rows answered yet on this link"
+                    + (f" (shadow rate {counts.rate * 100:g} %)" if counts.rate else " (shadow sampling is off)") + ".")
+        current = now_value if now_value is not None else new
+        settled_now = 1.0 - self.escalation_at(current)
+        p = predict_misses(counts, self.field, current, new, settled_now)
+        if p is None:
+            return ""
+        sources = f"{p.shadow_rows:,} shadow rows" + (f" and {p.escalated_rows:,} escalated answers"
+                                                       if p.escalated_rows else "")
+        text = (f"Misses (est., of all rows in; from {sources}): now {percent(p.now)} "
+                f"({percent(p.now_low).removesuffix(' %')}–{percent(p.now_high)})")
+        if abs(new - current) > 1e-9:
+            text += (f"; at {new:.2f}: {percent(p.new)} ({percent(p.new_low).removesuffix(' %')}–"
+                     f"{percent(p.new_high)}), {(p.new - p.now) * 100:+.2f} pts")
+            if p.extrapolated:
+                text += " — no answers yet for the rows it would newly settle: at least this"
+        return text + "."
 
     # ----- proposal ---------------------------------------------------------------------------------------
     def _set_proposal(self, value: float) -> None:

@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 from app._miss import ShadowCounts
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._providers import accelerators, describe
+from runners._shadow import shadow_rate
 
 
 def now_ms() -> int:
@@ -110,6 +111,7 @@ class StageSnapshot:
     rule: str = ""                # the escalation rule in words, e.g. "confidence < 0.6"
     max_escalations_per_s: float = 0.0
     priority: str = ""
+    shadow_rate: float = 0.0      # share of settled rows sent up in shadow mode (0 on the last tier)
     runs_on: str = ""             # the provider its session really runs on ("" from an older agent)
     cpu_fallback_nodes: int = 0
     session_providers: tuple[str, ...] = ()
@@ -135,6 +137,7 @@ class StageSnapshot:
             next_model=m.next_hop.model if m.HasField("next_hop") else "",
             rule=describe_rule(m.rule) if m.HasField("rule") else "",
             max_escalations_per_s=m.budget.max_escalations_per_s, priority=m.budget.priority,
+            shadow_rate=shadow_rate(m.budget) if m.HasField("next_hop") else 0.0,
             runs_on=info.runs_on, cpu_fallback_nodes=info.cpu_fallback_nodes,
             session_providers=tuple(info.session_providers), warmup_ms=info.warmup_ms,
             placement_notes=tuple(info.placement_notes),
@@ -149,6 +152,7 @@ class StageSnapshot:
             "activated_unix_ms": self.activated_unix_ms, "model_bytes": self.model_bytes,
             "next_hop": self.next_hop, "next_model": self.next_model, "rule": self.rule,
             "max_escalations_per_s": self.max_escalations_per_s, "priority": self.priority,
+            "shadow_rate": self.shadow_rate,
             "runs_on": self.runs_on, "cpu_fallback_nodes": self.cpu_fallback_nodes,
             "session_providers": list(self.session_providers), "warmup_ms": self.warmup_ms,
             "placement_notes": list(self.placement_notes),

@@ -19,8 +19,9 @@ escalation could need). Shadow rows are never stored in the store-and-forward qu
 Escalated rows whose escalation depended only on the threshold are compared too (their answers come back
 anyway): that tells the what-if what a lower threshold would let through.
 
-Disagreeing shadow rows are handed to `on_disagreement` (the hard-example ledger's hook) with their inputs,
-this stage's scores, the next tier's answer, the stage version and the time.
+Disagreeing shadow rows of each answer are handed, together, to `on_disagreement` (the hard-example ledger's
+hook) with their inputs, this stage's scores and answers, the next tier's answers, the stage version and the
+time.
 """
 
 from __future__ import annotations
@@ -69,30 +70,32 @@ def is_shadow(request: pb.ModelInferRequest) -> bool:
 
 
 @dataclass(frozen=True)
-class Disagreement:
-    """One shadow row the next tier answered differently (what the hard-example ledger records)."""
+class Disagreements:
+    """Shadow rows of one answer that the next tier classed differently (what the hard-example ledger records)."""
 
     stage_id: str
     stage_version: str
-    inputs: dict[str, np.ndarray]      # this row only, batch dimension kept
-    scores: np.ndarray                 # this stage's rule output for the row
-    settled: str                       # this stage's class
-    answered: str                      # the next tier's class
-    answered_confidence: float
-    answered_by: str                   # the stage that gave the next tier's answer
+    row_ids: list[str]                 # "shadow:<stage>:<n>", unique per sampler
+    inputs: dict[str, np.ndarray]      # these rows, batch dimension first
+    scores: np.ndarray                 # this stage's rule output for them
+    score_labels: tuple[str, ...]      # the rule's labels (the columns of `scores`)
+    settled: Decisions                 # this stage's (settled) answers, which the callers kept
+    answered: Decisions                # the next tier's answers
     unix_ms: int
 
 
-DisagreementHook = Callable[[Disagreement], None]
+DisagreementHook = Callable[[Disagreements], None]
 
 
 @dataclass
 class _Row:
     inputs: dict[str, np.ndarray]
     settled: str
+    confidence: float
     score: float
     scores: np.ndarray
     version: str
+    labels: tuple[str, ...]
 
 
 @dataclass
@@ -133,6 +136,7 @@ class ShadowSampler:
         self._skip = 0          # settled rows to pass over before the next pick
         self._log_fail = 0.0    # log(1 - rate), for the geometric skips
         self._buffer: list[_Row] = []
+        self._next_id = 0
         self._task: asyncio.Task[None] | None = None
         self.set_rate(0.0)
 
@@ -158,7 +162,8 @@ class ShadowSampler:
 
     # -- the stage's hot path -------------------------------------------------------------------------
     def sample(self, forwarder: Forwarder | None, bucket: TokenBucket | None, feeds: dict[str, np.ndarray],
-               outcome: RuleOutcome, decisions: Decisions, output: np.ndarray, version: str) -> None:
+               outcome: RuleOutcome, decisions: Decisions, output: np.ndarray, version: str,
+               labels: tuple[str, ...] = ()) -> None:
         """Pick settled rows of one request and queue them for the next hop; never waits, never raises."""
         if forwarder is None or self.book.rate <= 0.0:
             return
@@ -188,8 +193,9 @@ class ShadowSampler:
         scores = np.asarray(output)
         for row in picks:
             self._buffer.append(_Row({n: a[row:row + 1] for n, a in feeds.items()},
-                                     decisions.labels[decisions.label[row]], float(outcome.score[row]),
-                                     scores[row].copy() if scores.ndim else scores.copy(), version))
+                                     decisions.labels[decisions.label[row]], float(decisions.confidence[row]),
+                                     float(outcome.score[row]), scores[row].copy() if scores.ndim else scores.copy(),
+                                     version, labels))
         if self._buffer and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._send(forwarder), name="shadow-sender")
 
@@ -239,6 +245,7 @@ class ShadowSampler:
 
     def _compare(self, stage_id: str, rows: list[_Row], answers: Decisions) -> None:
         answered = agreed = 0
+        differ: list[int] = []
         for k, row in enumerate(rows):
             if k >= len(answers) or not answers.final[k]:
                 continue
@@ -252,16 +259,28 @@ class ShadowSampler:
             self.book.disagreed[b] += 1
             key = (row.settled, label)
             self.book.pairs[key] = self.book.pairs.get(key, 0) + 1
-            hook = self.on_disagreement
-            if hook is not None:
-                try:
-                    hook(Disagreement(stage_id, row.version, row.inputs, row.scores, row.settled, label,
-                                      float(answers.confidence[k]), answers.stages[answers.stage[k]],
-                                      int(time.time() * 1000)))
-                except Exception:  # the ledger's problem, not the stage's
-                    log.exception("stage %s: recording a disagreeing shadow row failed", stage_id)
+            differ.append(k)
         self.stats.add("shadow_answered_total", answered)
         self.stats.add("shadow_agreed_total", agreed)
+        hook = self.on_disagreement
+        if hook is not None and differ:
+            try:
+                hook(self._disagreements(stage_id, [rows[k] for k in differ], answers.take(np.asarray(differ))))
+            except Exception:  # the ledger's problem, not the stage's
+                log.exception("stage %s: recording disagreeing shadow rows failed", stage_id)
+
+    def _disagreements(self, stage_id: str, rows: list[_Row], answered: Decisions) -> Disagreements:
+        names = list(rows[0].inputs)
+        table = sorted({r.settled for r in rows})
+        settled = Decisions(table, np.asarray([table.index(r.settled) for r in rows], np.int32),
+                            np.asarray([r.confidence for r in rows], np.float32), [stage_id],
+                            np.zeros(len(rows), np.int32), np.ones(len(rows), bool))
+        first = self._next_id
+        self._next_id += len(rows)
+        return Disagreements(stage_id, rows[0].version, [f"shadow:{stage_id}:{first + i}" for i in range(len(rows))],
+                             {n: np.concatenate([r.inputs[n] for r in rows]) for n in names},
+                             np.stack([r.scores for r in rows]), rows[0].labels, settled, answered,
+                             int(time.time() * 1000))
 
     async def async_stop(self) -> None:
         """Stop sending (agent shutdown or link rewired); what is buffered is dropped, counted as shed."""

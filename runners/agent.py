@@ -631,7 +631,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         stats.add("escalated_total", len(escalate))
         sampler = stage.stats.shadow
         if sampler is not None and sampler.rate > 0.0 and not smoke and not mode:  # shadow sample (runners/_shadow)
-            sampler.sample(stage.forwarder, stage.bucket, feeds, outcome, decisions, output, stage.version)
+            sampler.sample(stage.forwarder, stage.bucket, feeds, outcome, decisions, output, stage.version,
+                           rule.labels)
         if mode == "shadow":  # a shadow row escalates in shadow mode, or settles here when the link cannot take it
             if len(escalate) and stage.forwarder is not None:
                 answers = await shadow_call(stage.forwarder, {n: np.ascontiguousarray(a[escalate])

@@ -298,7 +298,7 @@ class Forwarder:
         """Forward the rows; the next hop's decisions for them, or None when they were queued or refused."""
         rows = len(next(iter(inputs.values())))
         future: asyncio.Future[Decisions | None] = asyncio.get_running_loop().create_future()
-        row_ids = [f"{self._origin}{self._next_row + i}" for i in range(rows)]
+        row_ids = self.upcoming_row_ids(rows)
         self._next_row += rows
         item = _Pending(inputs, rows, request_id, row_ids, future)
         now = time.monotonic()
@@ -310,6 +310,10 @@ class Forwarder:
             self._pending.append(item)
             self._wake.set()
         return await future
+
+    def upcoming_row_ids(self, rows: int) -> list[str]:
+        """The ids async_escalate gives its next `rows` rows (it takes them before it first awaits)."""
+        return [f"{self._origin}{self._next_row + i}" for i in range(rows)]
 
     async def async_smoke(self, inputs: dict[str, np.ndarray]) -> Decisions | None:
         """Send smoke rows straight to the next hop (no batching, queue, ids or counts); None when it failed."""

@@ -36,6 +36,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from runners import __version__
 from runners._forward import ROW_IDS, SMOKE, EscalationQueue, Forwarder, unpack_row_ids
 from runners._identity import AccessDenied, NodeIdentity
+from runners._ledger import DEFAULT_MAX_AGE_H, DEFAULT_MAX_MB, KINDS, Ledger, LedgerEntry, LedgerStats
 from runners._lifeline import arm_from_env
 from runners._limits import (
     ResourceRefused,
@@ -65,7 +66,7 @@ from runners._providers import (
 from runners._rules import DROPPED, ESCALATE, Decisions, evaluate
 from runners._security import peer_address
 from runners._seen import row_digests
-from runners._shadow import is_shadow, shadow_call
+from runners._shadow import Disagreements, is_shadow, shadow_call
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
 from runners._telemetry import StageStats, TelemetryWindow, attribute_energy, prune
@@ -107,6 +108,8 @@ class AgentConfig:
     device_id: int = 0
     openvino_device: str = "CPU"
     trt_fp16: bool = False
+    ledger_max_mb: float = DEFAULT_MAX_MB      # hard-example ledger bounds (runners/_ledger.py)
+    ledger_max_age_h: float = DEFAULT_MAX_AGE_H
 
 
 def _is_loopback(host: str) -> bool:
@@ -139,6 +142,9 @@ class Agent:
         self.compute = ThreadPoolExecutor(max_workers=self.compute_workers, thread_name_prefix="compute")
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
         self.queue = EscalationQueue(config.data_dir / "queue.sqlite", config.queue_limit)
+        self.ledger = Ledger(config.data_dir / "ledger.sqlite", config.ledger_max_mb, config.ledger_max_age_h)
+        # Ledger reads (the console pulling hard examples) get their own thread: never behind the queue's I/O.
+        self.ledger_reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-read")
         self.identity = NodeIdentity(config.data_dir, self.node_id, config.insecure)
         self.identity.on_code_changed = self._pairing_code_changed
         self.identity.guard.rotate_after = max(1, config.pairing_rotate_after)
@@ -294,6 +300,8 @@ class Agent:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._in_io(self.queue.close)
+        await self._in_io(self.ledger.close)
+        self.ledger_reads.shutdown(wait=True)
         self.io.shutdown(wait=True)
         self.compute.shutdown(wait=True)
 
@@ -366,6 +374,8 @@ class Agent:
         old = self.stages.get(stage.stage_id)
         await self.wire_next_hop(stage, old)
         self.stages[stage.stage_id] = stage
+        if stage.stats.shadow is not None:  # disagreeing shadow rows go to the hard-example ledger
+            stage.stats.shadow.on_disagreement = self._record_shadow_disagreed
         if stage.placement is not None:
             stage.stats.runs_on = stage.placement.runs_on
             stage.stats.cpu_fallback_nodes = stage.placement.cpu_fallback_nodes
@@ -391,6 +401,11 @@ class Agent:
                                               self.identity.target_name(hop.node_id))
         else:
             stage.stats.link_state = "none"
+
+    def _record_shadow_disagreed(self, found: Disagreements) -> None:
+        """Shadow rows the next tier answered differently: into the ledger (never blocks; see runners/_ledger.py)."""
+        self.ledger.record_shadow_disagreed(found.stage_id, found.stage_version, found.row_ids, found.inputs,
+                                            found.scores, found.score_labels, found.settled, found.answered)
 
     async def _activate_stored(self, stage_id: str) -> Stage:
         stored = await self._in_io(self.store.load, stage_id)
@@ -468,7 +483,31 @@ class Agent:
             config_counter=self.cfg, started_unix_ms=self.started_unix_ms, boot_id=self.boot_id,
             insecure=self.config.insecure, enrolled=self.identity.enrolled, fingerprint=self.identity.fingerprint,
             active_streams=self.active_streams, provider_preference=self.provider_order,
-            onnxruntime_build=self.builds.summary, runtime_problems=self.runtime_problems)
+            onnxruntime_build=self.builds.summary, runtime_problems=self.runtime_problems,
+            hard_example_ledger=ledger_pb(self.ledger.stats()))
+
+
+def ledger_pb(stats: LedgerStats) -> ctl.HardExampleLedger:
+    """The ledger's size, limits and counters on the wire."""
+    return ctl.HardExampleLedger(rows=stats.rows, bytes=stats.bytes, max_bytes=stats.max_bytes,
+                                 max_age_s=stats.max_age_s, recorded_total=stats.recorded_total,
+                                 evicted_total=stats.evicted_total, expired_total=stats.expired_total,
+                                 dropped_total=stats.dropped_total)
+
+
+def example_pb(entry: LedgerEntry) -> ctl.HardExample:
+    """A ledger entry on the wire (tensors only when the entry was read with them)."""
+    return ctl.HardExample(
+        seq=entry.seq, created_unix_ms=entry.created_ms, kind=entry.kind, stage_id=entry.stage_id,
+        stage_version=entry.stage_version, row_id=entry.row_id, origin_row_id=entry.origin_row_id,
+        score_labels=entry.score_labels, scores=entry.scores, stage_label=entry.stage_label,
+        stage_confidence=entry.stage_confidence, hop_label=entry.hop_label, hop_stage=entry.hop_stage,
+        hop_confidence=entry.hop_confidence, final_label=entry.final_label, final_stage=entry.final_stage,
+        final_confidence=entry.final_confidence, final=entry.final, input_bytes=entry.input_bytes,
+        preview=entry.preview, preview_shape=entry.preview_shape,
+        inputs=[ctl.HardExampleTensor(name=t.name, dtype=t.dtype, shape=t.shape,
+                                      data=entry.tensors[t.name].tobytes() if t.name in entry.tensors else b"")
+                for t in entry.inputs])
 
 
 def _param(value: bool | int | str) -> pb.InferParameter:
@@ -566,7 +605,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         else:
             run_feeds = feeds
         try:
-            named, decisions = await self._compute(stage, run_feeds, request.id, stats, smoke,
+            # Rows escalated from below keep their ids in the ledger (shadow rows are the sender's to record).
+            origin = [row_ids[i] for i in fresh] if fresh is not None and not shadow else None
+            named, decisions = await self._compute(stage, run_feeds, request.id, stats, smoke, origin,
                                                    "shadow" if shadow else "") \
                 if fresh != [] else ({}, None)
         except Exception as exc:  # onnxruntime's own exception types
@@ -599,7 +640,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray], request_id: str, stats: StageStats,
-                       smoke: bool = False, mode: str = "") -> tuple[dict[str, np.ndarray], Decisions | None]:
+                       smoke: bool = False, origin_row_ids: list[str] | None = None, mode: str = ""
+                       ) -> tuple[dict[str, np.ndarray], Decisions | None]:
         """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row."""
         outputs, compute_s = await stage.async_run(feeds, self.agent.compute, self.agent.compute_workers)
         stats.compute_seconds_total += compute_s
@@ -608,12 +650,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             first = next(iter(named.values()), None)
             stats.add("inferences_total", first.shape[0] if first is not None and first.ndim else 1)
             return named, None
-        decisions = await self._decide(stage, feeds, named[stage.rule.output], request_id, stats, smoke, mode)
+        decisions = await self._decide(stage, feeds, named[stage.rule.output], request_id, stats, smoke,
+                                       origin_row_ids, mode)
         stats.add("inferences_total", len(decisions))
         return named, decisions
 
     async def _decide(self, stage: Stage, feeds: dict[str, np.ndarray], output: np.ndarray,
-                      request_id: str, stats: StageStats, smoke: bool = False, mode: str = "") -> Decisions:
+                      request_id: str, stats: StageStats, smoke: bool = False,
+                      origin_row_ids: list[str] | None = None, mode: str = "") -> Decisions:
         """Apply the rule, forward what escalates (within the budget), and answer per row."""
         assert stage.rule is not None
         rule = stage.rule
@@ -633,6 +677,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         if sampler is not None and sampler.rate > 0.0 and not smoke and not mode:  # shadow sample (runners/_shadow)
             sampler.sample(stage.forwarder, stage.bucket, feeds, outcome, decisions, output, stage.version,
                            rule.labels)
+        send = escalate[:0]
         if mode == "shadow":  # a shadow row escalates in shadow mode, or settles here when the link cannot take it
             if len(escalate) and stage.forwarder is not None:
                 answers = await shadow_call(stage.forwarder, {n: np.ascontiguousarray(a[escalate])
@@ -649,13 +694,34 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             if len(send):
                 rows = {n: np.ascontiguousarray(a[send]) for n, a in feeds.items()}
                 forwarder = stage.forwarder
+                own = decisions.take(send) if not smoke else None
+                sent_ids = forwarder.upcoming_row_ids(len(send))
                 answers = await (forwarder.async_smoke(rows) if smoke else forwarder.async_escalate(rows, request_id))
+                if own is not None:  # the ledger copies `own` before assign() below changes `decisions`
+                    self.agent.ledger.record_escalated(
+                        stage.stage_id, stage.version, sent_ids, rows, output[send], rule.labels, own, answers,
+                        origin_row_ids=[origin_row_ids[i] for i in send] if origin_row_ids else None)
                 if answers is not None:
                     decisions.assign(send, answers)
                     if sampler is not None and sampler.rate > 0.0 and not smoke:
                         sampler.note_escalated(rule.labels, rule.class_in, outcome, send, answers)
+        if origin_row_ids and not smoke:
+            self._record_arrived(stage, feeds, output, decisions, send, origin_row_ids)
         stats.add("provisional_total", int((~decisions.final).sum()))
         return decisions
+
+    def _record_arrived(self, stage: Stage, feeds: dict[str, np.ndarray], output: np.ndarray, decisions: Decisions,
+                        sent: np.ndarray, origin_row_ids: list[str]) -> None:
+        """Ledger: rows escalated to this stage from below that it answered itself (what it saw, its scores), so
+        that the console can join a row's entries across nodes by row id."""
+        here = np.setdiff1d(np.arange(len(decisions)), sent)
+        if not len(here):
+            return
+        answered = decisions.take(here)
+        self.agent.ledger.record_escalated(
+            stage.stage_id, stage.version, [""] * len(here), {n: a[here] for n, a in feeds.items()}, output[here],
+            stage.rule.labels if stage.rule else (), answered, None, final=answered,
+            origin_row_ids=[origin_row_ids[i] for i in here])
 
 
 class ControlService(ctl_grpc.NodeControlServicer):
@@ -907,6 +973,31 @@ class ControlService(ctl_grpc.NodeControlServicer):
                                 f"stage '{request.stage_id}' has no next hop to retry to")
         return stage
 
+    async def ListHardExamples(self, request: ctl.ListHardExamplesRequest,
+                               context: grpc.aio.ServicerContext) -> ctl.ListHardExamplesResponse:
+        # The operator's console only: entries carry the sensor's inputs (thumbnails here, tensors below).
+        await self.agent.allow(context, "console")
+        if request.kind and request.kind not in KINDS:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"kind must be one of {', '.join(KINDS)}, got {request.kind!r}")
+        read = functools.partial(
+            self.agent.ledger.list, stage_id=request.stage_id, kind=request.kind, label=request.label,
+            disagreed_only=request.disagreed_only, since_ms=request.since_unix_ms, until_ms=request.until_unix_ms,
+            before_seq=request.before_seq, limit=min(request.limit or 100, 1000))
+        entries, total = await asyncio.get_running_loop().run_in_executor(self.agent.ledger_reads, read)
+        return ctl.ListHardExamplesResponse(examples=[example_pb(e) for e in entries], total=total,
+                                            ledger=ledger_pb(self.agent.ledger.stats()))
+
+    async def GetHardExample(self, request: ctl.GetHardExampleRequest,
+                             context: grpc.aio.ServicerContext) -> ctl.GetHardExampleResponse:
+        await self.agent.allow(context, "console")
+        if len(request.seqs) > 256:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "at most 256 entries per GetHardExample")
+        ledger = self.agent.ledger
+        entries = await asyncio.get_running_loop().run_in_executor(
+            self.agent.ledger_reads, lambda: [ledger.get(seq) for seq in request.seqs])
+        return ctl.GetHardExampleResponse(examples=[example_pb(e) for e in entries if e is not None])
+
     async def WatchTelemetry(self, request: ctl.WatchTelemetryRequest,
                              context: grpc.aio.ServicerContext) -> AsyncIterator[ctl.TelemetrySample]:
         await self.agent.allow(context, "fleet")
@@ -973,6 +1064,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="refuse models that would need more memory than this (0 = no cap)")
     parser.add_argument("--queue-limit", type=int, default=100_000,
                         help="store-and-forward bound, escalations per stage (default 100000)")
+    parser.add_argument("--ledger-max-mb", type=float, default=DEFAULT_MAX_MB, metavar="MB",
+                        help="hard-example ledger (escalated rows and disagreeing shadow rows, with their inputs, "
+                             "under DATA_DIR/ledger.sqlite): the oldest rows go past this size "
+                             f"(default {DEFAULT_MAX_MB:g}; 0 = record nothing); evictions are counted")
+    parser.add_argument("--ledger-max-age-h", type=float, default=DEFAULT_MAX_AGE_H, metavar="HOURS",
+                        help=f"hard-example ledger: rows older than this are deleted (default {DEFAULT_MAX_AGE_H:g}, "
+                             "a week); counted as expired")
     parser.add_argument("--ort-threads", type=int, default=1,
                         help="onnxruntime intra-op threads per session (also OpenVINO's thread count)")
     parser.add_argument("--max-message-mb", type=int, default=256, help="largest gRPC message accepted, MiB")
@@ -1010,6 +1108,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if not model.is_file():
             raise SystemExit(f"tierdeck-node: --stage {item}: no such model file")
         preload.append((stage_id or model.stem, model))
+    if args.ledger_max_mb < 0 or args.ledger_max_age_h <= 0:
+        raise SystemExit("tierdeck-node: --ledger-max-mb must be 0 or more and --ledger-max-age-h more than 0")
     try:
         providers = ProviderSettings.parse_order(args.providers) if args.providers else ()
     except ValueError as exc:
@@ -1022,6 +1122,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         queue_limit=args.queue_limit, ort_threads=args.ort_threads, max_message_mb=args.max_message_mb,
         fleet_id=args.fleet_id, pairing_rotate_after=args.pairing_rotate_after,
         providers=providers, device_id=args.device_id, openvino_device=args.openvino_device, trt_fp16=args.trt_fp16,
+        ledger_max_mb=args.ledger_max_mb, ledger_max_age_h=args.ledger_max_age_h,
     )
 
 

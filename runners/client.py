@@ -195,6 +195,20 @@ class NodeClient:
                                                       timeout=timeout)
         return int(reply.count)
 
+    async def hard_examples(self, request: ctl.ListHardExamplesRequest | None = None,
+                            timeout: float = 10.0) -> ctl.ListHardExamplesResponse:
+        """A page of the node's hard-example ledger, newest first, with thumbnails (no tensors)."""
+        return await self.control.ListHardExamples(request or ctl.ListHardExamplesRequest(), timeout=timeout)
+
+    async def hard_example_tensors(self, seqs: list[int], timeout: float = 30.0) -> list[ctl.HardExample]:
+        """These ledger entries with their input tensors (entries gone meanwhile are left out)."""
+        out: list[ctl.HardExample] = []
+        for start in range(0, len(seqs), 256):
+            reply = await self.control.GetHardExample(ctl.GetHardExampleRequest(seqs=seqs[start:start + 256]),
+                                                      timeout=timeout)
+            out.extend(reply.examples)
+        return out
+
     async def stages(self, timeout: float = 5.0) -> list[ctl.StageInfo]:
         """ListStages."""
         return list((await self.control.ListStages(ctl.ListStagesRequest(), timeout=timeout)).stages)

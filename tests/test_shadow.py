@@ -205,7 +205,8 @@ def test_a_link_flap_sheds_shadow_rows_first_and_loses_no_escalation(tmp_path: P
     x = rng.normal(size=(40, 4)).astype(np.float32)
     try:
         with running_agent(tmp_path / "device", tier="device") as device:
-            async def go() -> tuple[ctl.StageTelemetry, ctl.StageTelemetry, ctl.StageTelemetry, int]:
+            async def go() -> tuple[ctl.StageTelemetry, ctl.StageTelemetry, ctl.StageTelemetry, int,
+                                    ctl.ListHardExamplesResponse]:
                 async with NodeClient(device.address) as client:
                     rule = ctl.EscalationRule(output="probs", labels=["water", "vessel"], class_in=["vessel"])
                     await client.deploy(manifest_for(
@@ -225,9 +226,14 @@ def test_a_link_flap_sheds_shadow_rows_first_and_loses_no_escalation(tmp_path: P
                     hop.down.clear()
                     back = await _settle(client, "detector", lambda t: t.delivered_total >= t.queued_total
                                          and t.link_state == "up")
-                    return up, down, back, escalating
+                    deadline = time.monotonic() + 30
+                    while (ledger := await client.hard_examples(ctl.ListHardExamplesRequest(
+                            kind="shadow_disagreed", limit=1000))).total < back.shadow_answered_total \
+                            and time.monotonic() < deadline:
+                        await asyncio.sleep(0.1)
+                    return up, down, back, escalating, ledger
 
-            up, down, back, provisional = asyncio.run(go())
+            up, down, back, provisional, ledger = asyncio.run(go())
     finally:
         server.stop(grace=None)
     escalated_per_pass = up.escalated_total // 3
@@ -246,6 +252,11 @@ def test_a_link_flap_sheds_shadow_rows_first_and_loses_no_escalation(tmp_path: P
     assert sum(rows for _, rows, _ in real) >= back.escalated_total  # (a timed-out call may be re-sent)
     assert all(ids for _, _, ids in real) and not any(ids for _, _, ids in shadow)  # shadow rows never queued
     assert sum(rows for _, rows, _ in shadow) == back.shadow_sent_total
+    # Every disagreeing shadow row is in the node's hard-example ledger, with its inputs and both answers.
+    assert ledger.total == back.shadow_answered_total - back.shadow_agreed_total > 0
+    assert all(e.stage_label == "water" and e.hop_label == "vessel" and e.final_label == "water"
+               and e.stage_id == "detector" and e.stage_version == "1" and len(e.scores) == 2
+               and e.input_bytes == 16 for e in ledger.examples)
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.01, 0.3, 1.0])

@@ -67,7 +67,7 @@ class GetNodeInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "tier", "agent_version", "cpu_cores", "ram_total_bytes", "ram_free_bytes", "execution_providers", "power_source", "power_measured", "hostname", "platform", "onnxruntime_version", "memory_cap_bytes", "power_budget_watts", "config_counter", "started_unix_ms", "boot_id", "insecure", "enrolled", "fingerprint", "active_streams", "provider_preference", "onnxruntime_build", "runtime_problems")
+    __slots__ = ("node_id", "name", "tier", "agent_version", "cpu_cores", "ram_total_bytes", "ram_free_bytes", "execution_providers", "power_source", "power_measured", "hostname", "platform", "onnxruntime_version", "memory_cap_bytes", "power_budget_watts", "config_counter", "started_unix_ms", "boot_id", "insecure", "enrolled", "fingerprint", "active_streams", "provider_preference", "onnxruntime_build", "runtime_problems", "hard_example_ledger")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class NodeInfo(_message.Message):
     PROVIDER_PREFERENCE_FIELD_NUMBER: _ClassVar[int]
     ONNXRUNTIME_BUILD_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    HARD_EXAMPLE_LEDGER_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     name: str
     tier: str
@@ -118,7 +119,8 @@ class NodeInfo(_message.Message):
     provider_preference: _containers.RepeatedScalarFieldContainer[str]
     onnxruntime_build: str
     runtime_problems: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_free_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., memory_cap_bytes: _Optional[int] = ..., power_budget_watts: _Optional[float] = ..., config_counter: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., boot_id: _Optional[str] = ..., insecure: _Optional[bool] = ..., enrolled: _Optional[bool] = ..., fingerprint: _Optional[str] = ..., active_streams: _Optional[int] = ..., provider_preference: _Optional[_Iterable[str]] = ..., onnxruntime_build: _Optional[str] = ..., runtime_problems: _Optional[_Iterable[str]] = ...) -> None: ...
+    hard_example_ledger: HardExampleLedger
+    def __init__(self, node_id: _Optional[str] = ..., name: _Optional[str] = ..., tier: _Optional[str] = ..., agent_version: _Optional[str] = ..., cpu_cores: _Optional[int] = ..., ram_total_bytes: _Optional[int] = ..., ram_free_bytes: _Optional[int] = ..., execution_providers: _Optional[_Iterable[str]] = ..., power_source: _Optional[str] = ..., power_measured: _Optional[bool] = ..., hostname: _Optional[str] = ..., platform: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., memory_cap_bytes: _Optional[int] = ..., power_budget_watts: _Optional[float] = ..., config_counter: _Optional[int] = ..., started_unix_ms: _Optional[int] = ..., boot_id: _Optional[str] = ..., insecure: _Optional[bool] = ..., enrolled: _Optional[bool] = ..., fingerprint: _Optional[str] = ..., active_streams: _Optional[int] = ..., provider_preference: _Optional[_Iterable[str]] = ..., onnxruntime_build: _Optional[str] = ..., runtime_problems: _Optional[_Iterable[str]] = ..., hard_example_ledger: _Optional[_Union[HardExampleLedger, _Mapping]] = ...) -> None: ...
 
 class EscalationRule(_message.Message):
     __slots__ = ("output", "labels", "confidence_below", "class_in", "score_above", "drop_class", "scores")
@@ -519,3 +521,125 @@ class DeadLetterResult(_message.Message):
     COUNT_FIELD_NUMBER: _ClassVar[int]
     count: int
     def __init__(self, count: _Optional[int] = ...) -> None: ...
+
+class HardExampleLedger(_message.Message):
+    __slots__ = ("rows", "bytes", "max_bytes", "max_age_s", "recorded_total", "evicted_total", "expired_total", "dropped_total")
+    ROWS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_AGE_S_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EVICTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    EXPIRED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    rows: int
+    bytes: int
+    max_bytes: int
+    max_age_s: float
+    recorded_total: int
+    evicted_total: int
+    expired_total: int
+    dropped_total: int
+    def __init__(self, rows: _Optional[int] = ..., bytes: _Optional[int] = ..., max_bytes: _Optional[int] = ..., max_age_s: _Optional[float] = ..., recorded_total: _Optional[int] = ..., evicted_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., dropped_total: _Optional[int] = ...) -> None: ...
+
+class ListHardExamplesRequest(_message.Message):
+    __slots__ = ("stage_id", "kind", "label", "disagreed_only", "since_unix_ms", "until_unix_ms", "before_seq", "limit")
+    STAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    LABEL_FIELD_NUMBER: _ClassVar[int]
+    DISAGREED_ONLY_FIELD_NUMBER: _ClassVar[int]
+    SINCE_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    BEFORE_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    stage_id: str
+    kind: str
+    label: str
+    disagreed_only: bool
+    since_unix_ms: int
+    until_unix_ms: int
+    before_seq: int
+    limit: int
+    def __init__(self, stage_id: _Optional[str] = ..., kind: _Optional[str] = ..., label: _Optional[str] = ..., disagreed_only: _Optional[bool] = ..., since_unix_ms: _Optional[int] = ..., until_unix_ms: _Optional[int] = ..., before_seq: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class HardExampleTensor(_message.Message):
+    __slots__ = ("name", "dtype", "shape", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DTYPE_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    dtype: str
+    shape: _containers.RepeatedScalarFieldContainer[int]
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class HardExample(_message.Message):
+    __slots__ = ("seq", "created_unix_ms", "kind", "stage_id", "stage_version", "row_id", "origin_row_id", "score_labels", "scores", "stage_label", "stage_confidence", "hop_label", "hop_stage", "hop_confidence", "final_label", "final_stage", "final_confidence", "final", "inputs", "input_bytes", "preview", "preview_shape")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    CREATED_UNIX_MS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    STAGE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ROW_ID_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_ROW_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_LABELS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    STAGE_LABEL_FIELD_NUMBER: _ClassVar[int]
+    STAGE_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    HOP_LABEL_FIELD_NUMBER: _ClassVar[int]
+    HOP_STAGE_FIELD_NUMBER: _ClassVar[int]
+    HOP_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_LABEL_FIELD_NUMBER: _ClassVar[int]
+    FINAL_STAGE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    FINAL_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    created_unix_ms: int
+    kind: str
+    stage_id: str
+    stage_version: str
+    row_id: str
+    origin_row_id: str
+    score_labels: _containers.RepeatedScalarFieldContainer[str]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    stage_label: str
+    stage_confidence: float
+    hop_label: str
+    hop_stage: str
+    hop_confidence: float
+    final_label: str
+    final_stage: str
+    final_confidence: float
+    final: bool
+    inputs: _containers.RepeatedCompositeFieldContainer[HardExampleTensor]
+    input_bytes: int
+    preview: bytes
+    preview_shape: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seq: _Optional[int] = ..., created_unix_ms: _Optional[int] = ..., kind: _Optional[str] = ..., stage_id: _Optional[str] = ..., stage_version: _Optional[str] = ..., row_id: _Optional[str] = ..., origin_row_id: _Optional[str] = ..., score_labels: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., stage_label: _Optional[str] = ..., stage_confidence: _Optional[float] = ..., hop_label: _Optional[str] = ..., hop_stage: _Optional[str] = ..., hop_confidence: _Optional[float] = ..., final_label: _Optional[str] = ..., final_stage: _Optional[str] = ..., final_confidence: _Optional[float] = ..., final: _Optional[bool] = ..., inputs: _Optional[_Iterable[_Union[HardExampleTensor, _Mapping]]] = ..., input_bytes: _Optional[int] = ..., preview: _Optional[bytes] = ..., preview_shape: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ListHardExamplesResponse(_message.Message):
+    __slots__ = ("examples", "total", "ledger")
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_FIELD_NUMBER: _ClassVar[int]
+    examples: _containers.RepeatedCompositeFieldContainer[HardExample]
+    total: int
+    ledger: HardExampleLedger
+    def __init__(self, examples: _Optional[_Iterable[_Union[HardExample, _Mapping]]] = ..., total: _Optional[int] = ..., ledger: _Optional[_Union[HardExampleLedger, _Mapping]] = ...) -> None: ...
+
+class GetHardExampleRequest(_message.Message):
+    __slots__ = ("seqs",)
+    SEQS_FIELD_NUMBER: _ClassVar[int]
+    seqs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, seqs: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class GetHardExampleResponse(_message.Message):
+    __slots__ = ("examples",)
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    examples: _containers.RepeatedCompositeFieldContainer[HardExample]
+    def __init__(self, examples: _Optional[_Iterable[_Union[HardExample, _Mapping]]] = ...) -> None: ...

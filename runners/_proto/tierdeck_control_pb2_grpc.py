@@ -100,6 +100,16 @@ class NodeControlStub:
                 request_serializer=tierdeck__control__pb2.DeadLetterSelection.SerializeToString,
                 response_deserializer=tierdeck__control__pb2.DeadLetterResult.FromString,
                 _registered_method=True)
+        self.ListHardExamples = channel.unary_unary(
+                '/tierdeck.v1.NodeControl/ListHardExamples',
+                request_serializer=tierdeck__control__pb2.ListHardExamplesRequest.SerializeToString,
+                response_deserializer=tierdeck__control__pb2.ListHardExamplesResponse.FromString,
+                _registered_method=True)
+        self.GetHardExample = channel.unary_unary(
+                '/tierdeck.v1.NodeControl/GetHardExample',
+                request_serializer=tierdeck__control__pb2.GetHardExampleRequest.SerializeToString,
+                response_deserializer=tierdeck__control__pb2.GetHardExampleResponse.FromString,
+                _registered_method=True)
 
 
 class NodeControlServicer:
@@ -188,6 +198,20 @@ class NodeControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListHardExamples(self, request, context):
+        """The hard-example ledger (runners/_ledger.py): rows a stage escalated and shadow rows that disagreed, with
+        their inputs. Listing is paged, newest first, and carries thumbnails only; GetHardExample gives the tensors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHardExample(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -255,6 +279,16 @@ def add_NodeControlServicer_to_server(servicer, server):
                     servicer.DiscardDeadLetters,
                     request_deserializer=tierdeck__control__pb2.DeadLetterSelection.FromString,
                     response_serializer=tierdeck__control__pb2.DeadLetterResult.SerializeToString,
+            ),
+            'ListHardExamples': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListHardExamples,
+                    request_deserializer=tierdeck__control__pb2.ListHardExamplesRequest.FromString,
+                    response_serializer=tierdeck__control__pb2.ListHardExamplesResponse.SerializeToString,
+            ),
+            'GetHardExample': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHardExample,
+                    request_deserializer=tierdeck__control__pb2.GetHardExampleRequest.FromString,
+                    response_serializer=tierdeck__control__pb2.GetHardExampleResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -608,6 +642,60 @@ class NodeControl:
             '/tierdeck.v1.NodeControl/DiscardDeadLetters',
             tierdeck__control__pb2.DeadLetterSelection.SerializeToString,
             tierdeck__control__pb2.DeadLetterResult.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListHardExamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierdeck.v1.NodeControl/ListHardExamples',
+            tierdeck__control__pb2.ListHardExamplesRequest.SerializeToString,
+            tierdeck__control__pb2.ListHardExamplesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHardExample(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tierdeck.v1.NodeControl/GetHardExample',
+            tierdeck__control__pb2.GetHardExampleRequest.SerializeToString,
+            tierdeck__control__pb2.GetHardExampleResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,456 @@
+"""The hard-example ledger: a bounded on-disk record of the rows a stage escalated and the shadow rows that disagreed.
+
+Each entry holds what this node saw of one row: the input tensors (bytes, dtype, shape per input), this stage's
+output row (the rule's scores) and its own answer, the answer that came back from the next hop (label, deciding
+stage, confidence), the final answer given to the caller, the row id (the id the forwarder sent the row up under,
+and the id it arrived under when it came from below, so the console can join one row across nodes), time, stage id
+and version, and the kind (`escalated` or `shadow_disagreed`).
+
+Recording never runs on the request path: `record_*` only appends the batch to a bounded in-memory hand-off (rows
+that do not fit are dropped and counted) and one background writer thread turns batches into rows, writes them in
+one transaction (SQLite, WAL), and keeps the bounds: rows older than the age limit and, past the size limit, the
+oldest rows are deleted (counted as `expired` and `evicted`). Counters live in the same database, so they survive
+restarts; WAL keeps the ledger intact when the agent is killed (a kill -9 loses at most the hand-off in memory).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runners._rules import Decisions
+
+log = logging.getLogger("tierdeck.ledger")
+
+KINDS = ("escalated", "shadow_disagreed")
+DEFAULT_MAX_MB = 256.0
+DEFAULT_MAX_AGE_H = 168.0  # a week
+HANDOFF_ROWS = 4096        # rows waiting for the writer; more are dropped (counted), never block a request
+PREVIEW_SIDE = 64          # thumbnails: images at most this many pixels a side, other tensors this many cells
+_COUNTERS = ("recorded_total", "evicted_total", "expired_total", "dropped_total")
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One input tensor of an entry: name, numpy dtype string and shape of the row (without the batch axis)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One recorded row, as listed (inputs are only loaded by `Ledger.get`)."""
+
+    seq: int
+    created_ms: int
+    kind: str
+    stage_id: str
+    stage_version: str
+    row_id: str
+    origin_row_id: str
+    score_labels: tuple[str, ...]
+    scores: tuple[float, ...]
+    stage_label: str
+    stage_confidence: float
+    hop_label: str          # "" when the next hop has not answered (the row was queued)
+    hop_stage: str
+    hop_confidence: float
+    final_label: str
+    final_stage: str
+    final_confidence: float
+    final: bool             # False: the caller got a provisional answer
+    inputs: tuple[TensorInfo, ...]
+    input_bytes: int
+    preview: bytes          # uint8 thumbnail of the first input (see make_preview)
+    preview_shape: tuple[int, ...]
+    tensors: dict[str, np.ndarray] = field(default_factory=dict, compare=False)  # filled by Ledger.get
+
+    @property
+    def disagreed(self) -> bool:
+        """The next hop answered a different class than this stage."""
+        return bool(self.hop_label) and self.hop_label != self.stage_label
+
+
+@dataclass(frozen=True)
+class LedgerStats:
+    """Size, limits and what the bounds and the hand-off cost."""
+
+    rows: int
+    bytes: int
+    max_bytes: int
+    max_age_s: float
+    recorded_total: int
+    evicted_total: int      # oldest rows deleted to stay under the size limit
+    expired_total: int      # rows deleted for being older than the age limit
+    dropped_total: int      # rows never written: the hand-off was full (or the ledger closed)
+
+
+@dataclass
+class _Batch:
+    kind: str
+    created_ms: int
+    stage_id: str
+    stage_version: str
+    row_ids: list[str]
+    origin_row_ids: list[str]
+    inputs: dict[str, np.ndarray]
+    scores: np.ndarray
+    score_labels: list[str]
+    stage_answer: Decisions
+    hop_answer: Decisions | None
+    final: Decisions
+
+    @property
+    def rows(self) -> int:
+        return len(self.row_ids)
+
+
+def make_preview(row: np.ndarray) -> tuple[bytes, tuple[int, ...]]:
+    """A small uint8 rendering of one input row: [H, W] grey or [H, W, 3] colour for image-like tensors
+    (CHW or HWC with 1 or 3 channels, or 2-D), else a 1-D strip of at most PREVIEW_SIDE cells for a heat strip."""
+    values = np.asarray(row)
+    if values.dtype.kind not in "fiub":
+        return b"", ()
+    values = values.astype(np.float32)
+    image: np.ndarray | None = None
+    if values.ndim == 3 and values.shape[0] in (1, 3) and min(values.shape[1:]) >= 4:
+        image = values.transpose(1, 2, 0)
+    elif values.ndim == 3 and values.shape[2] in (1, 3) and min(values.shape[:2]) >= 4:
+        image = values
+    elif values.ndim == 2 and min(values.shape) >= 4:
+        image = values[:, :, None]
+    if image is not None:
+        step = max(1, -(-max(image.shape[:2]) // PREVIEW_SIDE))
+        image = image[::step, ::step]
+        cells = image[:, :, 0] if image.shape[2] == 1 else image
+    else:
+        flat = values.reshape(-1)
+        if flat.size > PREVIEW_SIDE:  # mean over equal chunks keeps a peak visible as a warm cell
+            edges = np.linspace(0, flat.size, PREVIEW_SIDE + 1).astype(int)
+            flat = np.add.reduceat(flat, edges[:-1]) / np.diff(edges)
+        cells = flat
+    finite = cells[np.isfinite(cells)]
+    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    scaled = (np.nan_to_num(cells, nan=low, posinf=high, neginf=low) - low) / ((high - low) or 1.0)
+    out = np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out.tobytes(), tuple(int(s) for s in out.shape)
+
+
+class Ledger:
+    """Bounded hard-example ledger in DATA/ledger.sqlite; `record_*` are cheap and thread-safe, reads block."""
+
+    def __init__(self, path: Path, max_mb: float = DEFAULT_MAX_MB, max_age_h: float = DEFAULT_MAX_AGE_H,
+                 handoff_rows: int = HANDOFF_ROWS, clock: Callable[[], float] = time.time) -> None:
+        self.path = path
+        self._clock = clock  # seconds since the epoch (tests age rows without waiting)
+        self.max_bytes = int(max_mb * 2**20)
+        self.max_age_s = max_age_h * 3600.0
+        self.handoff_rows = handoff_rows
+        self._pending: deque[_Batch] = deque()
+        self._pending_rows = 0
+        self._cond = threading.Condition()
+        self._closed = False
+        self._dropped = 0   # since the last write (persisted by the writer)
+        self._submitted = 0  # record calls so far, and how many of them the writer has dealt with (flush)
+        self._written = 0
+        self._db_lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA journal_size_limit=8388608")  # the WAL shrinks back after checkpoints
+        self._db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS entries (
+                seq INTEGER PRIMARY KEY AUTOINCREMENT, created_ms INTEGER NOT NULL, kind TEXT NOT NULL,
+                stage_id TEXT NOT NULL, stage_version TEXT NOT NULL, row_id TEXT NOT NULL,
+                origin_row_id TEXT NOT NULL, score_labels TEXT NOT NULL, scores BLOB NOT NULL,
+                stage_label TEXT NOT NULL, stage_confidence REAL NOT NULL,
+                hop_label TEXT NOT NULL, hop_stage TEXT NOT NULL, hop_confidence REAL NOT NULL,
+                final_label TEXT NOT NULL, final_stage TEXT NOT NULL, final_confidence REAL NOT NULL,
+                final INTEGER NOT NULL, inputs_meta TEXT NOT NULL, inputs BLOB NOT NULL,
+                preview BLOB NOT NULL, preview_shape TEXT NOT NULL, size INTEGER NOT NULL);
+            CREATE INDEX IF NOT EXISTS entries_created ON entries(created_ms);
+            CREATE INDEX IF NOT EXISTS entries_row ON entries(row_id);
+            CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+            """
+        )
+        self._size = int(self._db.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0])
+        self._rows = int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
+        self._counters = {name: 0 for name in _COUNTERS}
+        self._counters.update(self._db.execute("SELECT name, value FROM counters").fetchall())
+        # Reads have their own connection: with WAL they never wait for the writer, nor it for them.
+        self._read_lock = threading.Lock()
+        self._reader = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._thread = threading.Thread(target=self._writer, name="ledger-writer", daemon=True)
+        self._thread.start()
+
+    # -- recording (any thread, never blocks on the disk) -----------------------------------------
+    def record_escalated(self, stage_id: str, stage_version: str, row_ids: Sequence[str],
+                         inputs: Mapping[str, np.ndarray], scores: np.ndarray, score_labels: Sequence[str],
+                         stage_answer: Decisions, hop_answer: Decisions | None, final: Decisions | None = None,
+                         origin_row_ids: Sequence[str] | None = None) -> int:
+        """Hand rows this stage escalated to the writer; returns how many were accepted (the rest are counted as
+        dropped). Arrays are [rows, ...] and aligned with `row_ids`; `hop_answer` None means not answered (queued);
+        `final` defaults to the hop's answer, else this stage's (provisional)."""
+        return self._record("escalated", stage_id, stage_version, row_ids, inputs, scores, score_labels,
+                            stage_answer, hop_answer, final if final is not None else hop_answer or stage_answer,
+                            origin_row_ids)
+
+    def record_shadow_disagreed(self, stage_id: str, stage_version: str, row_ids: Sequence[str],
+                                inputs: Mapping[str, np.ndarray], scores: np.ndarray, score_labels: Sequence[str],
+                                stage_answer: Decisions, hop_answer: Decisions, final: Decisions | None = None,
+                                origin_row_ids: Sequence[str] | None = None) -> int:
+        """Hand shadow rows whose next-hop answer disagreed with this stage's settled one to the writer (as
+        record_escalated); the final answer defaults to this stage's, which the caller kept."""
+        return self._record("shadow_disagreed", stage_id, stage_version, row_ids, inputs, scores, score_labels,
+                            stage_answer, hop_answer, final if final is not None else stage_answer, origin_row_ids)
+
+    def _record(self, kind: str, stage_id: str, stage_version: str, row_ids: Sequence[str],
+                inputs: Mapping[str, np.ndarray], scores: np.ndarray, score_labels: Sequence[str],
+                stage_answer: Decisions, hop_answer: Decisions | None, final: Decisions,
+                origin_row_ids: Sequence[str] | None) -> int:
+        rows = len(row_ids)
+        if not rows or not self.max_bytes:  # --ledger-max-mb 0: the node keeps no ledger
+            return 0
+        # Answers are copied (a Decisions is assigned into in place later on the request path); tensors are not:
+        # callers hand over arrays they no longer change.
+        batch = _Batch(kind, int(self._clock() * 1000), stage_id, stage_version, list(row_ids),
+                       list(origin_row_ids) if origin_row_ids is not None else [""] * rows, dict(inputs),
+                       np.asarray(scores), list(score_labels), _copy(stage_answer),
+                       _copy(hop_answer) if hop_answer is not None else None, _copy(final))
+        with self._cond:
+            room = 0 if self._closed else self.handoff_rows - self._pending_rows
+            self._submitted += 1
+            self._cond.notify()
+            if room < rows:
+                self._dropped += rows
+                return 0
+            self._pending.append(batch)
+            self._pending_rows += rows
+        return rows
+
+    # -- the writer thread ------------------------------------------------------------------------
+    def _writer(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending and not self._closed and self._written == self._submitted:
+                    self._cond.wait(timeout=60.0)  # an idle minute still expires old rows
+                batches = list(self._pending)
+                self._pending.clear()
+                self._pending_rows = 0
+                dropped, self._dropped = self._dropped, 0
+                target, closed = self._submitted, self._closed
+            try:
+                self._write(batches, dropped)
+            except Exception:  # the writer must outlive a bad row or a full disk
+                log.exception("hard-example ledger: write failed, %d rows lost", sum(b.rows for b in batches))
+                with self._db_lock:  # the transaction rolled back: take size and rows from the disk again
+                    size, count = self._db.execute("SELECT coalesce(sum(size), 0), count(*) FROM entries").fetchone()
+                with self._cond:
+                    self._dropped += sum(b.rows for b in batches)
+                    self._size, self._rows = int(size), int(count)
+            with self._cond:
+                self._written = target
+                self._cond.notify_all()
+                if closed:
+                    return
+
+    def _write(self, batches: list[_Batch], dropped: int) -> None:
+        rows = [row for batch in batches for row in _rows(batch)]
+        now = int(self._clock() * 1000)
+        with self._db_lock, self._db:
+            if rows:
+                self._db.executemany(
+                    "INSERT INTO entries(created_ms, kind, stage_id, stage_version, row_id, origin_row_id, "
+                    "score_labels, scores, stage_label, stage_confidence, hop_label, hop_stage, hop_confidence, "
+                    "final_label, final_stage, final_confidence, final, inputs_meta, inputs, preview, preview_shape, "
+                    "size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                self._size += sum(int(r[-1]) for r in rows)
+            expired = self._db.execute("DELETE FROM entries WHERE created_ms < ? RETURNING size",
+                                       (now - int(self.max_age_s * 1000),)).fetchall()
+            self._size -= sum(int(s) for (s,) in expired)
+            evicted = 0
+            if self._size > self.max_bytes:
+                # Oldest first, enough of them to get back under the limit.
+                over = self._size - self.max_bytes
+                victims = []
+                for seq, size in self._db.execute("SELECT seq, size FROM entries ORDER BY seq"):
+                    victims.append((seq,))
+                    over -= int(size)
+                    self._size -= int(size)
+                    if over <= 0:
+                        break
+                self._db.executemany("DELETE FROM entries WHERE seq=?", victims)
+                evicted = len(victims)
+            deltas = {"recorded_total": len(rows), "evicted_total": evicted, "expired_total": len(expired),
+                      "dropped_total": dropped}
+            self._bump(deltas)
+        with self._cond:
+            self._rows += len(rows) - evicted - len(expired)
+            for name, value in deltas.items():
+                self._counters[name] += value
+
+    def _bump(self, deltas: dict[str, int]) -> None:
+        self._db.executemany(
+            "INSERT INTO counters(name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value = value + ?",
+            [(name, value, value) for name, value in deltas.items() if value])
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything handed over so far is written, drops counted (tests, shutdown); False on timeout."""
+        with self._cond:
+            target = self._submitted
+            self._cond.notify_all()
+            return self._cond.wait_for(lambda: self._written >= target or self._closed, timeout)
+
+    def close(self) -> None:
+        """Write what is waiting, stop the writer, close the database."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join(timeout=30.0)
+        with self._db_lock:
+            self._db.close()
+        with self._read_lock:
+            self._reader.close()
+
+    # -- reading (blocking: call from an executor) -----------------------------------------------
+    def stats(self) -> LedgerStats:
+        """Rows, bytes, limits and counters, the hand-off's drops not yet written included (cheap: from memory)."""
+        with self._cond:
+            return LedgerStats(rows=self._rows, bytes=self._size, max_bytes=self.max_bytes, max_age_s=self.max_age_s,
+                               recorded_total=self._counters["recorded_total"],
+                               evicted_total=self._counters["evicted_total"],
+                               expired_total=self._counters["expired_total"],
+                               dropped_total=self._counters["dropped_total"] + self._dropped)
+
+    def list(self, *, stage_id: str = "", kind: str = "", label: str = "", disagreed_only: bool = False,
+             since_ms: int = 0, until_ms: int = 0, after_seq: int = 0, before_seq: int = 0,
+             limit: int = 100) -> tuple[list[LedgerEntry], int]:
+        """A page of entries, newest first (`before_seq` continues a page), without tensors; and how many match."""
+        where, args = _filters(stage_id, kind, label, disagreed_only, since_ms, until_ms)
+        page_where = list(where)
+        page_args = list(args)
+        if after_seq:
+            page_where.append("seq > ?")
+            page_args.append(after_seq)
+        if before_seq:
+            page_where.append("seq < ?")
+            page_args.append(before_seq)
+        clause = f"WHERE {' AND '.join(page_where)}" if page_where else ""
+        with self._read_lock:
+            found = self._reader.execute(f"SELECT {_LIST_COLUMNS} FROM entries {clause} ORDER BY seq DESC LIMIT ?",
+                                     [*page_args, max(1, limit)]).fetchall()
+            matching = f"WHERE {' AND '.join(where)}" if where else ""
+            total = self._reader.execute(f"SELECT count(*) FROM entries {matching}", args).fetchone()[0]
+        return [_entry(row) for row in found], int(total)
+
+    def get(self, seq: int) -> LedgerEntry | None:
+        """One entry with its input tensors, or None when it is gone (evicted, expired)."""
+        with self._read_lock:
+            row = self._reader.execute(f"SELECT {_LIST_COLUMNS}, inputs FROM entries WHERE seq=?", (seq,)).fetchone()
+        if row is None:
+            return None
+        entry = _entry(row[:-1])
+        return _with_tensors(entry, bytes(row[-1]))
+
+
+_LIST_COLUMNS = ("seq, created_ms, kind, stage_id, stage_version, row_id, origin_row_id, score_labels, scores, "
+                 "stage_label, stage_confidence, hop_label, hop_stage, hop_confidence, final_label, final_stage, "
+                 "final_confidence, final, inputs_meta, length(inputs), preview, preview_shape")
+
+
+def _filters(stage_id: str, kind: str, label: str, disagreed_only: bool, since_ms: int,
+             until_ms: int) -> tuple[list[str], list[object]]:
+    where: list[str] = []
+    args: list[object] = []
+    for column, value in (("stage_id", stage_id), ("kind", kind)):
+        if value:
+            where.append(f"{column} = ?")
+            args.append(value)
+    if label:  # a class seen anywhere on the row: this stage's, the hop's or the final answer
+        where.append("(stage_label = ? OR hop_label = ? OR final_label = ?)")
+        args += [label, label, label]
+    if disagreed_only:
+        where.append("hop_label != '' AND hop_label != stage_label")
+    if since_ms:
+        where.append("created_ms >= ?")
+        args.append(since_ms)
+    if until_ms:
+        where.append("created_ms <= ?")
+        args.append(until_ms)
+    return where, args
+
+
+def _copy(decisions: Decisions) -> Decisions:
+    return Decisions(list(decisions.labels), decisions.label.copy(), decisions.confidence.copy(),
+                     list(decisions.stages), decisions.stage.copy(), decisions.final.copy())
+
+
+def _rows(batch: _Batch) -> list[tuple[Any, ...]]:
+    """Database rows of one batch (runs on the writer thread)."""
+    names = list(batch.inputs)
+    # BYTES tensors arrive as object arrays: keep them as fixed-width bytes, which have a dtype and a buffer.
+    arrays = [a.astype(bytes) if a.dtype == object else a for a in (np.asarray(batch.inputs[n]) for n in names)]
+    scores = np.asarray(batch.scores, dtype=np.float32).reshape(batch.rows, -1)
+    labels_json = json.dumps(batch.score_labels)
+    meta = json.dumps([{"name": n, "dtype": a.dtype.str, "shape": list(a.shape[1:])} for n, a in zip(names, arrays,
+                                                                                                       strict=True)])
+    out: list[tuple[Any, ...]] = []
+    for i in range(batch.rows):
+        stage = batch.stage_answer.row(i)
+        hop = batch.hop_answer.row(i) if batch.hop_answer is not None else None
+        final = batch.final.row(i)
+        blob = b"".join(np.ascontiguousarray(a[i]).tobytes() for a in arrays)
+        preview, shape = make_preview(arrays[0][i]) if arrays else (b"", ())
+        row_scores = scores[i].tobytes()
+        size = len(blob) + len(preview) + len(row_scores) + 256  # + the row's text columns, roughly
+        out.append((batch.created_ms, batch.kind, batch.stage_id, batch.stage_version, batch.row_ids[i],
+                    batch.origin_row_ids[i], labels_json, row_scores, stage.label, stage.confidence,
+                    hop.label if hop else "", hop.stage if hop else "", hop.confidence if hop else 0.0,
+                    final.label, final.stage, final.confidence, int(final.final), meta, blob, preview,
+                    json.dumps(list(shape)), size))
+    return out
+
+
+def _entry(row: Sequence[Any]) -> LedgerEntry:
+    (seq, created_ms, kind, stage_id, stage_version, row_id, origin_row_id, score_labels, scores, stage_label,
+     stage_confidence, hop_label, hop_stage, hop_confidence, final_label, final_stage, final_confidence, final,
+     inputs_meta, input_bytes, preview, preview_shape) = row
+    meta = json.loads(str(inputs_meta))
+    return LedgerEntry(
+        seq=int(seq), created_ms=int(created_ms), kind=str(kind), stage_id=str(stage_id),
+        stage_version=str(stage_version), row_id=str(row_id), origin_row_id=str(origin_row_id),
+        score_labels=tuple(json.loads(str(score_labels))),
+        scores=tuple(float(x) for x in np.frombuffer(bytes(scores), dtype=np.float32)),
+        stage_label=str(stage_label), stage_confidence=float(stage_confidence),
+        hop_label=str(hop_label), hop_stage=str(hop_stage), hop_confidence=float(hop_confidence),
+        final_label=str(final_label), final_stage=str(final_stage),
+        final_confidence=float(final_confidence), final=bool(final),
+        inputs=tuple(TensorInfo(m["name"], m["dtype"], tuple(m["shape"])) for m in meta),
+        input_bytes=int(input_bytes), preview=bytes(preview),
+        preview_shape=tuple(json.loads(str(preview_shape))))
+
+
+def _with_tensors(entry: LedgerEntry, blob: bytes) -> LedgerEntry:
+    tensors: dict[str, np.ndarray] = {}
+    offset = 0
+    for info in entry.inputs:
+        dtype = np.dtype(info.dtype)
+        count = int(np.prod(info.shape)) if info.shape else 1
+        size = count * dtype.itemsize
+        tensors[info.name] = np.frombuffer(blob, dtype=dtype, count=count, offset=offset).reshape(info.shape).copy()
+        offset += size
+    entry.tensors.update(tensors)
+    return entry

@@ -60,12 +60,13 @@ class CanvasLiveOverlay:
             card.update()
         for stage_id, link in self.links.items():
             live = self.live_rate_text(stage_id)
-            if live != link.view.live or force:
-                link.view = replace(link.view, live=live)
-                missed = self.miss_sentence(stage_id)
+            missed = self.live_miss_text(stage_id)
+            if live != link.view.live or missed != link.view.missed or force:
+                link.view = replace(link.view, live=live, missed=missed)
+                sentence = self.miss_sentence(stage_id)
                 link.setToolTip(f"{stage_id} escalates when {self.rule_text(stage_id)}\n"
                                 f"{live or 'not deployed: no live rate yet'}\n"
-                                + (f"{missed}\n" if missed else "")
+                                + (f"{sentence}\n" if sentence else "")
                                 + "Double-click or F2 edits the threshold; the what-if plot prices a new one.")
                 link.update()
 
@@ -87,8 +88,13 @@ class CanvasLiveOverlay:
         if not nodes:
             return ""
         rate = escalated / inferred if inferred else 0.0
-        missed = link_label(miss_estimate(self.telemetry.shadow_counts(stage_id)))
-        return f"live {rate * 100:.1f} % · {escalated:,.1f}/s" + (f" · {missed}" if missed else "")
+        return f"live {rate * 100:.1f} % · {escalated:,.1f}/s"
+
+    def live_miss_text(self, stage_id: str) -> str:
+        """'missed ≈ 0.8 % (0.3–1.9)': the link's shadow estimate ('' before a shadow row is answered)."""
+        if self.telemetry is None:
+            return ""
+        return link_label(miss_estimate(self.telemetry.shadow_counts(stage_id)))
 
     def miss_sentence(self, stage_id: str) -> str:
         """'detector → classifier: settles 63.5 %, of which an estimated 0.8 % (0.3–1.9 %) are vessels …' ('' when

@@ -403,7 +403,8 @@ class Dashboard(QWidget):
         for i, spec in enumerate(PLOTS):
             panel = PlotPanel(spec, self)
             self.panels[spec.key] = panel
-            self.grid.addWidget(panel, i // 3, i % 3)
+            last = i + 1 == len(PLOTS)   # the last plot takes the rest of its row
+            self.grid.addWidget(panel, i // 3, i % 3, 1, 3 - i % 3 if last else 1)
             if i + 3 < len(PLOTS):   # one time axis per column, under the bottom row: the plots share the window
                 panel.plot.getPlotItem().getAxis("bottom").setStyle(showValues=False)
                 panel.plot.getPlotItem().getAxis("bottom").setHeight(6)

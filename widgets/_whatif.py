@@ -98,7 +98,7 @@ class WhatIfPanel(QWidget):
         for title, _ in WINDOWS:
             self.score_window.addItem(title)
         self.plot = pg.PlotWidget(self)
-        self.plot.setMinimumHeight(180)
+        self.plot.setMinimumHeight(130)   # leaves room for both readouts on a laptop screen
         self.plot.setMouseEnabled(x=False, y=False)
         self.plot.hideButtons()
         self.plot.setMenuEnabled(False)
@@ -125,6 +125,12 @@ class WhatIfPanel(QWidget):
         self.readout = QLabel(self)
         self.readout.setWordWrap(True)
         self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # What the shadow sample says about misses (app/_miss.py): now and at the proposed threshold.
+        self.misses = QLabel(self)
+        self.misses.setWordWrap(True)
+        self.misses.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.misses.setStyleSheet(f"color: {theme.WARN}")
+        self.misses.setAccessibleName("Estimated misses")
         self.proposal = QDoubleSpinBox(self)
         self.proposal.setDecimals(3)
         self.proposal.setSingleStep(0.01)
@@ -154,6 +160,7 @@ class WhatIfPanel(QWidget):
         layout.addLayout(top)
         layout.addWidget(self.plot, 1)
         layout.addWidget(self.readout)
+        layout.addWidget(self.misses)
         layout.addLayout(controls)
         layout.addLayout(buttons)
 
@@ -188,6 +195,7 @@ class WhatIfPanel(QWidget):
         if not stage_id:
             self.title.setText("What-if: select an escalation link (click an arrow, or a stage and Tab)")
             self.readout.setText("")
+            self.misses.setText("")
             self.curve.setData([], [])
             self.bars.setOpts(x0=[], width=[], height=[])
             self.current_line.setVisible(False)
@@ -302,8 +310,8 @@ class WhatIfPanel(QWidget):
         else:
             parts.append(f"At {new:.2f}: {new_frac * 100:.1f} % would escalate (≈ {new_frac * self.rate_in:,.1f}/s).")
         parts.append(f"From {self.rows:,.0f} scored rows.{caveat}")
-        misses = self.miss_text(now_value, new)
-        self.readout.setText(" ".join(parts) + (f"\n{misses}" if misses else ""))
+        self.readout.setText(" ".join(parts))
+        self.misses.setText(self.miss_text(now_value, new))
 
     def miss_text(self, now_value: float | None, new: float) -> str:
         """What the shadow sample says about misses now and at the proposed threshold, with 95 % intervals."""
@@ -318,16 +326,16 @@ class WhatIfPanel(QWidget):
         p = predict_misses(counts, self.field, current, new, settled_now)
         if p is None:
             return ""
-        sources = f"{p.shadow_rows:,} shadow rows" + (f" and {p.escalated_rows:,} escalated answers"
+        sources = f"{p.shadow_rows:,} shadow rows" + (f", {p.escalated_rows:,} escalated answers"
                                                        if p.escalated_rows else "")
-        text = (f"Misses (est., of all rows in; from {sources}): now {percent(p.now)} "
+        text = (f"Missed (est., of all inputs): now {percent(p.now)} "
                 f"({percent(p.now_low).removesuffix(' %')}–{percent(p.now_high)})")
         if abs(new - current) > 1e-9:
             text += (f"; at {new:.2f}: {percent(p.new)} ({percent(p.new_low).removesuffix(' %')}–"
                      f"{percent(p.new_high)}), {(p.new - p.now) * 100:+.2f} pts")
             if p.extrapolated:
-                text += " — no answers yet for the rows it would newly settle: at least this"
-        return text + "."
+                text += " (no answers yet for the rows it would newly settle: at least this)"
+        return f"{text}. From {sources}."
 
     # ----- proposal ---------------------------------------------------------------------------------------
     def _set_proposal(self, value: float) -> None:

@@ -11,7 +11,8 @@ answered and of the disagreeing rows (the what-if reads those).
 
 Lowest priority, never in the way of real escalations: the caller never waits for a shadow row (it is
 picked after the stage decided and sent from a task of its own); one shadow call per link is in flight at
-a time, and it is sent only while no real escalation waits in the forwarder; rows are dropped (counted in
+a time, carrying up to MAX_CALL_ROWS rows (it waits up to LINGER_S for them: few calls, small cost), and it
+is sent only while no real escalation waits in the forwarder; rows are dropped (counted in
 `shadow_shed_total`) when the link is down or has a store-and-forward backlog, when the buffer is full,
 or when an escalation budget has less than half its burst left after them (they never take tokens a real
 escalation could need). Shadow rows are never stored in the store-and-forward queue.
@@ -56,6 +57,7 @@ BINS = 100           # histogram bins over the rule's score in [0, 1]
 MAX_BUFFERED = 256   # sampled rows waiting for the link's one shadow call; more are shed
 MAX_CALL_ROWS = 64   # rows per shadow call
 WAIT_FOR_REAL_S = 0.002  # while real escalations wait in the forwarder, look again after this
+LINGER_S = 0.5       # a shadow call waits this long for MAX_CALL_ROWS rows: fewer calls, the cost stays small
 
 
 def shadow_rate(budget: ctl.Budget) -> float:
@@ -136,6 +138,7 @@ class ShadowSampler:
         self._skip = 0          # settled rows to pass over before the next pick
         self._log_fail = 0.0    # log(1 - rate), for the geometric skips
         self._buffer: list[_Row] = []
+        self._full = asyncio.Event()   # MAX_CALL_ROWS rows wait: send without lingering
         self._next_id = 0
         self._task: asyncio.Task[None] | None = None
         self.set_rate(0.0)
@@ -196,6 +199,8 @@ class ShadowSampler:
                                      decisions.labels[decisions.label[row]], float(decisions.confidence[row]),
                                      float(outcome.score[row]), scores[row].copy() if scores.ndim else scores.copy(),
                                      version, labels))
+        if len(self._buffer) >= MAX_CALL_ROWS:
+            self._full.set()
         if self._buffer and self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._send(forwarder), name="shadow-sender")
 
@@ -221,6 +226,12 @@ class ShadowSampler:
     async def _send(self, forwarder: Forwarder) -> None:
         try:
             while self._buffer:
+                if len(self._buffer) < MAX_CALL_ROWS:  # linger: one call for many rows
+                    self._full.clear()
+                    try:
+                        await asyncio.wait_for(self._full.wait(), LINGER_S)
+                    except TimeoutError:
+                        pass
                 if not forwarder.up or forwarder.backlog:
                     self.stats.add("shadow_shed_total", len(self._buffer))
                     self._buffer.clear()

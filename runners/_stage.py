@@ -17,7 +17,6 @@ from runners._proto import tierdeck_control_pb2 as ctl
 from runners._providers import CPU, Placement, ProviderPlan, open_session
 from runners._rules import Rule, TokenBucket, not_probabilities
 from runners._seen import SeenRows
-from runners._shadow import sampler_for, shadow_rate
 from runners._telemetry import StageStats
 from runners._tensors import TensorError, check_tensor, datatype_from_ort
 
@@ -182,8 +181,6 @@ class Stage:
             problems.append("a next hop needs an escalation rule")
         if problems:
             raise ModelRejected("validate", "; ".join(problems))
-        # Shadow sampling of settled rows to the next hop (runners/_shadow.py): its rate changes live.
-        sampler_for(self.stats).set_rate(shadow_rate(budget) if self.manifest.HasField("next_hop") else 0.0)
 
     def metadata_outputs(self) -> list[ctl.TensorSpec]:
         """Outputs as ModelMetadata reports them (the decision tensors too when the stage has a rule)."""

@@ -66,7 +66,7 @@ from runners._providers import (
 from runners._rules import DROPPED, ESCALATE, Decisions, evaluate
 from runners._security import peer_address
 from runners._seen import row_digests
-from runners._shadow import Disagreements, is_shadow, shadow_call
+from runners._shadow import Disagreements, is_shadow, sampler_for, shadow_call, shadow_rate
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
 from runners._telemetry import StageStats, TelemetryWindow, attribute_energy, prune
@@ -374,8 +374,11 @@ class Agent:
         old = self.stages.get(stage.stage_id)
         await self.wire_next_hop(stage, old)
         self.stages[stage.stage_id] = stage
-        if stage.stats.shadow is not None:  # disagreeing shadow rows go to the hard-example ledger
-            stage.stats.shadow.on_disagreement = self._record_shadow_disagreed
+        # Shadow sampling of settled rows (runners/_shadow.py): the rate in force changes with the stage that serves;
+        # disagreeing shadow rows go to the hard-example ledger.
+        sampler = sampler_for(stage.stats)
+        sampler.set_rate(shadow_rate(stage.manifest.budget) if stage.forwarder is not None else 0.0)
+        sampler.on_disagreement = self._record_shadow_disagreed
         if stage.placement is not None:
             stage.stats.runs_on = stage.placement.runs_on
             stage.stats.cpu_fallback_nodes = stage.placement.cpu_fallback_nodes

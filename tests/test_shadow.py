@@ -19,7 +19,7 @@ from resources import scenes
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
-from runners._shadow import SHADOW
+from runners._shadow import LINGER_S, SHADOW
 from runners._tensors import decode_inputs, encode_outputs
 from runners.client import NodeClient, manifest_for
 
@@ -43,6 +43,21 @@ async def _settle(client: NodeClient, stage_id: str, done, timeout: float = 60.0
     while not done(t := await _stage(client, stage_id)) and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
     return t
+
+
+async def _quiet(client: NodeClient, stage_id: str, timeout: float = 60.0) -> ctl.StageTelemetry:
+    """The stage's telemetry once its shadow sender is done: nothing sent for longer than it lingers, all answered
+    or shed."""
+    deadline = time.monotonic() + timeout
+    before = await _stage(client, stage_id)
+    while time.monotonic() < deadline:
+        await asyncio.sleep(LINGER_S + 0.3)
+        now = await _stage(client, stage_id)
+        if now.shadow_sent_total == before.shadow_sent_total and \
+                now.shadow_answered_total + now.shadow_shed_total >= now.shadow_sent_total:
+            return now
+        before = now
+    return before
 
 
 def _run(name: str, x: np.ndarray) -> np.ndarray:
@@ -101,8 +116,7 @@ def test_shadow_estimate_of_detector_misses_contains_the_true_rate(tmp_path: Pat
                     result = await dc.infer("detector", {"image": x[start:start + 50]})
                     answers += [v.decode() for v in result.outputs["decision_label"]]
                     assert result.outputs["decision_final"].all()
-                det = await _settle(dc, "detector", lambda t: t.shadow_answered_total + t.shadow_shed_total
-                                    >= t.shadow_sent_total and t.shadow_sent_total > 0)
+                det = await _quiet(dc, "detector")
                 return answers, det, await _stage(ec, "classifier"), await _stage(cc, "heavy")
 
         answers, det, cls, heavy = asyncio.run(go())
@@ -144,7 +158,7 @@ def test_shadow_rate_changes_live_and_works_with_a_model_the_operator_brings(tmp
                 off = await _stage(lc, "small")
                 await lc.update_policy(ctl.UpdatePolicyRequest(stage_id="small", budget=ctl.Budget(shadow_rate=1.0)))
                 await lc.infer("small", {"X": x_test})
-                on = await _settle(lc, "small", lambda t: t.shadow_answered_total >= t.shadow_sent_total > 0)
+                on = await _quiet(lc, "small")
                 return off, on, await _stage(tc, "big")
 
         off, on, big_totals = asyncio.run(go())
@@ -217,7 +231,9 @@ def test_a_link_flap_sheds_shadow_rows_first_and_loses_no_escalation(tmp_path: P
                     for _ in range(3):  # link up: escalations answered, shadow rows too
                         result = await client.infer("detector", {"x": x})
                         assert result.outputs["decision_final"].all()
-                    up = await _settle(client, "detector", lambda t: t.shadow_answered_total >= t.shadow_sent_total)
+                    # Every settled row is in shadow (rate 1): wait until all of them are answered.
+                    up = await _settle(client, "detector", lambda t: t.shadow_answered_total
+                                       >= t.inferences_total - t.escalated_total)
                     hop.down.set()
                     for _ in range(5):  # link down: escalations queue, shadow rows are shed
                         result = await client.infer("detector", {"x": x})
@@ -296,3 +312,16 @@ def test_the_sampler_picks_the_configured_share_of_settled_rows(rate: float) -> 
     asyncio.run(go())
     expected = rate * settled_total
     assert abs(picked - expected) <= 4 * np.sqrt(max(expected * (1 - rate), 1.0)) + 1
+
+
+def test_shadow_rows_take_only_spare_budget_and_the_rate_defaults_to_one_percent() -> None:
+    from runners._rules import TokenBucket
+    from runners._shadow import _spare_tokens, shadow_rate
+
+    bucket = TokenBucket(10.0)            # burst 10
+    assert _spare_tokens(bucket, 4)       # 10 → 6: at least half the burst stays for real escalations
+    assert not _spare_tokens(bucket, 2)   # 6 → 4 would leave less than half: shed
+    assert bucket.take(6, now=bucket.stamp) == 6   # the real escalations still find every token left
+    assert _spare_tokens(TokenBucket(0.0), 1000)   # no budget: nothing to spare
+    assert shadow_rate(ctl.Budget()) == 0.01 and shadow_rate(ctl.Budget(shadow_rate=0.0)) == 0.0
+    assert shadow_rate(ctl.Budget(shadow_rate=7.0)) == 1.0 and shadow_rate(ctl.Budget(shadow_rate=float("nan"))) == 0.0

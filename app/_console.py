@@ -33,6 +33,7 @@ from app._deployer import (
     rule_proto,
 )
 from app._fleet import Fleet
+from app._hard_examples import DatasetWritten, HardExamplePull, HardRow, NodeEntry, tensors_of, write_dataset
 from app._loop import IoLoop
 from app._records import ConsoleEvent, FleetEvent, FleetEventKind, NodeSample, NodeSnapshot, Severity, StageSnapshot
 from app.pipeline_file import Budget, Pipeline, Rule
@@ -397,6 +398,88 @@ class ConsoleCore:
                                         Severity.INFO if retry else Severity.WARNING, node.node_id,
                                         {"stage_id": stage_id, "count": count, "retry": retry}))
         return count
+
+    async def async_hard_examples(self, request: ctl.ListHardExamplesRequest | None = None,
+                                  before: dict[str, int] | None = None) -> HardExamplePull:
+        """A page of every connected node's hard-example ledger (newest first, thumbnails only), pulled in
+        parallel; a node that fails is named in `errors` and the others still count. With `before` ({node key:
+        seq}, from `HardExamplePull.older()`), the next older page of those nodes only."""
+        fleet = self._need_fleet()
+        nodes = [n for n in fleet.nodes() if n.source != "endpoint" and fleet.client(n.key) is not None
+                 and (before is None or n.key in before)]
+
+        async def one(node: NodeSnapshot) -> ctl.ListHardExamplesResponse:
+            client = fleet.client(node.key)
+            if client is None:
+                raise ConnectionError("not connected")
+            page = ctl.ListHardExamplesRequest()
+            if request is not None:
+                page.CopyFrom(request)
+            if before is not None:
+                page.before_seq = before[node.key]
+            return await client.hard_examples(page, timeout=15)
+
+        results = await asyncio.gather(*(one(n) for n in nodes), return_exceptions=True)
+        pull = HardExamplePull()
+        for node, result in zip(nodes, results, strict=True):
+            if isinstance(result, BaseException):
+                details = result.details() if isinstance(result, grpc.aio.AioRpcError) else ""
+                pull.errors[node.name] = details or str(result) or type(result).__name__
+                continue
+            pull.ledgers[node.name] = result.ledger
+            pull.totals[node.name] = int(result.total)
+            pull.entries += [NodeEntry(node.key, node.name, node.tier, e) for e in result.examples]
+            pull.fetched[node.key] = len(result.examples)
+            if result.examples:
+                pull.oldest[node.key] = min(int(e.seq) for e in result.examples)
+            # Newest first: older entries are left when this page was full and more match than it held.
+            pull.matching[node.key] = int(result.total)
+            pull.more[node.key] = bool(result.examples) and int(result.total) > len(result.examples)
+        return pull
+
+    async def async_hard_example_tensors(self, rows: list[HardRow]) -> dict[tuple[str, int], dict[str, Any]]:
+        """The first-stage input tensors of these rows, {(node key, seq): {input name: array}} (rows whose entry is
+        gone from its node are left out)."""
+        fleet = self._need_fleet()
+        wanted: dict[str, list[int]] = {}
+        for row in rows:
+            wanted.setdefault(row.root.node_key, []).append(int(row.root.example.seq))
+        out: dict[tuple[str, int], dict[str, Any]] = {}
+        for key, seqs in wanted.items():
+            client = fleet.client(key)
+            if client is None:
+                node = fleet.node(key)
+                raise ConnectionError(f"{node.name if node is not None else key} is not connected")
+            for example in await client.hard_example_tensors(seqs):
+                out[(key, int(example.seq))] = tensors_of(example)
+        return out
+
+    async def async_export_hard_examples(self, rows: list[HardRow], out: Path | str, source: str = ""
+                                         ) -> DatasetWritten:
+        """Pull the rows' inputs from their nodes and write OUT.npz + OUT.json (see app/_hard_examples.py)."""
+        tensors = await self.async_hard_example_tensors(rows)
+        written = await asyncio.get_running_loop().run_in_executor(None, write_dataset, out, rows, tensors, source)
+        self.publish_event(ConsoleEvent("hard_examples_exported",
+                                        f"{written.rows} hard example(s) exported to {written.npz}"
+                                        + (f" ({len(written.skipped)} gone from their node)" if written.skipped
+                                           else ""), Severity.INFO, "",
+                                        {"npz": str(written.npz), "manifest": str(written.manifest),
+                                         "rows": written.rows}))
+        return written
+
+    def hard_examples(self, request: ctl.ListHardExamplesRequest | None = None, before: dict[str, int] | None = None
+                      ) -> concurrent.futures.Future[HardExamplePull]:
+        """Thread-safe `async_hard_examples`."""
+        return self.submit(self.async_hard_examples(request, before))
+
+    def hard_example_tensors(self, rows: list[HardRow]) -> concurrent.futures.Future[dict[tuple[str, int], Any]]:
+        """Thread-safe `async_hard_example_tensors`."""
+        return self.submit(self.async_hard_example_tensors(rows))
+
+    def export_hard_examples(self, rows: list[HardRow], out: Path | str, source: str = ""
+                             ) -> concurrent.futures.Future[DatasetWritten]:
+        """Thread-safe `async_export_hard_examples`."""
+        return self.submit(self.async_export_hard_examples(rows, out, source))
 
     def update_policy(self, stage_id: str, rule: Rule | None = None, budget: Budget | None = None
                       ) -> concurrent.futures.Future[dict[str, str]]:

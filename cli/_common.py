@@ -60,7 +60,7 @@ def add_fleet_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", help="log details to stderr")
 
 
-def add_fleet_id_option(parser: argparse.ArgumentParser) -> None:
+def add_fleet_id_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """`--fleet-id ID`: show and act on only the mDNS nodes that advertise this fleet id."""
     parser.add_argument("--fleet-id", default="", metavar="ID", type=_fleet_id,
                         help="only the mDNS nodes started with `tierdeck-node --fleet-id ID` (other fleets and stray "

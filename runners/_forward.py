@@ -247,6 +247,8 @@ class Forwarder:
         self._hop_inputs: list[str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._on_depth_change = on_depth_change
+        # Called with (row ids, decisions) when queued rows get their late answers (the agent's ledger).
+        self.on_late_answers: Callable[[list[str], Decisions], object] | None = None
         self.backlog = 0
         self.up = True
         self.last_error = ""
@@ -511,6 +513,8 @@ class Forwarder:
             backoff = 0.2
             acked = [(seq, rid, decisions.row(k)) for k, (seq, rid, _) in enumerate(rows)]
             await loop.run_in_executor(self._io, self._queue.ack, self.stage_id, acked)
+            if self.on_late_answers is not None:
+                self.on_late_answers(ids, decisions)
             self._stats.add("delivered_total", len(rows))
             if not self.up:
                 log.info("stage %s: next hop %s back, delivering %d queued escalations", self.stage_id,

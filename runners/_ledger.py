@@ -7,9 +7,11 @@ and the id it arrived under when it came from below, so the console can join one
 and version, and the kind (`escalated` or `shadow_disagreed`).
 
 Recording never runs on the request path: `record_*` only appends the batch to a bounded in-memory hand-off (rows
-that do not fit are dropped and counted) and one background writer thread turns batches into rows, writes them in
-one transaction (SQLite, WAL), and keeps the bounds: rows older than the age limit and, past the size limit, the
-oldest rows are deleted (counted as `expired` and `evicted`). Counters live in the same database, so they survive
+over the recording rate, `max_rows_per_s`, or that do not fit are dropped and counted: at a full escalation rate
+of large inputs, writing every row would cost the node more than the rows are worth) and one background writer
+thread turns what gathered in WRITE_EVERY_S into rows, writes them in one transaction (SQLite, WAL), and keeps the
+bounds: rows older than the age limit and, past the size limit (on the pages in use: the disk), the oldest rows
+are deleted (counted as `expired` and `evicted`). Counters live in the same database, so they survive
 restarts; WAL keeps the ledger intact when the agent is killed (a kill -9 loses at most the hand-off in memory).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -28,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from runners._rules import Decisions
+from runners._rules import Decisions, TokenBucket
 
 log = logging.getLogger("tierdeck.ledger")
 
@@ -36,6 +39,8 @@ KINDS = ("escalated", "shadow_disagreed")
 DEFAULT_MAX_MB = 256.0
 DEFAULT_MAX_AGE_H = 168.0  # a week
 HANDOFF_ROWS = 4096        # rows waiting for the writer; more are dropped (counted), never block a request
+DEFAULT_MAX_ROWS_PER_S = 200.0  # rows a second that reach the disk; the rest are dropped and counted
+WRITE_EVERY_S = 0.25
 PREVIEW_SIDE = 64          # thumbnails: images at most this many pixels a side, other tensors this many cells
 _COUNTERS = ("recorded_total", "evicted_total", "expired_total", "dropped_total")
 
@@ -94,7 +99,18 @@ class LedgerStats:
     recorded_total: int
     evicted_total: int      # oldest rows deleted to stay under the size limit
     expired_total: int      # rows deleted for being older than the age limit
-    dropped_total: int      # rows never written: the hand-off was full (or the ledger closed)
+    dropped_total: int      # rows never written: over the recording rate, or the hand-off was full
+
+
+@dataclass
+class _Late:
+    stage_id: str
+    row_ids: list[str]
+    answers: list[tuple[str, float, str, bool]]
+
+    @property
+    def rows(self) -> int:
+        return len(self.row_ids)
 
 
 @dataclass
@@ -120,51 +136,69 @@ class _Batch:
 def make_preview(row: np.ndarray) -> tuple[bytes, tuple[int, ...]]:
     """A small uint8 rendering of one input row: [H, W] grey or [H, W, 3] colour for image-like tensors
     (CHW or HWC with 1 or 3 channels, or 2-D), else a 1-D strip of at most PREVIEW_SIDE cells for a heat strip."""
-    values = np.asarray(row)
+    cells = make_previews(np.asarray(row)[None])
+    return (cells[0].tobytes(), tuple(int(s) for s in cells.shape[1:])) if cells.size else (b"", ())
+
+
+def make_previews(rows: np.ndarray) -> np.ndarray:
+    """make_preview for every row of a batch at once ([rows, ...] → uint8 [rows, *preview shape]; a tensor that
+    is not numeric gives [rows, 0])."""
+    values = np.asarray(rows)
     if values.dtype.kind not in "fiub":
-        return b"", ()
+        return np.zeros((len(values), 0), np.uint8)
     values = values.astype(np.float32)
+    n, shape = len(values), values.shape[1:]
     image: np.ndarray | None = None
-    if values.ndim == 3 and values.shape[0] in (1, 3) and min(values.shape[1:]) >= 4:
-        image = values.transpose(1, 2, 0)
-    elif values.ndim == 3 and values.shape[2] in (1, 3) and min(values.shape[:2]) >= 4:
+    if len(shape) == 3 and shape[0] in (1, 3) and min(shape[1:]) >= 4:
+        image = values.transpose(0, 2, 3, 1)
+    elif len(shape) == 3 and shape[2] in (1, 3) and min(shape[:2]) >= 4:
         image = values
-    elif values.ndim == 2 and min(values.shape) >= 4:
-        image = values[:, :, None]
+    elif len(shape) == 2 and min(shape) >= 4:
+        image = values[..., None]
     if image is not None:
-        step = max(1, -(-max(image.shape[:2]) // PREVIEW_SIDE))
-        image = image[::step, ::step]
-        cells = image[:, :, 0] if image.shape[2] == 1 else image
+        step = max(1, -(-max(image.shape[1:3]) // PREVIEW_SIDE))
+        image = image[:, ::step, ::step]
+        cells = image[..., 0] if image.shape[3] == 1 else image
     else:
-        flat = values.reshape(-1)
-        if flat.size > PREVIEW_SIDE:  # mean over equal chunks keeps a peak visible as a warm cell
-            edges = np.linspace(0, flat.size, PREVIEW_SIDE + 1).astype(int)
-            flat = np.add.reduceat(flat, edges[:-1]) / np.diff(edges)
+        flat = values.reshape(n, -1)
+        if flat.shape[1] > PREVIEW_SIDE:  # mean over equal chunks keeps a peak visible as a warm cell
+            edges = np.linspace(0, flat.shape[1], PREVIEW_SIDE + 1).astype(int)
+            flat = np.add.reduceat(flat, edges[:-1], axis=1) / np.diff(edges)
         cells = flat
-    finite = cells[np.isfinite(cells)]
-    low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
-    scaled = (np.nan_to_num(cells, nan=low, posinf=high, neginf=low) - low) / ((high - low) or 1.0)
-    out = np.clip(scaled * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    return out.tobytes(), tuple(int(s) for s in out.shape)
+    per_row = cells.reshape(n, -1)
+    finite = np.isfinite(per_row)
+    low = np.where(finite, per_row, np.inf).min(axis=1)
+    high = np.where(finite, per_row, -np.inf).max(axis=1)
+    none = ~finite.any(axis=1)
+    low, high = np.where(none, 0.0, low), np.where(none, 1.0, high)
+    span = np.where(high > low, high - low, 1.0)
+    clean = np.where(np.isnan(per_row), low[:, None], np.clip(per_row, low[:, None], high[:, None]))
+    out = np.clip((clean - low[:, None]) / span[:, None] * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    return out.reshape(cells.shape)
 
 
 class Ledger:
     """Bounded hard-example ledger in DATA/ledger.sqlite; `record_*` are cheap and thread-safe, reads block."""
 
     def __init__(self, path: Path, max_mb: float = DEFAULT_MAX_MB, max_age_h: float = DEFAULT_MAX_AGE_H,
-                 handoff_rows: int = HANDOFF_ROWS, clock: Callable[[], float] = time.time) -> None:
+                 handoff_rows: int = HANDOFF_ROWS, clock: Callable[[], float] = time.time,
+                 max_rows_per_s: float = DEFAULT_MAX_ROWS_PER_S) -> None:
         self.path = path
         self._clock = clock  # seconds since the epoch (tests age rows without waiting)
         self.max_bytes = int(max_mb * 2**20)
         self.max_age_s = max_age_h * 3600.0
         self.handoff_rows = handoff_rows
-        self._pending: deque[_Batch] = deque()
+        self._pending: deque[_Batch | _Late] = deque()
         self._pending_rows = 0
         self._cond = threading.Condition()
         self._closed = False
         self._dropped = 0   # since the last write (persisted by the writer)
         self._submitted = 0  # record calls so far, and how many of them the writer has dealt with (flush)
         self._written = 0
+        self._urgent = False  # flush(): write now, do not gather
+        self._budget = TokenBucket(max_rows_per_s) if max_rows_per_s > 0 else None
+        if self._budget is not None:
+            self._budget.stamp = clock()  # the bucket runs on the ledger's clock (tests move it)
         self._db_lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -186,7 +220,8 @@ class Ledger:
             CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
             """
         )
-        self._size = int(self._db.execute("SELECT coalesce(sum(size), 0) FROM entries").fetchone()[0])
+        self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        self._size = self._used_bytes()
         self._rows = int(self._db.execute("SELECT count(*) FROM entries").fetchone()[0])
         self._counters = {name: 0 for name in _COUNTERS}
         self._counters.update(self._db.execute("SELECT name, value FROM counters").fetchall())
@@ -224,6 +259,20 @@ class Ledger:
         rows = len(row_ids)
         if not rows or not self.max_bytes:  # --ledger-max-mb 0: the node keeps no ledger
             return 0
+        with self._cond:
+            granted = self._budget.take(rows, self._clock()) if self._budget is not None else rows
+            if granted < rows:  # over the recording rate: the first rows of the batch are kept, the rest counted
+                self._dropped += rows - granted
+        if not granted:
+            return 0
+        if granted < rows:
+            row_ids, rows = row_ids[:granted], granted
+            inputs = {n: a[:granted] for n, a in inputs.items()}
+            scores = np.asarray(scores)[:granted]
+            cut = slice(0, granted)
+            stage_answer, final = stage_answer.take(cut), final.take(cut)
+            hop_answer = hop_answer.take(cut) if hop_answer is not None else None
+            origin_row_ids = origin_row_ids[:granted] if origin_row_ids is not None else None
         # Answers are copied (a Decisions is assigned into in place later on the request path); tensors are not:
         # callers hand over arrays they no longer change.
         batch = _Batch(kind, int(self._clock() * 1000), stage_id, stage_version, list(row_ids),
@@ -241,12 +290,30 @@ class Ledger:
             self._pending_rows += rows
         return rows
 
+    def record_late_answers(self, stage_id: str, row_ids: Sequence[str], answers: Decisions) -> None:
+        """Queued rows were delivered: fill in the next hop's answer of their entries (the caller's answer stays
+        the provisional one it got). Never blocks; dropped and counted like rows when the hand-off is full."""
+        if not row_ids or not self.max_bytes:
+            return
+        update = _Late(stage_id, list(row_ids), _answers(answers))
+        with self._cond:
+            self._submitted += 1
+            self._cond.notify()
+            if self._closed or self._pending_rows + len(update.row_ids) > self.handoff_rows:
+                self._dropped += len(update.row_ids)
+                return
+            self._pending.append(update)
+            self._pending_rows += len(update.row_ids)
+
     # -- the writer thread ------------------------------------------------------------------------
     def _writer(self) -> None:
         while True:
             with self._cond:
                 if not self._pending and not self._closed and self._written == self._submitted:
                     self._cond.wait(timeout=60.0)  # an idle minute still expires old rows
+                # Gather for a moment: under traffic one transaction per WRITE_EVERY_S, not one per request.
+                self._cond.wait_for(lambda: self._closed or self._urgent, timeout=WRITE_EVERY_S)
+                self._urgent = False
                 batches = list(self._pending)
                 self._pending.clear()
                 self._pending_rows = 0
@@ -257,50 +324,70 @@ class Ledger:
             except Exception:  # the writer must outlive a bad row or a full disk
                 log.exception("hard-example ledger: write failed, %d rows lost", sum(b.rows for b in batches))
                 with self._db_lock:  # the transaction rolled back: take size and rows from the disk again
-                    size, count = self._db.execute("SELECT coalesce(sum(size), 0), count(*) FROM entries").fetchone()
+                    size, count = self._used_bytes(), self._db.execute("SELECT count(*) FROM entries").fetchone()[0]
                 with self._cond:
                     self._dropped += sum(b.rows for b in batches)
-                    self._size, self._rows = int(size), int(count)
+                    self._size, self._rows = size, int(count)
             with self._cond:
                 self._written = target
                 self._cond.notify_all()
                 if closed:
                     return
 
-    def _write(self, batches: list[_Batch], dropped: int) -> None:
-        rows = [row for batch in batches for row in _rows(batch)]
+    def _used_bytes(self) -> int:
+        """Bytes of the database's pages in use (its file less the free pages SQLite will reuse): the size limit
+        is on this, so --ledger-max-mb bounds the disk, page overhead and indexes included."""
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * self._page_size
+
+    def _write(self, items: list[_Batch | _Late], dropped: int) -> None:
+        rows = [row for batch in items if isinstance(batch, _Batch) for row in _rows(batch)]
+        late = [(label, stage, confidence, rid, item.stage_id) for item in items if isinstance(item, _Late)
+                for rid, (label, confidence, stage, _) in zip(item.row_ids, item.answers, strict=True)]
         now = int(self._clock() * 1000)
         with self._db_lock, self._db:
+            expired = len(self._db.execute("DELETE FROM entries WHERE created_ms < ? RETURNING seq",
+                                           (now - int(self.max_age_s * 1000),)).fetchall())
+            count = self._rows - expired
+            # Room first (so the file does not grow past the limit by a batch), then measure and trim.
+            incoming = int(sum(r[-1] for r in rows) * 1.25)  # pages hold a little less than the payload
+            evicted, count, used = self._evict(self.max_bytes - incoming, count)
             if rows:
                 self._db.executemany(
                     "INSERT INTO entries(created_ms, kind, stage_id, stage_version, row_id, origin_row_id, "
                     "score_labels, scores, stage_label, stage_confidence, hop_label, hop_stage, hop_confidence, "
                     "final_label, final_stage, final_confidence, final, inputs_meta, inputs, preview, preview_shape, "
                     "size) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-                self._size += sum(int(r[-1]) for r in rows)
-            expired = self._db.execute("DELETE FROM entries WHERE created_ms < ? RETURNING size",
-                                       (now - int(self.max_age_s * 1000),)).fetchall()
-            self._size -= sum(int(s) for (s,) in expired)
-            evicted = 0
-            if self._size > self.max_bytes:
-                # Oldest first, enough of them to get back under the limit.
-                over = self._size - self.max_bytes
-                victims = []
-                for seq, size in self._db.execute("SELECT seq, size FROM entries ORDER BY seq"):
-                    victims.append((seq,))
-                    over -= int(size)
-                    self._size -= int(size)
-                    if over <= 0:
-                        break
-                self._db.executemany("DELETE FROM entries WHERE seq=?", victims)
-                evicted = len(victims)
-            deltas = {"recorded_total": len(rows), "evicted_total": evicted, "expired_total": len(expired),
+                more, count, used = self._evict(self.max_bytes, count + len(rows))
+                evicted += more
+            if late:
+                self._db.executemany("UPDATE entries SET hop_label=?, hop_stage=?, hop_confidence=? "
+                                     "WHERE row_id=? AND stage_id=? AND hop_label=''", late)
+            deltas = {"recorded_total": len(rows), "evicted_total": evicted, "expired_total": expired,
                       "dropped_total": dropped}
             self._bump(deltas)
         with self._cond:
-            self._rows += len(rows) - evicted - len(expired)
+            self._rows = count
+            self._size = used
             for name, value in deltas.items():
                 self._counters[name] += value
+
+    def _evict(self, target: int, count: int) -> tuple[int, int, int]:
+        """Delete the oldest rows until the pages in use fit `target`; (evicted, rows left, bytes in use)."""
+        used = self._used_bytes()
+        evicted = 0
+        while used > target and count > 0:
+            excess = math.ceil((used - target) / max(1.0, used / count))  # about as many rows as the excess holds
+            gone = len(self._db.execute(
+                "DELETE FROM entries WHERE seq IN (SELECT seq FROM entries ORDER BY seq LIMIT ?) RETURNING seq",
+                (max(1, excess),)).fetchall())
+            if not gone:
+                break
+            evicted += gone
+            count -= gone
+            used = self._used_bytes()
+        return evicted, count, used
 
     def _bump(self, deltas: dict[str, int]) -> None:
         self._db.executemany(
@@ -311,6 +398,7 @@ class Ledger:
         """Wait until everything handed over so far is written, drops counted (tests, shutdown); False on timeout."""
         with self._cond:
             target = self._submitted
+            self._urgent = True
             self._cond.notify_all()
             return self._cond.wait_for(lambda: self._written >= target or self._closed, timeout)
 
@@ -399,29 +487,40 @@ def _copy(decisions: Decisions) -> Decisions:
 
 
 def _rows(batch: _Batch) -> list[tuple[Any, ...]]:
-    """Database rows of one batch (runs on the writer thread)."""
+    """Database rows of one batch (runs on the writer thread; per-row work kept to slicing bytes)."""
     names = list(batch.inputs)
     # BYTES tensors arrive as object arrays: keep them as fixed-width bytes, which have a dtype and a buffer.
     arrays = [a.astype(bytes) if a.dtype == object else a for a in (np.asarray(batch.inputs[n]) for n in names)]
-    scores = np.asarray(batch.scores, dtype=np.float32).reshape(batch.rows, -1)
+    scores = np.ascontiguousarray(np.asarray(batch.scores, dtype=np.float32).reshape(batch.rows, -1))
     labels_json = json.dumps(batch.score_labels)
     meta = json.dumps([{"name": n, "dtype": a.dtype.str, "shape": list(a.shape[1:])} for n, a in zip(names, arrays,
                                                                                                        strict=True)])
+    # One contiguous buffer per batch: each row's inputs, one after the other, then sliced per row.
+    joined = np.concatenate([np.ascontiguousarray(a).reshape(batch.rows, -1).view(np.uint8) for a in arrays],
+                            axis=1) if arrays else np.zeros((batch.rows, 0), np.uint8)
+    previews = make_previews(arrays[0]) if arrays else np.zeros((batch.rows, 0), np.uint8)
+    preview_shape = json.dumps(list(previews.shape[1:]) if previews.size else [])
+    previews = previews.reshape(batch.rows, -1)
+    stage_answers, finals = _answers(batch.stage_answer), _answers(batch.final)
+    hops = _answers(batch.hop_answer) if batch.hop_answer is not None else None
+    size = joined.shape[1] + previews.shape[1] + scores.shape[1] * 4 + 256  # + the row's text, roughly
     out: list[tuple[Any, ...]] = []
     for i in range(batch.rows):
-        stage = batch.stage_answer.row(i)
-        hop = batch.hop_answer.row(i) if batch.hop_answer is not None else None
-        final = batch.final.row(i)
-        blob = b"".join(np.ascontiguousarray(a[i]).tobytes() for a in arrays)
-        preview, shape = make_preview(arrays[0][i]) if arrays else (b"", ())
-        row_scores = scores[i].tobytes()
-        size = len(blob) + len(preview) + len(row_scores) + 256  # + the row's text columns, roughly
+        s_label, s_conf, _, _ = stage_answers[i]
+        f_label, f_conf, f_stage, f_final = finals[i]
+        h_label, h_conf, h_stage, _ = hops[i] if hops is not None else ("", 0.0, "", False)
         out.append((batch.created_ms, batch.kind, batch.stage_id, batch.stage_version, batch.row_ids[i],
-                    batch.origin_row_ids[i], labels_json, row_scores, stage.label, stage.confidence,
-                    hop.label if hop else "", hop.stage if hop else "", hop.confidence if hop else 0.0,
-                    final.label, final.stage, final.confidence, int(final.final), meta, blob, preview,
-                    json.dumps(list(shape)), size))
+                    batch.origin_row_ids[i], labels_json, scores[i].tobytes(), s_label, s_conf, h_label, h_stage,
+                    h_conf, f_label, f_stage, f_conf, int(f_final), meta, joined[i].tobytes(),
+                    previews[i].tobytes(), preview_shape, size))
     return out
+
+
+def _answers(decisions: Decisions) -> list[tuple[str, float, str, bool]]:
+    """(label, confidence, deciding stage, final) per row, without building an object per row."""
+    labels = [decisions.labels[k] for k in decisions.label.tolist()]
+    stages = [decisions.stages[k] for k in decisions.stage.tolist()]
+    return list(zip(labels, decisions.confidence.tolist(), stages, decisions.final.tolist(), strict=True))
 
 
 def _entry(row: Sequence[Any]) -> LedgerEntry:

@@ -36,7 +36,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from runners import __version__
 from runners._forward import ROW_IDS, SMOKE, EscalationQueue, Forwarder, unpack_row_ids
 from runners._identity import AccessDenied, NodeIdentity
-from runners._ledger import DEFAULT_MAX_AGE_H, DEFAULT_MAX_MB, KINDS, Ledger, LedgerEntry, LedgerStats
+from runners._ledger import (
+    DEFAULT_MAX_AGE_H,
+    DEFAULT_MAX_MB,
+    DEFAULT_MAX_ROWS_PER_S,
+    KINDS,
+    Ledger,
+    LedgerEntry,
+    LedgerStats,
+)
 from runners._lifeline import arm_from_env
 from runners._limits import (
     ResourceRefused,
@@ -110,6 +118,7 @@ class AgentConfig:
     trt_fp16: bool = False
     ledger_max_mb: float = DEFAULT_MAX_MB      # hard-example ledger bounds (runners/_ledger.py)
     ledger_max_age_h: float = DEFAULT_MAX_AGE_H
+    ledger_max_rows_per_s: float = DEFAULT_MAX_ROWS_PER_S
 
 
 def _is_loopback(host: str) -> bool:
@@ -142,7 +151,8 @@ class Agent:
         self.compute = ThreadPoolExecutor(max_workers=self.compute_workers, thread_name_prefix="compute")
         self.io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="io")
         self.queue = EscalationQueue(config.data_dir / "queue.sqlite", config.queue_limit)
-        self.ledger = Ledger(config.data_dir / "ledger.sqlite", config.ledger_max_mb, config.ledger_max_age_h)
+        self.ledger = Ledger(config.data_dir / "ledger.sqlite", config.ledger_max_mb, config.ledger_max_age_h,
+                             max_rows_per_s=config.ledger_max_rows_per_s)
         # Ledger reads (the console pulling hard examples) get their own thread: never behind the queue's I/O.
         self.ledger_reads = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-read")
         self.identity = NodeIdentity(config.data_dir, self.node_id, config.insecure)
@@ -392,6 +402,7 @@ class Agent:
             stage.forwarder = reuse
             reuse._max_batch = stage.manifest.max_batch or 64
             reuse._priority = stage.manifest.budget.priority
+            reuse.on_late_answers = functools.partial(self.ledger.record_late_answers, stage.stage_id)
             return
         if reuse is not None:
             await reuse.async_stop()
@@ -400,6 +411,7 @@ class Agent:
                                         max_batch=stage.manifest.max_batch or 64,
                                         priority=stage.manifest.budget.priority,
                                         origin=f"{self.node_id[:8]}-{self.boot_id[:8]}")
+            stage.forwarder.on_late_answers = functools.partial(self.ledger.record_late_answers, stage.stage_id)
             await stage.forwarder.async_start(self.identity.channel_credentials(),
                                               self.identity.target_name(hop.node_id))
         else:
@@ -987,9 +999,12 @@ class ControlService(ctl_grpc.NodeControlServicer):
             self.agent.ledger.list, stage_id=request.stage_id, kind=request.kind, label=request.label,
             disagreed_only=request.disagreed_only, since_ms=request.since_unix_ms, until_ms=request.until_unix_ms,
             before_seq=request.before_seq, limit=min(request.limit or 100, 1000))
+        # The counters first: a write landing during the read then shows in the entries, never only in the
+        # counters (a client that waits for a count and then reads the entries gets them all).
+        stats = self.agent.ledger.stats()
         entries, total = await asyncio.get_running_loop().run_in_executor(self.agent.ledger_reads, read)
         return ctl.ListHardExamplesResponse(examples=[example_pb(e) for e in entries], total=total,
-                                            ledger=ledger_pb(self.agent.ledger.stats()))
+                                            ledger=ledger_pb(stats))
 
     async def GetHardExample(self, request: ctl.GetHardExampleRequest,
                              context: grpc.aio.ServicerContext) -> ctl.GetHardExampleResponse:
@@ -1074,6 +1089,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ledger-max-age-h", type=float, default=DEFAULT_MAX_AGE_H, metavar="HOURS",
                         help=f"hard-example ledger: rows older than this are deleted (default {DEFAULT_MAX_AGE_H:g}, "
                              "a week); counted as expired")
+    parser.add_argument("--ledger-max-rows-per-s", type=float, default=DEFAULT_MAX_ROWS_PER_S, metavar="N",
+                        help=f"hard-example ledger: rows recorded per second at most (default "
+                             f"{DEFAULT_MAX_ROWS_PER_S:g}; 0 = every row); the rest are counted as dropped, so "
+                             "recording never costs the request path much")
     parser.add_argument("--ort-threads", type=int, default=1,
                         help="onnxruntime intra-op threads per session (also OpenVINO's thread count)")
     parser.add_argument("--max-message-mb", type=int, default=256, help="largest gRPC message accepted, MiB")
@@ -1111,8 +1130,9 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         if not model.is_file():
             raise SystemExit(f"tierdeck-node: --stage {item}: no such model file")
         preload.append((stage_id or model.stem, model))
-    if args.ledger_max_mb < 0 or args.ledger_max_age_h <= 0:
-        raise SystemExit("tierdeck-node: --ledger-max-mb must be 0 or more and --ledger-max-age-h more than 0")
+    if args.ledger_max_mb < 0 or args.ledger_max_age_h <= 0 or args.ledger_max_rows_per_s < 0:
+        raise SystemExit("tierdeck-node: --ledger-max-mb and --ledger-max-rows-per-s must be 0 or more, "
+                         "--ledger-max-age-h more than 0")
     try:
         providers = ProviderSettings.parse_order(args.providers) if args.providers else ()
     except ValueError as exc:
@@ -1126,6 +1146,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         fleet_id=args.fleet_id, pairing_rotate_after=args.pairing_rotate_after,
         providers=providers, device_id=args.device_id, openvino_device=args.openvino_device, trt_fp16=args.trt_fp16,
         ledger_max_mb=args.ledger_max_mb, ledger_max_age_h=args.ledger_max_age_h,
+        ledger_max_rows_per_s=args.ledger_max_rows_per_s,
     )
 
 

@@ -89,7 +89,7 @@ class Console:
     """`tierdeck demo --empty --probe FILE` on an X display, and its probe."""
 
     def __init__(self, display: XDisplay, folder: Path, *, device: int = 2, edge: int = 1, cloud: int = 1,
-                 rate: float = 10.0, empty: bool = True) -> None:
+                 rate: float = 10.0, empty: bool = True, extra: tuple[str, ...] = ()) -> None:
         self.display = display
         self.folder = folder
         self.probe_path = folder / "probe.json"
@@ -99,6 +99,7 @@ class Console:
                 "--no-mdns"]
         if empty:
             args.append("--empty")
+        args += extra
         env = display.env
         env["XDG_CONFIG_HOME"] = str(folder / "config")   # QSettings of this run only
         env["XDG_DATA_HOME"] = str(folder / "data")

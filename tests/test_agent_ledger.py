@@ -48,9 +48,10 @@ def _send(address: str, x: np.ndarray, chunk: int = 25) -> list[str]:
 
 
 def test_each_node_records_what_it_saw_and_rows_join_by_id(tmp_path: Path) -> None:
-    with running_agent(tmp_path / "cloud", tier="cloud", name="cloud") as cloud, \
-            running_agent(tmp_path / "edge", tier="edge", name="edge") as edge, \
-            running_agent(tmp_path / "device", tier="device", name="device") as device:
+    every = ("--ledger-max-rows-per-s", "0")  # record every row: the test counts them
+    with running_agent(tmp_path / "cloud", *every, tier="cloud", name="cloud") as cloud, \
+            running_agent(tmp_path / "edge", *every, tier="edge", name="edge") as edge, \
+            running_agent(tmp_path / "device", *every, tier="device", name="device") as device:
         _deploy_chain(tmp_path, device, edge, cloud, shadow_rate=0.0)  # escalated rows only (shadow: test_shadow)
         to_edge, to_cloud, labels, stages = _expected()
         assert _send(device.address, X) == labels
@@ -115,14 +116,16 @@ def _escalate_all_pair(tmp: Path, device: AgentProcess, edge: AgentProcess) -> N
 def _integrity(path: Path) -> tuple[str, int, int]:
     with sqlite3.connect(path) as db:
         check = db.execute("PRAGMA integrity_check").fetchone()[0]
-        rows, size = db.execute("SELECT count(*), coalesce(sum(size), 0) FROM entries").fetchone()
-    return str(check), int(rows), int(size)
+        rows = db.execute("SELECT count(*) FROM entries").fetchone()[0]
+        pages, free, page = (db.execute(f"PRAGMA {p}").fetchone()[0] for p in ("page_count", "freelist_count",
+                                                                                 "page_size"))
+    return str(check), int(rows), int((pages - free) * page)  # the bytes the size limit is on
 
 
 def test_ledger_keeps_its_bounds_and_survives_kill_9(tmp_path: Path) -> None:
     x = np.random.default_rng(5).normal(size=(600, 64)).astype(np.float32)
-    max_mb = 0.1  # 104,857 bytes: about 190 entries of a 64-float row, so 600 rows overflow it
-    bound = ("--ledger-max-mb", str(max_mb))
+    max_mb = 0.1  # 104,857 bytes: about 100 entries of a 64-float row (pages and indexes included): 600 overflow
+    bound = ("--ledger-max-mb", str(max_mb), "--ledger-max-rows-per-s", "0")
     with running_agent(tmp_path / "edge", name="edge") as edge:
         device = start_agent(tmp_path / "device", *bound, name="device", tier="device")
         try:
@@ -167,7 +170,7 @@ def test_ledger_keeps_its_bounds_and_survives_kill_9(tmp_path: Path) -> None:
             assert again.ledger.recorded_total == again.ledger.rows + again.ledger.evicted_total
             _send(device.address, x[:200], chunk=20)
             last = _wait_recorded(device.address, again.ledger.recorded_total + 200)
-            assert last.ledger.bytes <= last.ledger.max_bytes and last.ledger.rows <= before.ledger.rows + 5
+            assert 0 < last.ledger.rows < 200 and last.ledger.bytes <= last.ledger.max_bytes
         finally:
             device.stop()
 
@@ -181,7 +184,34 @@ def test_ledger_off_and_bad_limits(tmp_path: Path) -> None:
         assert (listing.total, listing.ledger.recorded_total, listing.ledger.max_bytes) == (0, 0, 0)
         # The edge (no limit given) recorded the rows that arrived from below.
         assert _wait_recorded(edge.address, 40).total == 40
-    for bad in (["--ledger-max-age-h", "0"], ["--ledger-max-mb", "-1"]):
+    for bad in (["--ledger-max-age-h", "0"], ["--ledger-max-mb", "-1"], ["--ledger-max-rows-per-s", "-2"]):
         args = build_parser().parse_args(["--data-dir", str(tmp_path / "bad"), *bad])
         with pytest.raises(SystemExit, match="ledger-max-age-h"):
             config_from_args(args)
+
+
+def test_queued_rows_get_their_late_answer_in_the_ledger(tmp_path: Path) -> None:
+    edge = start_agent(tmp_path / "edge", name="edge")
+    device = start_agent(tmp_path / "device", name="device", tier="device")
+    try:
+        _escalate_all_pair(tmp_path, device, edge)
+        port = edge.port
+        assert edge.stop() == 0  # the link goes down: the device answers provisional and queues the rows
+        x = np.random.default_rng(9).normal(size=(30, 64)).astype(np.float32)
+        _send(device.address, x, chunk=10)
+        queued = _wait_recorded(device.address, 30)
+        assert queued.total == 30 and all(e.hop_label == "" and not e.final for e in queued.examples)
+        edge = start_agent(tmp_path / "edge", name="edge", listen=f"127.0.0.1:{port}")  # back, same stage
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            late = asyncio.run(_listing(device.address))
+            if all(e.hop_label for e in late.examples):
+                break
+            time.sleep(0.2)
+        assert all(e.hop_label in ("a", "b") and e.hop_stage == "top" for e in late.examples)
+        assert all(e.final_stage == "detector" and not e.final for e in late.examples)  # what the caller got
+        arrived = _wait_recorded(edge.address, 30)
+        assert {e.origin_row_id for e in arrived.examples} == {e.row_id for e in late.examples}
+    finally:
+        device.stop()
+        edge.stop()

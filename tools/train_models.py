@@ -34,9 +34,10 @@ from torch import nn
 
 from resources import scenes
 from resources.models.flops import count_flops, count_parameters
+from tools.hard_examples import load_hard_examples
 
-MODELS_DIR = Path(__file__).resolve().parent
-RESOURCES = MODELS_DIR.parent
+RESOURCES = Path(__file__).resolve().parent.parent / "resources"
+MODELS_DIR = RESOURCES / "models"
 DATA_DIR = RESOURCES / "data"
 PIPELINE_PATH = RESOURCES / "pipelines" / "ship-finder.pipeline.json"
 
@@ -361,6 +362,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=MODELS_DIR, help="where the .onnx files and cards go")
     parser.add_argument("--only", choices=list(SPECS), action="append", help="train only these (experiments)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--hard-examples", type=Path, action="append", default=[], metavar="DATASET",
+                        help="also train on a hard-example dataset exported by the console or `tierdeck export "
+                             "--hard-examples` (repeatable); rows labelled with a ship type or water are used")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     n_train, n_val, n_test = (N_TRAIN, N_VAL, N_TEST) if not args.quick else (1024, 1000, 1000)
@@ -375,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     if not np.array_equal(held_u8, xte_u8[: len(held_u8)]) and not args.quick:
         raise RuntimeError("heldout.npz is not the start of the test split: regenerate it")
     xtr, xva, xte, xheld = (scenes.to_model_input(a) for a in (xtr_u8, xva_u8, xte_u8, held_u8))
+    for dataset in args.hard_examples:  # first, so that every stage's share of the training split holds them
+        x_hard, y_hard = load_hard_examples(dataset, TYPE_CLASSES)
+        xtr, ytr = np.concatenate([x_hard.astype(np.float32), xtr]), np.concatenate([y_hard, ytr])
+        print(f"hard examples: {len(y_hard)} rows from {dataset}", flush=True)
     print(f"data: train {len(xtr)}, val {len(xva)}, test {len(xte)} ({time.time() - t0:.0f} s)", flush=True)
 
     names = args.only or list(SPECS)

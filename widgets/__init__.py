@@ -21,6 +21,7 @@ _EXPORTS = {
     "DeployDialog": "widgets._deploy_dialog",
     "EventLog": "widgets._event_log",
     "FleetPanel": "widgets._fleet_panel",
+    "Gallery": "widgets._gallery",
     "MainWindow": "widgets._main_window",
     "AddNodeDialog": "widgets._node_dialogs", "EnrollDialog": "widgets._node_dialogs",
     "NodeDetailDialog": "widgets._node_dialogs",

@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
 )
 
 from app._problem_words import explain_all
+from app.gallery import GalleryModel
 from app.pipeline_file import PipelineError
 from app.qt import QtConsole
 from widgets import _theme as theme
@@ -37,6 +38,7 @@ from widgets._dashboard import Dashboard
 from widgets._deploy_dialog import DeployDialog
 from widgets._event_log import EventLog
 from widgets._fleet_panel import FleetPanel
+from widgets._gallery import Gallery
 from widgets._node_dialogs import AddNodeDialog, EnrollDialog, Enroller, NodeDetailDialog
 from widgets._pipeline_editor import PipelineEditor
 from widgets._whatif import PolicyPusher
@@ -72,10 +74,13 @@ class MainWindow(QMainWindow):
         self.canvas = self.editor.canvas
         self.dashboard = Dashboard(console.fleet, console.telemetry, self.clock, console.pipeline, console.files, self)
         self.event_log = EventLog(console.events, self)
+        self.gallery_model = GalleryModel(console)
+        self.gallery = Gallery(self.gallery_model, self)
 
         self.tabs = QTabWidget(self)
         self.tabs.addTab(self.editor, theme.icon("stage"), "&Pipeline")
         self.tabs.addTab(self.dashboard, theme.icon("running"), "&Dashboard")
+        self.tabs.addTab(self.gallery, theme.icon("info"), "&Hard examples")
         self.tabs.setDocumentMode(True)
         self.setCentralWidget(self.tabs)
         self.fleet_dock = QDockWidget("Fleet", self)
@@ -178,7 +183,10 @@ class MainWindow(QMainWindow):
         self.palette_focus_action = self._action("Go to stage p&alette", "Alt+4", self.focus_palette,
                                                  "Move to the stage palette (Enter on a model places it)")
         view_menu = bar.addMenu("&View")
-        for a in (self.pipeline_tab_action, self.dashboard_tab_action, None, *self.dashboard.window_actions, None,
+        self.gallery_tab_action = self._action("&Hard examples", "Ctrl+Shift+H", self.show_gallery,
+                                               "Rows the cascade escalated or disagreed on: gallery and export")
+        for a in (self.pipeline_tab_action, self.dashboard_tab_action, self.gallery_tab_action, None,
+                  *self.dashboard.window_actions, None,
                   self.fleet_panel.fleet_view_action, self.canvas.fit_action, self.canvas.focus_action,
                   self.events_focus_action,
                   self.palette_focus_action, self.editor.stage_palette.show_bundled_action, None):
@@ -222,7 +230,7 @@ class MainWindow(QMainWindow):
         self.fleet_panel.details_requested.connect(self.node_details)
         self.fleet_panel.forget_requested.connect(self.confirm_forget)
         self.fleet_panel.nodes_selected.connect(self.dashboard.set_selected_nodes)
-        for source in (self.canvas, self.dashboard, self.editor.whatif):
+        for source in (self.canvas, self.dashboard, self.editor.whatif, self.gallery):
             source.status_message.connect(self._status)
         self.editor.whatif.deploy_requested.connect(self.deploy_dialog)
         self.canvas.deploy_requested.connect(self.deploy_dialog)
@@ -271,6 +279,8 @@ class MainWindow(QMainWindow):
     @Slot(int)
     def _tab_changed(self, _index: int) -> None:
         self.clock.request_frame()
+        if self.tabs.currentWidget() is self.gallery:
+            self.gallery_model.refresh()  # pulled on demand, never polled
 
     # ----- files -----------------------------------------------------------------------------------------------
     def _file_dialog(self, title: str, filters: str, save: bool, slot: object, suffix: str = "") -> QFileDialog:
@@ -521,6 +531,11 @@ class MainWindow(QMainWindow):
     def show_dashboard(self) -> None:
         """The dashboard tab."""
         self.tabs.setCurrentWidget(self.dashboard)
+
+    @Slot()
+    def show_gallery(self) -> None:
+        """The hard-example gallery tab (pulls the nodes' ledgers)."""
+        self.tabs.setCurrentWidget(self.gallery)
 
     @Slot()
     def focus_palette(self) -> None:

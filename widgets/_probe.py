@@ -69,6 +69,14 @@ def probe(window: MainWindow) -> dict[str, Any]:
                       "node_id": n.node_id,
                       "stages": [{"id": st.stage_id, "next_hop": st.next_hop, "serving": st.serving}
                                  for st in n.stages]})
+    gallery = window.gallery
+    grid = gallery.view
+    thumbs, stages_seen = [], []
+    for row in range(min(24, gallery.model.rowCount())):
+        rect = grid.visualRect(gallery.model.index(row))
+        if grid.viewport().rect().contains(rect.center()):
+            thumbs.append(_global(grid.viewport(), rect.center()))
+            stages_seen.append(len(gallery.model.row(row).entries))
     focus = QApplication.focusWidget()
     return {
         "window": {"visible": window.isVisible(), "title": window.windowTitle(), "dirty": window.is_dirty(),
@@ -81,4 +89,10 @@ def probe(window: MainWindow) -> dict[str, Any]:
         "problems": [window.editor.problems.item(i).text() for i in range(window.editor.problems.count())],
         "dialogs": dialogs, "stages": stages, "nodes": nodes,
         "undo": canvas.undo_stack.undoText(), "status": window.statusBar().currentMessage(),
+        "gallery": {"rows": gallery.model.rowCount(), "pulled": len(gallery.model.all_rows),
+                    "busy": gallery.model.busy, "thumbs": thumbs, "thumb_stages": stages_seen,
+                    "detail": gallery.detail.row.key if gallery.detail.row is not None else "",
+                    "refresh": _global(gallery.refresh_button, gallery.refresh_button.rect().center()),
+                    "disagreed": _global(gallery.disagreed_box, gallery.disagreed_box.rect().center()),
+                    "export_enabled": gallery.export_button.isEnabled(), "summary": gallery.summary_label.text()},
     }

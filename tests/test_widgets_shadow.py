@@ -131,7 +131,11 @@ def test_the_console_shows_what_each_link_misses(qapp: QApplication, qtbot: QtBo
         sentence = editor.canvas.miss_sentence("detector")
         assert sentence.startswith("detector → classifier: settles ") and \
             "are vessels the next tier would have caught" in sentence, sentence
-        assert "answered differently" in editor.canvas.miss_sentence("classifier")
+        classifier = editor.canvas.miss_sentence("classifier")
+        assert "answered differently" in classifier
+        pairs = telemetry.shadow_counts("classifier").pairs  # the most frequent disagreements, in the tooltip
+        assert all(f"{settled} → {answered}: " in classifier for settled, answered in
+                   sorted(pairs, key=lambda k: -pairs[k])[:1]) and (" → " in classifier.split(":", 1)[1]) == bool(pairs)
         assert "are vessels the next tier would have caught" in editor.canvas.links["detector"].toolTip()
         # What-if: misses now and at a proposed threshold, with the rows they stand on.
         editor.whatif.set_link("detector")

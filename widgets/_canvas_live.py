@@ -101,7 +101,8 @@ class CanvasLiveOverlay:
         the link has no answered shadow rows)."""
         if self.telemetry is None:
             return ""
-        estimate = miss_estimate(self.telemetry.shadow_counts(stage_id))
+        counts = self.telemetry.shadow_counts(stage_id)
+        estimate = miss_estimate(counts)
         if not estimate.known:
             return ""
         inferred, escalated = self._stage_totals(stage_id)
@@ -112,7 +113,9 @@ class CanvasLiveOverlay:
         except KeyError:
             class_in = ()
         settles = 1.0 - escalated / inferred if inferred else 0.0
-        return describe_link(stage_id, after, settles, estimate, class_in)
+        top = sorted(counts.pairs.items(), key=lambda kv: -kv[1])[:4]
+        pairs = "; ".join(f"{settled} → {answered}: {n}" for (settled, answered), n in top)
+        return describe_link(stage_id, after, settles, estimate, class_in) + (f" ({pairs})" if pairs else "")
 
     def _stage_totals(self, stage_id: str) -> tuple[float, float]:
         """(inferences, escalated) of the stage since its nodes started, from their latest samples."""

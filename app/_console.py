@@ -22,7 +22,16 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import grpc
 
 from app._db import Database, Retention, default_db_path, last_positions, managed_stages
-from app._deployer import Deployer, DeployProgress, DeployResult, Plan, plan, requirements_for, rule_proto
+from app._deployer import (
+    Deployer,
+    DeployProgress,
+    DeployResult,
+    Plan,
+    budget_proto,
+    plan,
+    requirements_for,
+    rule_proto,
+)
 from app._fleet import Fleet
 from app._hard_examples import DatasetWritten, HardExamplePull, HardRow, NodeEntry, tensors_of, write_dataset
 from app._loop import IoLoop
@@ -298,8 +307,7 @@ class ConsoleCore:
         if rule is not None:
             request.rule.CopyFrom(rule_proto(rule))
         if budget is not None:
-            request.budget.CopyFrom(ctl.Budget(max_escalations_per_s=budget.max_escalations_per_s,
-                                               priority=budget.priority))
+            request.budget.CopyFrom(budget_proto(budget))
         targets = [n for n in fleet.nodes() if n.source != "endpoint" and any(s.stage_id == stage_id for s in n.stages)]
         if not targets:
             raise LookupError(f"no node runs stage '{stage_id}'")

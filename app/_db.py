@@ -41,7 +41,7 @@ from runners.protocol import STAGE_COUNTERS
 log = logging.getLogger(f"tierdeck.{__name__}")
 T = TypeVar("T")
 
-SCHEMA_VERSION = 3  # 2: telemetry.duplicates_total; 3: the hop counters and rollup_dirty
+SCHEMA_VERSION = 4  # 2: telemetry.duplicates_total; 3: the hop counters and rollup_dirty; 4: shadow counters
 # (every counter of the descriptor is a column)
 MINUTE_MS = 60_000
 
@@ -139,7 +139,13 @@ def _schema_3(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE IF NOT EXISTS rollup_dirty (minute_ms INTEGER PRIMARY KEY)")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {2: _add_missing_counters, 3: _schema_3}
+def _schema_4(db: sqlite_utils.Database) -> None:
+    """4: the shadow sampling counters (shadow_sent/answered/agreed/shed_total)."""
+    _add_missing_counters(db)
+
+
+MIGRATIONS: dict[int, Callable[[sqlite_utils.Database], None]] = {2: _add_missing_counters, 3: _schema_3,
+                                                                  4: _schema_4}
 
 
 def schema_version(db: sqlite_utils.Database) -> int:

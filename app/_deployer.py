@@ -42,7 +42,7 @@ import numpy as np
 from app._fit import Requirements, check_fit, expected_provider, memory_estimate
 from app._records import ConsoleEvent, NodeSnapshot, Severity, now_ms
 from app._routing import REACHABLE, next_hop, placement_warnings, stage_targets
-from app.pipeline_file import Pipeline, Rule, Stage
+from app.pipeline_file import Budget, Pipeline, Rule, Stage
 from runners._forward import SMOKE
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import tierdeck_control_pb2 as ctl
@@ -190,13 +190,20 @@ def rule_proto(r: Rule) -> ctl.EscalationRule:
     return rule
 
 
+def budget_proto(budget: Budget) -> ctl.Budget:
+    """A pipeline budget as the manifest carries it (shadow_rate unset = the node's default)."""
+    out = ctl.Budget(max_escalations_per_s=budget.max_escalations_per_s, priority=budget.priority)
+    if budget.shadow_rate is not None:
+        out.shadow_rate = budget.shadow_rate
+    return out
+
+
 def policy_fields(stage: Stage, next_stage: Stage | None, next_address: str, next_node_id: str = "") -> dict[str, Any]:
     """The manifest fields of a stage besides its model (for `manifest_for`)."""
     fields: dict[str, Any] = {
         "input_names": [t.name for t in stage.inputs],
         "output_names": [t.name for t in stage.outputs],
-        "budget": ctl.Budget(max_escalations_per_s=stage.budget.max_escalations_per_s,
-                             priority=stage.budget.priority),
+        "budget": budget_proto(stage.budget),
     }
     # Always sent, also a last stage's label-only rule: the agent then labels its answers and settles.
     fields["rule"] = rule_proto(stage.rule)

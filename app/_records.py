@@ -11,8 +11,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from app._miss import ShadowCounts
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._providers import accelerators, describe
+from runners._shadow import shadow_rate
 
 
 def now_ms() -> int:
@@ -109,6 +111,7 @@ class StageSnapshot:
     rule: str = ""                # the escalation rule in words, e.g. "confidence < 0.6"
     max_escalations_per_s: float = 0.0
     priority: str = ""
+    shadow_rate: float = 0.0      # share of settled rows sent up in shadow mode (0 on the last tier)
     runs_on: str = ""             # the provider its session really runs on ("" from an older agent)
     cpu_fallback_nodes: int = 0
     session_providers: tuple[str, ...] = ()
@@ -134,6 +137,7 @@ class StageSnapshot:
             next_model=m.next_hop.model if m.HasField("next_hop") else "",
             rule=describe_rule(m.rule) if m.HasField("rule") else "",
             max_escalations_per_s=m.budget.max_escalations_per_s, priority=m.budget.priority,
+            shadow_rate=shadow_rate(m.budget) if m.HasField("next_hop") else 0.0,
             runs_on=info.runs_on, cpu_fallback_nodes=info.cpu_fallback_nodes,
             session_providers=tuple(info.session_providers), warmup_ms=info.warmup_ms,
             placement_notes=tuple(info.placement_notes),
@@ -148,6 +152,7 @@ class StageSnapshot:
             "activated_unix_ms": self.activated_unix_ms, "model_bytes": self.model_bytes,
             "next_hop": self.next_hop, "next_model": self.next_model, "rule": self.rule,
             "max_escalations_per_s": self.max_escalations_per_s, "priority": self.priority,
+            "shadow_rate": self.shadow_rate,
             "runs_on": self.runs_on, "cpu_fallback_nodes": self.cpu_fallback_nodes,
             "session_providers": list(self.session_providers), "warmup_ms": self.warmup_ms,
             "placement_notes": list(self.placement_notes),
@@ -257,6 +262,10 @@ class StageSample(NamedTuple):
     dead_letter_total: int
     hop_errors_total: int
     hop_calls_total: int
+    shadow_sent_total: int
+    shadow_answered_total: int
+    shadow_agreed_total: int
+    shadow_shed_total: int
     # Increments since the previous sample of the same boot (the console computes them).
     inferences: int
     escalated: int
@@ -280,6 +289,8 @@ class StageSample(NamedTuple):
     # The next hop as this stage sees it: escalations kept aside now, latency p95 of its forwarded calls.
     dead_letters: int = 0
     hop_latency_p95_ms: float = 0.0
+    # The link's shadow sample (app/_miss.py), cumulative for the boot; None when the stage has no next hop.
+    shadow: ShadowCounts | None = None
 
 
 class NodeSample(NamedTuple):

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from app._miss import ShadowCounts
 from app._records import NodeSample, StageSample
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners.protocol import STAGE_COUNTERS
@@ -99,7 +100,7 @@ class SampleAcceptor:
                 st.inferences_per_s, st.escalated_per_s, st.escalation_rate, st.latency_p50_ms,
                 st.latency_p95_ms, st.latency_p99_ms, st.queue_depth, st.link_state, st.energy_joules_total,
                 st.energy_per_inference_j, st.score_kind, tuple(st.score_histogram), st.dead_letters,
-                st.hop_latency_p95_ms,
+                st.hop_latency_p95_ms, shadow_counts(st),
             ))
         energy_delta = max(0.0, msg.energy_joules_total - pos.energy_total)
         pos.energy_total = msg.energy_joules_total
@@ -110,6 +111,17 @@ class SampleAcceptor:
             msg.power_watts, msg.power_source, msg.power_measured, msg.energy_joules_total, energy_delta,
             msg.backlog, tuple(stages),
         )
+
+
+def shadow_counts(st: ctl.StageTelemetry) -> ShadowCounts | None:
+    """A stage's shadow figures from its telemetry (None when it reports none: no next hop)."""
+    if not st.HasField("shadow"):
+        return None
+    sh = st.shadow
+    return ShadowCounts(st.shadow_sent_total, st.shadow_answered_total, st.shadow_agreed_total, st.shadow_shed_total,
+                        sh.rate, {(p.settled, p.answered): p.count for p in sh.disagreements},
+                        tuple(sh.answered), tuple(sh.disagreed), tuple(sh.escalated_answered),
+                        tuple(sh.escalated_disagreed))
 
 
 class RingBuffer:
@@ -199,7 +211,8 @@ class RingBuffer:
 
 NODE_COLUMNS = ("cpu_percent", "power_watts", "rss_bytes", "energy_joules_total", "backlog")
 STAGE_COLUMNS = ("inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms",
-                 "latency_p99_ms", "queue_depth", "energy_per_inference_j", "inferences_total", "errors_total")
+                 "latency_p99_ms", "queue_depth", "energy_per_inference_j", "inferences_total", "errors_total",
+                 "shadow_answered_total", "shadow_agreed_total")
 HISTOGRAM_BINS = 20
 
 
@@ -216,6 +229,7 @@ class LiveTelemetry:
         self.histograms: dict[tuple[str, str], RingBuffer] = {}
         self.latest: dict[str, NodeSample] = {}
         self.samples = 0
+        self.shadow: dict[tuple[str, str], dict[str, ShadowCounts]] = {}
 
     def add(self, sample: NodeSample) -> None:
         """Append one sample to its buffers."""
@@ -233,7 +247,12 @@ class LiveTelemetry:
                 self.histograms[key] = RingBuffer(tuple(f"bin{i}" for i in range(HISTOGRAM_BINS)), self.capacity)
             sring.append(t, (st.inferences_per_s, st.escalated_per_s, st.escalation_rate, st.latency_p50_ms,
                              st.latency_p95_ms, st.latency_p99_ms, st.queue_depth, st.energy_per_inference_j,
-                             st.inferences_total, st.errors_total))
+                             st.inferences_total, st.errors_total, st.shadow_answered_total, st.shadow_agreed_total))
+            if st.shadow is not None:  # latest per boot: counters restart with each boot
+                boots = self.shadow.setdefault(key, {})
+                boots[sample.boot_id] = st.shadow
+                while len(boots) > 8:
+                    boots.pop(next(iter(boots)))
             if len(st.score_histogram) == HISTOGRAM_BINS:
                 self.histograms[key].append(t, st.score_histogram)
         self.latest[sample.node_id] = sample
@@ -246,6 +265,7 @@ class LiveTelemetry:
         for key in [k for k in self.stages if k[0] == node_id]:
             self.stages.pop(key, None)
             self.histograms.pop(key, None)
+            self.shadow.pop(key, None)
 
     def rename(self, old: str, new: str) -> None:
         """Move a node's buffers to its new key."""
@@ -256,6 +276,17 @@ class LiveTelemetry:
         for key in [k for k in self.stages if k[0] == old]:
             self.stages[(new, key[1])] = self.stages.pop(key)
             self.histograms[(new, key[1])] = self.histograms.pop(key)
+            if key in self.shadow:
+                self.shadow[(new, key[1])] = self.shadow.pop(key)
+
+    def shadow_counts(self, stage_id: str) -> ShadowCounts:
+        """The link's shadow figures summed over the nodes running the stage and their boots seen."""
+        total = ShadowCounts()
+        for (_, sid), boots in self.shadow.items():
+            if sid == stage_id:
+                for counts in boots.values():
+                    total = total + counts
+        return total
 
     def score_histogram(self, node_id: str, stage_id: str, since: float | None = None) -> npt.NDArray[np.float64]:
         """Sum of the stage's score histograms (20 bins over [0, 1]) since `since` (seconds), for the what-if plot."""

@@ -20,7 +20,8 @@ rejected. Example (paths are relative to the pipeline file)::
           "outputs": [{"name": "probs", "datatype": "FP32", "shape": [-1, 2]}],
           "rule": {"output": "probs", "labels": ["water", "vessel"],
                    "class_in": ["vessel"], "confidence_below": 0.9},
-          "budget": {"max_escalations_per_s": 0, "priority": "high"},
+          "budget": {"max_escalations_per_s": 0, "priority": "high",
+                     "shadow_rate": 0.01},                // optional, see below
           "providers": {"prefer": ["OpenVINOExecutionProvider"]},   // optional, see below
           "next": "classifier"                          // optional, see above
         },
@@ -71,6 +72,11 @@ first where the node has them. Names are onnxruntime's (``CUDAExecutionProvider`
 keeps them as written, the manifest carries the full names. Without the key a stage runs on the
 node's own order (its best provider first).
 
+Shadow sampling (optional ``"budget": {"shadow_rate": r}``, 0..1): the share of the rows a stage settles that
+its node also sends to the next hop in shadow mode — lowest priority, never counted as escalations, never
+changing an answer — so that the console can estimate what the link misses. Without the key the node's
+default applies (0.01, i.e. 1 %); 0 turns it off. A last stage has no next hop and ignores it.
+
 Every problem found is reported, each as one `Problem` with a JSON path and a sentence; they are
 raised together as one `PipelineError`. Pure Python (json, hashlib, onnx, numpy): no Qt.
 """
@@ -110,7 +116,7 @@ _RULE_KEYS = {"output", "labels", "confidence_below", "class_in", "score_above",
 # What a rule's output holds; the agent applies softmax to logits (runners._rules.SCORES says the same).
 SCORES = ("probabilities", "logits", "raw")
 _FLOAT_DATATYPES = {"FP16", "FP32", "FP64", "BF16"}
-_BUDGET_KEYS = {"max_escalations_per_s", "priority"}
+_BUDGET_KEYS = {"max_escalations_per_s", "priority", "shadow_rate"}
 _TENSOR_KEYS = {"name", "datatype", "shape"}
 
 
@@ -229,10 +235,12 @@ class Rule:
 
 @dataclass(frozen=True)
 class Budget:
-    """Governance for a stage's escalations: a rate cap (0 = unlimited) and a priority class."""
+    """Governance for a stage's escalations: a rate cap (0 = unlimited), a priority class, and the share of settled
+    rows sent up in shadow mode to estimate misses (None = the node's default, 1 %; 0 = off)."""
 
     max_escalations_per_s: float = 0.0
     priority: str = "normal"
+    shadow_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -318,7 +326,7 @@ def stage_dict(s: Stage, model: str, following: str | None, base: Path | None = 
         "inputs": [_tensor_dict(t) for t in s.inputs],
         "outputs": [_tensor_dict(t) for t in s.outputs],
         "rule": _rule_dict(s.rule),
-        "budget": asdict(s.budget),
+        "budget": {k: v for k, v in asdict(s.budget).items() if v is not None},  # shadow_rate only when set
     })
     if s.endpoint is not None and not s.rule.labels:
         del d["rule"]  # the default: the engine's first output, answers labelled by class index
@@ -579,7 +587,12 @@ def _budget(ck: _Checker, value: Any, where: str) -> Budget | None:
     if priority not in PRIORITIES:
         ck.add(f"{where}.priority", f"unknown priority {priority!r} (known: {', '.join(PRIORITIES)})")
         return None
-    return Budget(rate, priority)
+    shadow = None
+    if "shadow_rate" in d:
+        shadow = ck.number(d["shadow_rate"], f"{where}.shadow_rate", 0.0, 1.0)
+        if shadow is None:
+            return None
+    return Budget(rate, priority, shadow)
 
 
 def _providers(ck: _Checker, value: Any, where: str) -> ProviderChoice | None:

@@ -50,6 +50,7 @@ from app._document import (
     save_document,
 )
 from app._fit import FitResult, ModelCard, Requirements, check_fit, read_model_card
+from app._miss import ShadowCounts
 from app._records import ConsoleEvent, FleetEvent, FleetEventKind, NodeSample, NodeSnapshot
 from app._telemetry import LiveTelemetry, RingBuffer
 from app.pipeline_file import Pipeline, PipelineError, Stage
@@ -283,6 +284,10 @@ class TelemetryModel(QObject):
     def stage_keys(self) -> list[tuple[str, str]]:
         """(node id, stage id) pairs with live data."""
         return list(self.live.stages)
+
+    def shadow_counts(self, stage_id: str) -> ShadowCounts:
+        """The link's shadow figures (app/_miss.py) summed over the nodes running the stage."""
+        return self.live.shadow_counts(stage_id)
 
     def score_histogram(self, node_id: str, stage_id: str, since: float | None = None) -> Any:
         """Summed score histogram (20 bins over [0, 1]) of a stage since `since` (Unix seconds)."""

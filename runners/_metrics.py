@@ -30,6 +30,10 @@ _HELP = {
     "dead_letter_total": "Escalations the next hop refused as invalid, set aside (see tierdeck dead-letters)",
     "hop_errors_total": "Forwarded calls to the next hop that failed",
     "hop_calls_total": "Forwarded calls to the next hop",
+    "shadow_sent_total": "Settled rows sent to the next hop in shadow mode (never counted as escalations)",
+    "shadow_answered_total": "Shadow rows the rest of the cascade answered",
+    "shadow_agreed_total": "Answered shadow rows where the next tier gave the settled class",
+    "shadow_shed_total": "Sampled shadow rows dropped (budget, link down or backed up, buffer full)",
 }
 # Every counter of the descriptor, in its order; one without a help text fails here, at import.
 _STAGE_COUNTERS = {name: _HELP[name] for name in STAGE_COUNTERS}

@@ -6,6 +6,7 @@ import bisect
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ _WINDOW_S = 15.0  # longest telemetry interval (10 s) plus slack
 _WINDOW_MAX = 200_000
 
 COUNTERS = STAGE_COUNTERS  # from the control-plane descriptor (runners/protocol.py)
+
+if TYPE_CHECKING:
+    from runners._shadow import ShadowSampler
 
 
 @dataclass
@@ -43,6 +47,7 @@ class StageStats:
     scores: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
     hop_latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
     dead_letters: int = 0  # escalations kept aside now (the queue's dead-letter table)
+    shadow: ShadowSampler | None = None  # shadow sampling of settled rows (runners/_shadow.py), once it has a hop
 
     def add(self, name: str, amount: int = 1) -> None:
         """Increase one counter."""
@@ -96,6 +101,8 @@ class TelemetryWindow:
                                   energy_source=stats.energy_source, energy_measured=stats.energy_measured)
             for name in COUNTERS:
                 setattr(out, name, stats.counters[name])
+            if stats.shadow is not None and stats.link_state != "none":
+                stats.shadow.book.fill(out.shadow)
             inferred = stats.counters["inferences_total"] - last.counters["inferences_total"]
             escalated = stats.counters["escalated_total"] - last.counters["escalated_total"]
             out.inferences_per_s = inferred / dt

@@ -74,6 +74,7 @@ from runners._providers import (
 from runners._rules import DROPPED, ESCALATE, Decisions, evaluate
 from runners._security import peer_address
 from runners._seen import row_digests
+from runners._shadow import Disagreements, is_shadow, sampler_for, shadow_call, shadow_rate
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
 from runners._telemetry import StageStats, TelemetryWindow, attribute_energy, prune
@@ -302,6 +303,9 @@ class Agent:
         for stage in list(self.stages.values()):
             if stage.forwarder is not None:
                 await stage.forwarder.async_stop()
+        for stats in list(self.stats.values()):
+            if stats.shadow is not None:
+                await stats.shadow.async_stop()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -380,6 +384,11 @@ class Agent:
         old = self.stages.get(stage.stage_id)
         await self.wire_next_hop(stage, old)
         self.stages[stage.stage_id] = stage
+        # Shadow sampling of settled rows (runners/_shadow.py): the rate in force changes with the stage that serves;
+        # disagreeing shadow rows go to the hard-example ledger.
+        sampler = sampler_for(stage.stats)
+        sampler.set_rate(shadow_rate(stage.manifest.budget) if stage.forwarder is not None else 0.0)
+        sampler.on_disagreement = self._record_shadow_disagreed
         if stage.placement is not None:
             stage.stats.runs_on = stage.placement.runs_on
             stage.stats.cpu_fallback_nodes = stage.placement.cpu_fallback_nodes
@@ -407,6 +416,11 @@ class Agent:
                                               self.identity.target_name(hop.node_id))
         else:
             stage.stats.link_state = "none"
+
+    def _record_shadow_disagreed(self, found: Disagreements) -> None:
+        """Shadow rows the next tier answered differently: into the ledger (never blocks; see runners/_ledger.py)."""
+        self.ledger.record_shadow_disagreed(found.stage_id, found.stage_version, found.row_ids, found.inputs,
+                                            found.scores, found.score_labels, found.settled, found.answered)
 
     async def _activate_stored(self, stage_id: str) -> Stage:
         stored = await self._in_io(self.store.load, stage_id)
@@ -511,11 +525,6 @@ def example_pb(entry: LedgerEntry) -> ctl.HardExample:
                 for t in entry.inputs])
 
 
-def _is_shadow(request: pb.ModelInferRequest) -> bool:
-    """A shadow row (sampled settled rows sent up for comparison; parameters named tierdeck.shadow*)."""
-    return any(key.startswith("tierdeck.shadow") for key in request.parameters)
-
-
 def _param(value: bool | int | str) -> pb.InferParameter:
     if isinstance(value, bool):
         return pb.InferParameter(bool_param=value)
@@ -585,7 +594,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             raise AssertionError("unreachable")
         # The deployer's smoke inference runs the real path but is not traffic: it is kept out of every count.
         smoke = SMOKE in request.parameters and request.parameters[SMOKE].bool_param
-        stats = StageStats(stage.stage_id) if smoke else stage.stats
+        shadow = is_shadow(request)  # shadow rows too (runners/_shadow.py), and their escalations go on as such
+        stats = StageStats(stage.stage_id) if smoke or shadow else stage.stats
         stats.add("requests_total")
         try:
             feeds = stage.check_inputs(decode_inputs(request))
@@ -611,8 +621,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             run_feeds = feeds
         try:
             # Rows escalated from below keep their ids in the ledger (shadow rows are the sender's to record).
-            origin = [row_ids[i] for i in fresh] if fresh is not None and not _is_shadow(request) else None
-            named, decisions = await self._compute(stage, run_feeds, request.id, stats, smoke, origin) \
+            origin = [row_ids[i] for i in fresh] if fresh is not None and not shadow else None
+            named, decisions = await self._compute(stage, run_feeds, request.id, stats, smoke, origin,
+                                                   "shadow" if shadow else "") \
                 if fresh != [] else ({}, None)
         except Exception as exc:  # onnxruntime's own exception types
             stats.add("errors_total")
@@ -644,7 +655,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray], request_id: str, stats: StageStats,
-                       smoke: bool = False, origin_row_ids: list[str] | None = None
+                       smoke: bool = False, origin_row_ids: list[str] | None = None, mode: str = ""
                        ) -> tuple[dict[str, np.ndarray], Decisions | None]:
         """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row."""
         outputs, compute_s = await stage.async_run(feeds, self.agent.compute, self.agent.compute_workers)
@@ -655,13 +666,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             stats.add("inferences_total", first.shape[0] if first is not None and first.ndim else 1)
             return named, None
         decisions = await self._decide(stage, feeds, named[stage.rule.output], request_id, stats, smoke,
-                                       origin_row_ids)
+                                       origin_row_ids, mode)
         stats.add("inferences_total", len(decisions))
         return named, decisions
 
     async def _decide(self, stage: Stage, feeds: dict[str, np.ndarray], output: np.ndarray,
                       request_id: str, stats: StageStats, smoke: bool = False,
-                      origin_row_ids: list[str] | None = None) -> Decisions:
+                      origin_row_ids: list[str] | None = None, mode: str = "") -> Decisions:
         """Apply the rule, forward what escalates (within the budget), and answer per row."""
         assert stage.rule is not None
         rule = stage.rule
@@ -677,8 +688,18 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         stats.add("dropped_total", int((outcome.action == DROPPED).sum()))
         escalate = np.flatnonzero(outcome.action == ESCALATE)
         stats.add("escalated_total", len(escalate))
+        sampler = stage.stats.shadow
+        if sampler is not None and sampler.rate > 0.0 and not smoke and not mode:  # shadow sample (runners/_shadow)
+            sampler.sample(stage.forwarder, stage.bucket, feeds, outcome, decisions, output, stage.version,
+                           rule.labels)
         send = escalate[:0]
-        if len(escalate) and stage.forwarder is not None:
+        if mode == "shadow":  # a shadow row escalates in shadow mode, or settles here when the link cannot take it
+            if len(escalate) and stage.forwarder is not None:
+                answers = await shadow_call(stage.forwarder, {n: np.ascontiguousarray(a[escalate])
+                                                              for n, a in feeds.items()})
+                if answers is not None:
+                    decisions.assign(escalate, answers)
+        elif len(escalate) and stage.forwarder is not None:
             if smoke:
                 send = escalate
             else:
@@ -697,6 +718,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                         origin_row_ids=[origin_row_ids[i] for i in send] if origin_row_ids else None)
                 if answers is not None:
                     decisions.assign(send, answers)
+                    if sampler is not None and sampler.rate > 0.0 and not smoke:
+                        sampler.note_escalated(rule.labels, rule.class_in, outcome, send, answers)
         if origin_row_ids and not smoke:
             self._record_arrived(stage, feeds, output, decisions, send, origin_row_ids)
         stats.add("provisional_total", int((~decisions.final).sum()))

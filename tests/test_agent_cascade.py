@@ -48,7 +48,9 @@ async def _wait_totals(address: str, stage_id: str, done, timeout: float = 60.0)
 
 
 def _deploy_chain(tmp: Path, device: AgentProcess, edge: AgentProcess, cloud: AgentProcess,
-                  device_budget: float = 0.0) -> None:
+                  device_budget: float = 0.0, shadow_rate: float | None = None) -> None:
+    """The three-tier chain; `shadow_rate` None leaves the nodes' default shadow sampling (1 %) on."""
+    shadow = ctl.Budget() if shadow_rate is None else ctl.Budget(shadow_rate=shadow_rate)
     files = {name: classifier(tmp / f"{name}.onnx", w).read_bytes()
              for name, w in (("device", W_DEVICE), ("edge", W_EDGE), ("cloud", W_CLOUD))}
 
@@ -58,13 +60,14 @@ def _deploy_chain(tmp: Path, device: AgentProcess, edge: AgentProcess, cloud: Ag
         async with NodeClient(edge.address) as client:
             rule = ctl.EscalationRule(output="probs", labels=EDGE_LABELS, confidence_below=EDGE_THRESHOLD)
             hop = ctl.NextHop(address=cloud.address, model="heavy", labels=EDGE_LABELS)
-            await client.deploy(manifest_for("classifier", files["edge"], "1", rule=rule, next_hop=hop),
-                                files["edge"])
+            await client.deploy(manifest_for("classifier", files["edge"], "1", rule=rule, next_hop=hop,
+                                             budget=shadow), files["edge"])
         async with NodeClient(device.address) as client:
             rule = ctl.EscalationRule(output="probs", labels=["water", "vessel"], drop_class=["water"],
                                       class_in=["vessel"])
             hop = ctl.NextHop(address=edge.address, model="classifier")
             budget = ctl.Budget(max_escalations_per_s=device_budget, priority="high")
+            budget.MergeFrom(shadow)
             await client.deploy(manifest_for("detector", files["device"], "1", rule=rule, next_hop=hop,
                                              budget=budget), files["device"])
 

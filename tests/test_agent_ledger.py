@@ -52,7 +52,7 @@ def test_each_node_records_what_it_saw_and_rows_join_by_id(tmp_path: Path) -> No
     with running_agent(tmp_path / "cloud", *every, tier="cloud", name="cloud") as cloud, \
             running_agent(tmp_path / "edge", *every, tier="edge", name="edge") as edge, \
             running_agent(tmp_path / "device", *every, tier="device", name="device") as device:
-        _deploy_chain(tmp_path, device, edge, cloud)
+        _deploy_chain(tmp_path, device, edge, cloud, shadow_rate=0.0)  # escalated rows only (shadow: test_shadow)
         to_edge, to_cloud, labels, stages = _expected()
         assert _send(device.address, X) == labels
         dev = _wait_recorded(device.address, int(to_edge.sum()))

@@ -116,7 +116,9 @@ def test_a_version_1_database_is_migrated_and_keeps_its_rows(tmp_path: Path) -> 
         version = db.read(schema_version).result(10)
     finally:
         db.close()
-    assert version == SCHEMA_VERSION == 3
+    assert version == SCHEMA_VERSION == 4
+    assert {"shadow_sent_total", "shadow_answered_total", "shadow_agreed_total", "shadow_shed_total"} <= set(
+        sqlite_utils.Database(path)["telemetry"].columns_dict)
     assert positions["node-a"].seq == 7 and positions["node-a"].stage_totals["s1"][1] == 70
     assert [(r["seq"], r["inferences_total"], r["duplicates_total"]) for r in rows] == [(7, 70, None), (8, 80, 0)]
 

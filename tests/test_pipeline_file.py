@@ -138,6 +138,10 @@ INVALID: list[tuple[str, Callable[[dict[str, Any]], None], str, str]] = [
      "stages[0].budget.max_escalations_per_s", "must be in [0, …]"),
     ("unknown priority", _set("stages[0].budget.priority", "urgent"), "stages[0].budget.priority",
      "unknown priority 'urgent'"),
+    ("shadow rate above 1", _set("stages[0].budget.shadow_rate", 5), "stages[0].budget.shadow_rate",
+     "must be in [0, 1]"),
+    ("shadow rate as text", _set("stages[0].budget.shadow_rate", "1%"), "stages[0].budget.shadow_rate",
+     "must be a number, not a string"),
     ("absolute model path", _set("stages[0].model", "/etc/passwd"), "stages[0].model",
      "must be relative to the pipeline file"),
     ("input not in model", _set("stages[0].inputs[0].name", "img"), "stages[0].inputs[0].name",
@@ -197,6 +201,21 @@ def test_pinned_nodes_and_budget(workdir: Path, doc: dict[str, Any]) -> None:
     assert p.stages[1].placement.nodes == ("edge-7f3a", "edge-19c2") and p.stages[1].placement.tier is None
     assert p.stages[1].budget == Budget(50.0, "bulk")
     assert p.stages[2].budget == Budget()
+
+
+def test_shadow_rate_is_read_saved_and_sent_to_the_node(workdir: Path, doc: dict[str, Any]) -> None:
+    from app._deployer import budget_proto
+
+    doc["stages"][0]["budget"]["shadow_rate"] = 0.05
+    doc["stages"][1]["budget"]["shadow_rate"] = 0
+    p = _load(workdir, doc)
+    assert [s.budget.shadow_rate for s in p.stages] == [0.05, 0.0, None]
+    again = json.loads(dumps_pipeline(p))
+    assert [s["budget"].get("shadow_rate") for s in again["stages"]] == [0.05, 0, None]
+    assert "shadow_rate" not in again["stages"][2]["budget"]  # unset stays unset: the node's default (1 %)
+    protos = [budget_proto(s.budget) for s in p.stages]
+    assert [b.shadow_rate for b in protos[:2]] == [0.05, 0.0] and not protos[2].HasField("shadow_rate")
+    assert protos[1].HasField("shadow_rate")  # 0 is sent: it turns sampling off
 
 
 def test_not_json_and_unreadable(tmp_path: Path) -> None:

@@ -63,6 +63,7 @@ class LinkView:
     routes: tuple[str, ...] = ()
     live: str = ""
     warning: bool = False
+    missed: str = ""   # the shadow sample's estimate, e.g. "missed ≈ 0.8 % (0.3–1.9)" ("" before any is answered)
 
 
 @dataclass(frozen=True)
@@ -435,13 +436,13 @@ class LinkItem(QGraphicsObject):
         painter.setBrush(QBrush(colour))
         painter.drawPolygon(head)
         box = self.label_rect()
+        line = (box.height() - 4) / (4 if self.view.missed else 3)  # a fourth once the shadow sample says something
         painter.setBrush(QColor(theme.BG))
         painter.setPen(QPen(colour, 1.5))
         painter.drawRoundedRect(box, 5, 5)
         font = QFont(self.canvas.font())
         bold = QFont(font)
         bold.setBold(True)
-        line = (box.height() - 4) / 3
         painter.setFont(bold)
         painter.setPen(QColor(theme.TEXT))
         painter.drawText(QRectF(box.left() + 6, box.top() + 2, box.width() - 12, line), Qt.AlignmentFlag.AlignVCenter,
@@ -456,6 +457,10 @@ class LinkItem(QGraphicsObject):
         painter.drawText(QRectF(box.left() + 6, box.top() + 2 + 2 * line, box.width() - 12, line),
                          Qt.AlignmentFlag.AlignVCenter,
                          _elide(font, self.view.live or "not deployed", box.width() - 12))
+        if self.view.missed:
+            painter.setPen(QColor(theme.WARN))
+            painter.drawText(QRectF(box.left() + 6, box.top() + 2 + 3 * line, box.width() - 12, line),
+                             Qt.AlignmentFlag.AlignVCenter, _elide(font, self.view.missed, box.width() - 12))
 
     def mousePressEvent(self, event: QGraphicsSceneMouseEvent) -> None:
         """Select the link (the what-if plot follows)."""

@@ -10,6 +10,8 @@ from dataclasses import replace
 
 from PySide6.QtCore import Slot
 
+from app._miss import describe_link, link_label, miss_estimate
+
 
 class CanvasLiveOverlay:
     """Live figures on the canvas's items (a mixin of `PipelineCanvas`)."""
@@ -58,11 +60,14 @@ class CanvasLiveOverlay:
             card.update()
         for stage_id, link in self.links.items():
             live = self.live_rate_text(stage_id)
-            if live != link.view.live or force:
-                link.view = replace(link.view, live=live)
+            missed = self.live_miss_text(stage_id)
+            if live != link.view.live or missed != link.view.missed or force:
+                link.view = replace(link.view, live=live, missed=missed)
+                sentence = self.miss_sentence(stage_id)
                 link.setToolTip(f"{stage_id} escalates when {self.rule_text(stage_id)}\n"
                                 f"{live or 'not deployed: no live rate yet'}\n"
-                                "Double-click or F2 edits the threshold; the what-if plot prices a new one.")
+                                + (f"{sentence}\n" if sentence else "")
+                                + "Double-click or F2 edits the threshold; the what-if plot prices a new one.")
                 link.update()
 
     def live_rate_text(self, stage_id: str) -> str:
@@ -84,3 +89,42 @@ class CanvasLiveOverlay:
             return ""
         rate = escalated / inferred if inferred else 0.0
         return f"live {rate * 100:.1f} % · {escalated:,.1f}/s"
+
+    def live_miss_text(self, stage_id: str) -> str:
+        """'missed ≈ 0.8 % (0.3–1.9)': the link's shadow estimate ('' before a shadow row is answered)."""
+        if self.telemetry is None:
+            return ""
+        return link_label(miss_estimate(self.telemetry.shadow_counts(stage_id)))
+
+    def miss_sentence(self, stage_id: str) -> str:
+        """'detector → classifier: settles 63.5 %, of which an estimated 0.8 % (0.3–1.9 %) are vessels …' ('' when
+        the link has no answered shadow rows)."""
+        if self.telemetry is None:
+            return ""
+        counts = self.telemetry.shadow_counts(stage_id)
+        estimate = miss_estimate(counts)
+        if not estimate.known:
+            return ""
+        inferred, escalated = self._stage_totals(stage_id)
+        ids = [s.id for s in self.pipeline.stages()]
+        after = ids[ids.index(stage_id) + 1] if stage_id in ids and ids.index(stage_id) + 1 < len(ids) else "next tier"
+        try:
+            class_in = tuple(self.pipeline.stage(stage_id).rule.class_in)
+        except KeyError:
+            class_in = ()
+        settles = 1.0 - escalated / inferred if inferred else 0.0
+        top = sorted(counts.pairs.items(), key=lambda kv: -kv[1])[:4]
+        pairs = "; ".join(f"{settled} → {answered}: {n}" for (settled, answered), n in top)
+        return describe_link(stage_id, after, settles, estimate, class_in) + (f" ({pairs})" if pairs else "")
+
+    def _stage_totals(self, stage_id: str) -> tuple[float, float]:
+        """(inferences, escalated) of the stage since its nodes started, from their latest samples."""
+        inferred = escalated = 0.0
+        assert self.telemetry is not None
+        for node_id in {n for n, sid in self.telemetry.stage_keys() if sid == stage_id}:
+            sample = self.telemetry.latest(node_id)
+            for st in sample.stages if sample is not None else ():
+                if st.stage_id == stage_id:
+                    inferred += st.inferences_total
+                    escalated += st.escalated_total
+        return inferred, escalated

@@ -61,6 +61,7 @@ from widgets._series import (
     combine,
     history_series,
     merge,
+    missed_rate,
     typical_interval,
 )
 
@@ -91,6 +92,7 @@ PLOTS = (
     PlotSpec("energy", "Energy per inference", "mJ", 1000.0, log=True),
     PlotSpec("latency", "Latency p95 (worst node)", "ms"),
     PlotSpec("backlog", "Store-and-forward backlog", "escalations"),
+    PlotSpec("missed", "Missed (est.) per link: settled rows the next tier would have caught", "%", 100.0),
 )
 
 
@@ -352,6 +354,8 @@ class Dashboard(QWidget):
         self.plots_drawn = 0
         self._drawn_at: dict[str, int] = {}
         self._tiles_at = 0.0
+        self._missed_token: object = None
+        self._missed_series: list[Series] = []
 
         # controls
         self.window_buttons = QButtonGroup(self)
@@ -406,8 +410,9 @@ class Dashboard(QWidget):
         for i, spec in enumerate(PLOTS):
             panel = PlotPanel(spec, self)
             self.panels[spec.key] = panel
-            self.grid.addWidget(panel, i // 3, i % 3)
-            if i < 3:   # one time axis per column, under the bottom row: the plots share the window
+            last = i + 1 == len(PLOTS)   # the last plot takes the rest of its row
+            self.grid.addWidget(panel, i // 3, i % 3, 1, 3 - i % 3 if last else 1)
+            if i + 3 < len(PLOTS):   # one time axis per column, under the bottom row: the plots share the window
                 panel.plot.getPlotItem().getAxis("bottom").setStyle(showValues=False)
                 panel.plot.getPlotItem().getAxis("bottom").setHeight(6)
         layout = QVBoxLayout(self)
@@ -628,8 +633,33 @@ class Dashboard(QWidget):
             self._per_node(frame, latest, names)
         else:
             self._per_tier(frame, tier_of)
+        self._missed(frame, list(tier_of))
         self._tiles(frame, latest)
         return frame
+
+    def _missed(self, frame: Frame, node_ids: list[str]) -> None:
+        """The "missed (est.)" plot: per link, the shadow sample's share of settled rows the next tier would have
+        caught (runners/_shadow.py, app/_miss.py), from the stage rings' cumulative shadow counters."""
+        tel = self.telemetry
+        links: dict[str, list[object]] = {}
+        for node_id, stage_id in tel.stage_keys():
+            ring = tel.stage_series(node_id, stage_id)
+            if ring is not None and len(ring) and ring.last("shadow_answered_total"):
+                links.setdefault(stage_id, []).append(ring)
+        width = self._bin_width(node_ids)
+        token = (int(frame.end // width), self.window_s, tuple(sorted(links)))
+        if token != self._missed_token:
+            grid = Grid(frame.start, frame.end, width)
+            series = []
+            for i, stage_id in enumerate(self._link_order(links)):
+                rows = [(ring.series("shadow_answered_total", frame.start),  # type: ignore[attr-defined]
+                         ring.series("shadow_agreed_total", frame.start))  # type: ignore[attr-defined]
+                        for ring in links[stage_id]]
+                series.append(Series(self._link_label(stage_id), grid.centers, missed_rate(grid, rows),
+                                     theme.SERIES_COLOURS[i % len(theme.SERIES_COLOURS)]))
+            self._missed_token, self._missed_series = token, series
+        frame.plots["missed"] = self._missed_series
+        frame.tokens["missed"] = token
 
     # ----- per tier / link: the incremental rollup ---------------------------------------------------------------
     @property

@@ -43,6 +43,8 @@ def probe(window: MainWindow) -> dict[str, Any]:
             cards[node.name] = _global(view, canvas.mapFromScene(card.sceneBoundingRect().center()))
     chips = {sid: _global(view, canvas.mapFromScene(chip.sceneBoundingRect().topLeft() + QPointF(100, 16)))
              for sid, chip in canvas.chips.items()}
+    links = {sid: _global(view, canvas.mapFromScene(link.label_rect().center()))
+             for sid, link in canvas.links.items()}
     dialogs = []
     for w in QApplication.topLevelWidgets():
         if isinstance(w, QDialog) and w.isVisible():
@@ -81,7 +83,7 @@ def probe(window: MainWindow) -> dict[str, Any]:
                    "geometry": [window.x(), window.y(), window.width(), window.height()],
                    "tab": window.tabs.tabText(window.tabs.currentIndex()).replace("&", "")},
         "focus": type(focus).__name__ if focus is not None else "",
-        "palette": items, "lanes": lanes, "cards": cards, "chips": chips,
+        "palette": items, "lanes": lanes, "cards": cards, "chips": chips, "links": links,
         "threshold_editor": canvas.editor() is not None,
         "routes": canvas.route_words(), "warnings": [w for _, w in canvas.warnings],
         "problems": [window.editor.problems.item(i).text() for i in range(window.editor.problems.count())],

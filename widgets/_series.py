@@ -504,3 +504,14 @@ class TierRollup:
         escalated = self.values("escalated", stage_id)
         with np.errstate(all="ignore"):
             return np.where(inferred > 0, escalated / inferred, np.where(np.isfinite(inferred), 0.0, np.nan))
+
+
+def missed_rate(grid: Grid, nodes: Sequence[tuple[tuple[Array, Array], tuple[Array, Array]]]) -> Array:
+    """A link's estimated miss rate per bin from its nodes' cumulative shadow counters ((answered, agreed) series
+    per node): (answered − agreed) / answered summed over the nodes; NaN before any shadow row was answered."""
+    if not nodes:
+        return np.full(grid.count, np.nan)
+    answered = combine([grid.bin_mean(*a) for a, _ in nodes])
+    agreed = combine([grid.bin_mean(*g) for _, g in nodes])
+    with np.errstate(all="ignore"):
+        return np.where(answered > 0, (answered - agreed) / answered, np.nan)

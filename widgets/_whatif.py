@@ -37,6 +37,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app._miss import ShadowCounts, percent, predict_misses
 from app.pipeline_file import Rule
 from app.qt import Dispatcher, FleetModel, PipelineModel, TelemetryModel
 from widgets import _theme as theme
@@ -81,6 +82,7 @@ class WhatIfPanel(QWidget):
         self.pusher = pusher
         self.stage_id = ""
         self.hist = np.zeros(BINS)
+        self.shadow: ShadowCounts | None = None
         self.rows = 0.0
         self.rate_in = 0.0
         self._dispatcher = Dispatcher(self)
@@ -96,7 +98,7 @@ class WhatIfPanel(QWidget):
         for title, _ in WINDOWS:
             self.score_window.addItem(title)
         self.plot = pg.PlotWidget(self)
-        self.plot.setMinimumHeight(180)
+        self.plot.setMinimumHeight(130)   # leaves room for both readouts on a laptop screen
         self.plot.setMouseEnabled(x=False, y=False)
         self.plot.hideButtons()
         self.plot.setMenuEnabled(False)
@@ -123,6 +125,12 @@ class WhatIfPanel(QWidget):
         self.readout = QLabel(self)
         self.readout.setWordWrap(True)
         self.readout.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # What the shadow sample says about misses (app/_miss.py): now and at the proposed threshold.
+        self.misses = QLabel(self)
+        self.misses.setWordWrap(True)
+        self.misses.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.misses.setStyleSheet(f"color: {theme.WARN}")
+        self.misses.setAccessibleName("Estimated misses")
         self.proposal = QDoubleSpinBox(self)
         self.proposal.setDecimals(3)
         self.proposal.setSingleStep(0.01)
@@ -152,6 +160,7 @@ class WhatIfPanel(QWidget):
         layout.addLayout(top)
         layout.addWidget(self.plot, 1)
         layout.addWidget(self.readout)
+        layout.addWidget(self.misses)
         layout.addLayout(controls)
         layout.addLayout(buttons)
 
@@ -186,6 +195,7 @@ class WhatIfPanel(QWidget):
         if not stage_id:
             self.title.setText("What-if: select an escalation link (click an arrow, or a stage and Tab)")
             self.readout.setText("")
+            self.misses.setText("")
             self.curve.setData([], [])
             self.bars.setOpts(x0=[], width=[], height=[])
             self.current_line.setVisible(False)
@@ -254,6 +264,7 @@ class WhatIfPanel(QWidget):
                 rate_in += ring.last("inferences_per_s") or 0.0
             nodes += 1
         self.hist, self.rows, self.rate_in = hist, float(hist.sum()), rate_in
+        self.shadow = self.telemetry.shadow_counts(self.stage_id)
         rule = self._rule()
         kind = getattr(self, "field", "confidence_below")
         xs = np.linspace(0.0, 1.0, 201)
@@ -300,6 +311,31 @@ class WhatIfPanel(QWidget):
             parts.append(f"At {new:.2f}: {new_frac * 100:.1f} % would escalate (≈ {new_frac * self.rate_in:,.1f}/s).")
         parts.append(f"From {self.rows:,.0f} scored rows.{caveat}")
         self.readout.setText(" ".join(parts))
+        self.misses.setText(self.miss_text(now_value, new))
+
+    def miss_text(self, now_value: float | None, new: float) -> str:
+        """What the shadow sample says about misses now and at the proposed threshold, with 95 % intervals."""
+        counts = self.shadow
+        if counts is None or not self.stage_id:
+            return ""
+        if not counts.answered:
+            return ("Misses: no shadow rows answered yet on this link"
+                    + (f" (shadow rate {counts.rate * 100:g} %)" if counts.rate else " (shadow sampling is off)") + ".")
+        current = now_value if now_value is not None else new
+        settled_now = 1.0 - self.escalation_at(current)
+        p = predict_misses(counts, self.field, current, new, settled_now)
+        if p is None:
+            return ""
+        sources = f"{p.shadow_rows:,} shadow rows" + (f", {p.escalated_rows:,} escalated answers"
+                                                       if p.escalated_rows else "")
+        text = (f"Missed (est., of all inputs): now {percent(p.now)} "
+                f"({percent(p.now_low).removesuffix(' %')}–{percent(p.now_high)})")
+        if abs(new - current) > 1e-9:
+            text += (f"; at {new:.2f}: {percent(p.new)} ({percent(p.new_low).removesuffix(' %')}–"
+                     f"{percent(p.new_high)}), {(p.new - p.now) * 100:+.2f} pts")
+            if p.extrapolated:
+                text += " (no answers yet for the rows it would newly settle: at least this)"
+        return f"{text}. From {sources}."
 
     # ----- proposal ---------------------------------------------------------------------------------------
     def _set_proposal(self, value: float) -> None:

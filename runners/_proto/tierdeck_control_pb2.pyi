@@ -169,12 +169,14 @@ class NextHop(_message.Message):
     def __init__(self, address: _Optional[str] = ..., model: _Optional[str] = ..., model_version: _Optional[str] = ..., labels: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., node_id: _Optional[str] = ..., external: _Optional[bool] = ..., tls_ca: _Optional[bytes] = ..., tls_cert: _Optional[bytes] = ..., tls_key: _Optional[bytes] = ..., output: _Optional[str] = ..., input_names: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Budget(_message.Message):
-    __slots__ = ("max_escalations_per_s", "priority")
+    __slots__ = ("max_escalations_per_s", "priority", "shadow_rate")
     MAX_ESCALATIONS_PER_S_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_RATE_FIELD_NUMBER: _ClassVar[int]
     max_escalations_per_s: float
     priority: str
-    def __init__(self, max_escalations_per_s: _Optional[float] = ..., priority: _Optional[str] = ...) -> None: ...
+    shadow_rate: float
+    def __init__(self, max_escalations_per_s: _Optional[float] = ..., priority: _Optional[str] = ..., shadow_rate: _Optional[float] = ...) -> None: ...
 
 class StageManifest(_message.Message):
     __slots__ = ("stage_id", "version", "sha256", "size_bytes", "input_names", "output_names", "rule", "next_hop", "budget", "max_batch", "providers")
@@ -331,7 +333,7 @@ class WatchTelemetryRequest(_message.Message):
     def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
 
 class StageTelemetry(_message.Message):
-    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "duplicates_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram", "runs_on", "cpu_fallback_nodes", "energy_source", "energy_measured", "dead_letter_total", "dead_letters", "hop_latency_p95_ms", "hop_errors_total", "hop_calls_total")
+    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "duplicates_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram", "runs_on", "cpu_fallback_nodes", "energy_source", "energy_measured", "dead_letter_total", "dead_letters", "hop_latency_p95_ms", "hop_errors_total", "hop_calls_total", "shadow_sent_total", "shadow_answered_total", "shadow_agreed_total", "shadow_shed_total", "shadow")
     STAGE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     INFERENCES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -367,6 +369,11 @@ class StageTelemetry(_message.Message):
     HOP_LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
     HOP_ERRORS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     HOP_CALLS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_SENT_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_ANSWERED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_AGREED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_SHED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
     stage_id: str
     requests_total: int
     inferences_total: int
@@ -402,7 +409,40 @@ class StageTelemetry(_message.Message):
     hop_latency_p95_ms: float
     hop_errors_total: int
     hop_calls_total: int
-    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., duplicates_total: _Optional[int] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ..., runs_on: _Optional[str] = ..., cpu_fallback_nodes: _Optional[int] = ..., energy_source: _Optional[str] = ..., energy_measured: _Optional[bool] = ..., dead_letter_total: _Optional[int] = ..., dead_letters: _Optional[int] = ..., hop_latency_p95_ms: _Optional[float] = ..., hop_errors_total: _Optional[int] = ..., hop_calls_total: _Optional[int] = ...) -> None: ...
+    shadow_sent_total: int
+    shadow_answered_total: int
+    shadow_agreed_total: int
+    shadow_shed_total: int
+    shadow: ShadowTelemetry
+    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., duplicates_total: _Optional[int] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ..., runs_on: _Optional[str] = ..., cpu_fallback_nodes: _Optional[int] = ..., energy_source: _Optional[str] = ..., energy_measured: _Optional[bool] = ..., dead_letter_total: _Optional[int] = ..., dead_letters: _Optional[int] = ..., hop_latency_p95_ms: _Optional[float] = ..., hop_errors_total: _Optional[int] = ..., hop_calls_total: _Optional[int] = ..., shadow_sent_total: _Optional[int] = ..., shadow_answered_total: _Optional[int] = ..., shadow_agreed_total: _Optional[int] = ..., shadow_shed_total: _Optional[int] = ..., shadow: _Optional[_Union[ShadowTelemetry, _Mapping]] = ...) -> None: ...
+
+class ShadowTelemetry(_message.Message):
+    __slots__ = ("rate", "disagreements", "bins", "answered", "disagreed", "escalated_answered", "escalated_disagreed")
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    DISAGREEMENTS_FIELD_NUMBER: _ClassVar[int]
+    BINS_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    DISAGREED_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_DISAGREED_FIELD_NUMBER: _ClassVar[int]
+    rate: float
+    disagreements: _containers.RepeatedCompositeFieldContainer[ShadowPair]
+    bins: int
+    answered: _containers.RepeatedScalarFieldContainer[int]
+    disagreed: _containers.RepeatedScalarFieldContainer[int]
+    escalated_answered: _containers.RepeatedScalarFieldContainer[int]
+    escalated_disagreed: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, rate: _Optional[float] = ..., disagreements: _Optional[_Iterable[_Union[ShadowPair, _Mapping]]] = ..., bins: _Optional[int] = ..., answered: _Optional[_Iterable[int]] = ..., disagreed: _Optional[_Iterable[int]] = ..., escalated_answered: _Optional[_Iterable[int]] = ..., escalated_disagreed: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ShadowPair(_message.Message):
+    __slots__ = ("settled", "answered", "count")
+    SETTLED_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    settled: str
+    answered: str
+    count: int
+    def __init__(self, settled: _Optional[str] = ..., answered: _Optional[str] = ..., count: _Optional[int] = ...) -> None: ...
 
 class TelemetrySample(_message.Message):
     __slots__ = ("node_id", "boot_id", "seq", "timestamp_ms", "interval_s", "cpu_percent", "rss_bytes", "power_watts", "power_source", "power_measured", "energy_joules_total", "stages", "backlog")

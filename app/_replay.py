@@ -50,9 +50,11 @@ STAGE_TRACK = (*STAGE_COLUMNS, "link")
 _RAW_NODE = ("cpu_percent", "power_watts", "rss_bytes", "energy_joules_total", "backlog", "power_measured")
 # STAGE_TRACK's columns from a raw row (escalated/s is not stored: the agent's rate × escalation rate, both over
 # its interval); the link state as its LINK_STATES code.
+# (one expression per STAGE_TRACK column, in its order)
 _RAW_STAGE_SQL = (
     "inferences_per_s, inferences_per_s * escalation_rate, escalation_rate, latency_p50_ms, latency_p95_ms, "
     "latency_p99_ms, queue_depth, energy_per_inference_j, inferences_total, errors_total, "
+    "shadow_answered_total, shadow_agreed_total, "
     "CASE link_state " + " ".join(f"WHEN '{v}' THEN {i}" for i, v in enumerate(LINK_STATES) if v) + " ELSE 0 END")
 
 
@@ -246,7 +248,7 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
                     stage_t.setdefault(key, []).append(t)
                     stage_rows.setdefault(key, []).append(
                         [inferences / 60, escalated / 60, _num(r[4]), math.nan, _num(r[5]), _num(r[6]),
-                         _num(r[7]), math.nan, math.nan, math.nan, 0.0])
+                         _num(r[7]), math.nan, math.nan, math.nan, math.nan, math.nan, 0.0])
     # Raw rows straight into numpy, a chunk at a time (no Python float per value: a 1 h window of 50 nodes is
     # 360,000 rows).
     raw_nodes: dict[str, tuple[Array, list[str]]] = {}
@@ -474,13 +476,15 @@ def _int(value: float) -> int:
 
 
 def _stage_sample(stage_id: str, track: Track, i: int) -> StageSample:
-    """A StageSample holding what a track row recorded (counters other than inferences/errors are not kept)."""
+    """A StageSample holding what a track row recorded (of the counters, inferences, errors and shadow ones)."""
     v = dict(zip(track.columns, (float(x) for x in track.data[i]), strict=True))
     counters = dict.fromkeys(STAGE_COUNTERS, 0)
     counters["inferences_total"] = _int(v["inferences_total"])
     counters["errors_total"] = _int(v["errors_total"])
+    counters["shadow_answered_total"] = _int(v["shadow_answered_total"])
+    counters["shadow_agreed_total"] = _int(v["shadow_agreed_total"])
     return StageSample._make([
         stage_id, *counters.values(), 0, 0, 0, 0, 0, 0,
         v["inferences_per_s"], v["escalated_per_s"], v["escalation_rate"], v["latency_p50_ms"], v["latency_p95_ms"],
         v["latency_p99_ms"], _int(v["queue_depth"]), LINK_STATES[int(v["link"])], 0.0, v["energy_per_inference_j"],
-        "", (), 0, 0.0])
+        "", (), 0, 0.0, None])

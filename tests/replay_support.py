@@ -32,12 +32,13 @@ class Incident:
 
 def stage_sample(stage_id: str, i: int, link: str) -> StageSample:
     """Stage figures that differ from second to second (so a frame off by one sample is seen)."""
-    counters = dict.fromkeys(STAGE_COUNTERS, 0) | {"inferences_total": 10 * i + 3, "errors_total": i // 50}
+    counters = dict.fromkeys(STAGE_COUNTERS, 0) | {"inferences_total": 10 * i + 3, "errors_total": i // 50,
+                                                  "shadow_answered_total": 2 * i, "shadow_agreed_total": 2 * i - i // 9}
     ips = 10.0 + (i % 7)
     rate = 0.05 + (i % 5) / 100
     return StageSample._make([stage_id, *counters.values(), 10, int(10 * rate), 0, 0, 0, 0, ips, ips * rate, rate,
                               1.0 + i % 3, 2.0 + (i % 11) / 4, 4.0 + i % 13, i % 4, link, 0.5 * i, 0.001 * (1 + i % 3),
-                              "", (), 0, 0.0])
+                              "", (), 0, 0.0, None])
 
 
 def node_sample(node_id: str, stage_id: str, i: int, ts_ms: int, link: str) -> NodeSample:

@@ -58,7 +58,7 @@ def test_frame_at_t_shows_exactly_what_was_recorded(incident: tuple[Path, Incide
             ws, gs = want.stages[0], got.stages[0]
             for field in ("stage_id", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms",
                           "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_per_inference_j",
-                          "inferences_total", "errors_total"):
+                          "inferences_total", "errors_total", "shadow_answered_total", "shadow_agreed_total"):
                 assert getattr(gs, field) == getattr(ws, field), (t, node_id, field)
             # the rings hold every row up to t, as the live rings would have
             ring = view.node_series(node_id)

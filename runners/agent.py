@@ -67,6 +67,7 @@ from runners._security import peer_address
 from runners._seen import row_digests
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
+from runners._stream import STREAM_EXTENSION, StreamServer
 from runners._telemetry import StageStats, TelemetryWindow, attribute_energy, prune
 from runners._tensors import TensorError, decode_inputs, encode_outputs, nonfinite
 from runners.client import FAILED_STEP_KEY
@@ -173,6 +174,7 @@ class Agent:
         self._advertiser: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
+        self.stream = StreamServer(InferenceService(self).ModelInfer)  # StreamInfer: ModelInfer per message
 
     # -- life cycle -------------------------------------------------------------------------------
     async def async_start(self) -> str:
@@ -279,6 +281,7 @@ class Agent:
         """Finish in-flight requests, flush forwarders to disk, say goodbye on mDNS."""
         self._stopping.set()
         await self.health.enter_graceful_shutdown()
+        self.stream.close()  # open StreamInfer links end after their answers, not at the end of the grace
         if self._advertiser is not None:
             await self._advertiser.async_stop()
         if self._server is not None:
@@ -494,7 +497,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(self, request: pb.ServerMetadataRequest,
                              context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:
         await self.agent.allow(context, "fleet")
-        return pb.ServerMetadataResponse(name="tierdeck", version=__version__, extensions=["tierdeck_cascade"])
+        return pb.ServerMetadataResponse(name="tierdeck", version=__version__,
+                                         extensions=["tierdeck_cascade", STREAM_EXTENSION])
 
     def _stage(self, name: str, version: str) -> Stage | None:
         stage = self.agent.stages.get(name)
@@ -591,6 +595,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         encode_outputs(response, [(n, named[n]) for n in selected])
         stats.record_latency(time.perf_counter() - started, time.monotonic())
         return response
+
+    async def StreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamInferResponse]:
+        """tierdeck's extension: ModelInfer per message of one long-lived stream, answers in request order
+        (runners/_stream.py)."""
+        async for reply in self.agent.stream.serve(request_iterator, context):
+            yield reply
 
     async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray], request_id: str, stats: StageStats,
                        smoke: bool = False) -> tuple[dict[str, np.ndarray], Decisions | None]:

@@ -470,7 +470,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                               "client": {"batch": args.batch, "concurrency": args.concurrency, "repeats": args.repeats,
                                          "transport": "gRPC (OIP v2) on loopback, insecure, " + (
                                              "StreamInfer" if args.transport == "stream" else "ModelInfer"),
-                                         "ort_threads_per_session": 1},
+                                         "ort_threads_per_session": 1,
+                                         "malloc": "the agents' glibc thresholds (runners.agent)"},
                               "machine": {"cpu_cores": psutil.cpu_count(), "logical": True},
                               "pipeline": str(PIPELINE.relative_to(ROOT)),
                               "thresholds": {s.id: s.rule.confidence_below for s in chain[:-1]}}
@@ -642,6 +643,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.n is not None and args.n < 1:
         parser.error("--n must be positive")
+    from runners.agent import _limit_malloc_arenas
+
+    _limit_malloc_arenas()  # this client sends 512 KiB messages too: the same glibc thresholds as the agents
     with tempfile.TemporaryDirectory(prefix="tierdeck-cascade-") as tmp:
         report = asyncio.run(run(args, Path(tmp)))
         print_report(report)

@@ -208,3 +208,4 @@ def test_escalations_travel_as_stream_messages_between_tiers(tmp_path: Path) -> 
             await server.stop(None)
     asyncio.run(go())
     assert sum(seen) == 40
+

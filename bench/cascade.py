@@ -1,7 +1,9 @@
 """Does the cascade pay? Monolithic (heavy model on one node) vs cascade (device → edge → cloud), side by side.
 
 One run, one held-out stream (resources.scenes test split: 10,000 patches, --quick 2,000, 90 % water),
-two systems driven over gRPC on loopback by the same client with the same batch size and concurrency:
+two systems driven over gRPC on loopback by the same client with the same batch size and concurrency (each
+client worker sends its requests as messages of one StreamInfer stream, or with --transport unary as one
+ModelInfer call each):
 
 - monolithic: the heavy stage on one `tierdeck-node` (its rule only names its labels: every row settles there);
 - cascade: resources/pipelines/ship-finder.pipeline.json deployed through the control plane on three
@@ -14,13 +16,15 @@ Reported per system: throughput and the ratio, CPU-seconds per 1,000 inputs (age
 accuracy of the final decision (water included), vessel recall, escalation rate per link, fraction of
 inputs that reached the heavy model, peak RSS per agent and the memory each stage adds to its agent (RSS
 under load minus that agent's RSS before the stage was deployed), energy per input from the agents' own
-power figures (labelled with their source). The cascade's answers are checked row by row against an
+power figures (labelled with their source). Each agent's "before deploy" RSS is taken after a trivial
+stage was deployed, run once and undeployed there: onnxruntime's once-per-process start-up belongs to the
+agent, not to the first stage it serves. The cascade's answers are checked row by row against an
 in-process computation of the same rules. A what-if sweep of the stage 1 and stage 2 thresholds on the
 same stream (accuracy vs fraction escalated) is written as a PNG. Thresholds are NOT tuned here: they
 come from the pipeline file (chosen on the validation split by tools/train_models.py).
 
 Usage: python bench/cascade.py [--json OUT] [--quick] [--n N] [--batch B] [--concurrency C] [--repeats R]
-                               [--plot PNG]
+                               [--transport stream|unary] [--plot PNG]
 """
 
 from __future__ import annotations
@@ -135,6 +139,29 @@ async def deploy_stage(stage: Stage, node: Node, next_stage: Stage | None = None
         await client.deploy(manifest_for(stage.id, model, "1", **fields), model)
 
 
+def _identity_model() -> bytes:
+    """A one-node ONNX model (Identity on float [N, 1]): deploying it starts onnxruntime in an agent."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "ort-start",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+async def start_onnxruntime(node: Node) -> None:
+    """Deploy, run once and undeploy a trivial stage, so that onnxruntime's once-per-process start-up (its
+    environment, allocators, kernel registry) is paid before the "before deploy" RSS is taken and is not
+    charged to the first real stage."""
+    model = _identity_model()
+    async with NodeClient(node.agent.address) as client:
+        await client.deploy(manifest_for("ort-start", model, "1"), model)
+        await client.infer("ort-start", {"x": np.zeros((1, 1), np.float32)})
+        await client.undeploy("ort-start")
+
+
 async def deploy_cascade(chain: list[Stage], nodes: list[Node]) -> None:
     """Deploy the chain top tier first, each stage pointing at the next node (the order a console uses)."""
     for i in reversed(range(len(chain))):
@@ -153,14 +180,24 @@ async def telemetry_snapshot(address: str) -> ctl.TelemetrySample:
 
 
 class RssSampler:
-    """Samples every node's RSS every 20 ms in a thread and keeps the peak."""
+    """Samples every node's RSS every 20 ms in a thread and keeps the peak; `cpu_s` is the thread's own CPU
+    (measurement, not client work: it is taken out of the client's figure, and it samples 3 agents for the
+    cascade but 1 for the monolithic system)."""
 
     def __init__(self, nodes: list[Node]) -> None:
         self.nodes = nodes
+        self.cpu_s = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
+        start = time.thread_time()
+        try:
+            self._sample()
+        finally:
+            self.cpu_s = time.thread_time() - start
+
+    def _sample(self) -> None:
         while not self._stop.is_set():
             for node in self.nodes:
                 try:
@@ -179,18 +216,25 @@ class RssSampler:
 
 
 async def drive(address: str, model: str, x: np.ndarray, batch: int, concurrency: int,
-                outputs: list[str]) -> list[dict[str, np.ndarray]]:
-    """Send x in batches with `concurrency` requests in flight; results in batch order."""
+                outputs: list[str], transport: str = "stream") -> list[dict[str, np.ndarray]]:
+    """Send x in batches with `concurrency` requests in flight (each worker on its own StreamInfer stream, or
+    one ModelInfer call per request); results in batch order."""
     starts = list(range(0, len(x), batch))
     results: list[dict[str, np.ndarray]] = [{} for _ in starts]
     cursor = iter(range(len(starts)))
 
     async with NodeClient(address) as client:
         async def worker() -> None:
-            for k in cursor:
-                s = starts[k]
-                reply = await client.infer(model, {"image": x[s:s + batch]}, outputs=outputs, timeout=120)
-                results[k] = reply.outputs
+            link = client.stream_link() if transport == "stream" else None
+            try:
+                for k in cursor:
+                    s = starts[k]
+                    reply = await client.infer(model, {"image": x[s:s + batch]}, outputs=outputs, timeout=120,
+                                               link=link)
+                    results[k] = reply.outputs
+            finally:
+                if link is not None:
+                    await link.close()
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     return results
@@ -211,7 +255,7 @@ class Pass:
 
 
 async def measured_pass(system: str, nodes: list[Node], x: np.ndarray, batch: int, concurrency: int,
-                        final_classes: list[str]) -> Pass:
+                        final_classes: list[str], transport: str = "stream") -> Pass:
     """Drive one system over the stream, measuring wall time and CPU of its agents and of this client."""
     entry = nodes[0]
     outputs = ["decision_label", "decision_stage", "decision_final"]
@@ -221,10 +265,10 @@ async def measured_pass(system: str, nodes: list[Node], x: np.ndarray, batch: in
         node.cpu_start = node.cpu()
     client_start = time.process_time()
     t0 = time.perf_counter()
-    with RssSampler(nodes):
-        results = await drive(entry.agent.address, entry.stage, x, batch, concurrency, outputs)
+    with RssSampler(nodes) as sampler:
+        results = await drive(entry.agent.address, entry.stage, x, batch, concurrency, outputs, transport)
     wall = time.perf_counter() - t0
-    client_cpu = time.process_time() - client_start
+    client_cpu = time.process_time() - client_start - sampler.cpu_s
     agent_cpu = 0.0
     for node in nodes:
         used = node.cpu() - node.cpu_start
@@ -239,7 +283,7 @@ async def measured_pass(system: str, nodes: list[Node], x: np.ndarray, batch: in
         sb = next((st for st in b.stages if st.stage_id == node.stage), ctl.StageTelemetry())
         deltas.append({key: float(getattr(sa, key) - getattr(sb, key))
                        for key in ("inferences_total", "escalated_total", "shed_total", "queued_total",
-                                   "errors_total", "energy_joules_total")}
+                                   "errors_total", "energy_joules_total", "forwarded_total", "hop_calls_total")}
                       | {"node_energy_joules": a.energy_joules_total - b.energy_joules_total, "window_s": window})
     power = [(a.power_source, a.power_measured) for a in after]
     labels = [v.decode() for r in results for v in r["decision_label"]]
@@ -380,7 +424,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     warm_images, _ = scenes.split("val", 256)
     warm = scenes.to_model_input(warm_images)
     print(f"stream: test split seed {scenes.SPLITS['test']}, {n} patches, {(labels == 0).mean() * 100:.1f} % water; "
-          f"batch {args.batch}, concurrency {args.concurrency}, {args.repeats} pass(es) per system", flush=True)
+          f"batch {args.batch}, concurrency {args.concurrency}, client transport {args.transport}, "
+          f"{args.repeats} pass(es) per system", flush=True)
 
     t0 = time.perf_counter()
     probs = [run_model(s.model_path, x) for s in chain if s.model_path is not None]
@@ -396,7 +441,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                     tier=tiers[i]), s.id) for i, s in enumerate(chain)]
     systems = {"monolithic": mono, "cascade": cascade}
     try:
-        await asyncio.sleep(1.0)  # let imports settle before the "before" RSS
+        for node in mono + cascade:
+            await start_onnxruntime(node)
+        await asyncio.sleep(1.0)  # let imports and onnxruntime's start-up settle before the "before" RSS
         for node in mono + cascade:
             node.rss_before_deploy = node.proc.memory_info().rss
         await deploy_stage(chain[-1], mono[0])
@@ -406,11 +453,12 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             node.rss_after_deploy = node.proc.memory_info().rss
         for nodes in systems.values():  # warm-up on validation patches, not measured
             await drive(nodes[0].agent.address, nodes[0].stage, warm, args.batch, args.concurrency,
-                        ["decision_label"])
+                        ["decision_label"], args.transport)
         passes: dict[str, list[Pass]] = {"monolithic": [], "cascade": []}
         for r in range(args.repeats):
             for name in ("monolithic", "cascade") if r % 2 == 0 else ("cascade", "monolithic"):
-                p = await measured_pass(name, systems[name], x, args.batch, args.concurrency, final_classes)
+                p = await measured_pass(name, systems[name], x, args.batch, args.concurrency, final_classes,
+                                        args.transport)
                 passes[name].append(p)
                 print(f"  pass {r + 1} {name}: {n / p.wall_s:,.0f} inputs/s", flush=True)
     finally:
@@ -420,8 +468,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     report: dict[str, Any] = {"stream": {"split": "test", "seed": scenes.SPLITS["test"], "n": n,
                                          "water_fraction": float((labels == 0).mean())},
                               "client": {"batch": args.batch, "concurrency": args.concurrency, "repeats": args.repeats,
-                                         "transport": "gRPC (OIP v2) on loopback, insecure",
-                                         "ort_threads_per_session": 1},
+                                         "transport": "gRPC (OIP v2) on loopback, insecure, " + (
+                                             "StreamInfer" if args.transport == "stream" else "ModelInfer"),
+                                         "ort_threads_per_session": 1,
+                                         "malloc": "the agents' glibc thresholds (runners.agent)"},
                               "machine": {"cpu_cores": psutil.cpu_count(), "logical": True},
                               "pipeline": str(PIPELINE.relative_to(ROOT)),
                               "thresholds": {s.id: s.rule.confidence_below for s in chain[:-1]}}
@@ -455,7 +505,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             stage_rows.append({"stage": node.stage, "tier": node.role, "inferences": inferred,
                                "escalated": escalated, "escalation_rate": escalated / inferred if inferred else 0.0,
                                "shed": int(d["shed_total"]), "queued": int(d["queued_total"]),
-                               "errors": int(d["errors_total"]), "reached_fraction": inferred / total})
+                               "errors": int(d["errors_total"]), "reached_fraction": inferred / total,
+                               "rows_per_forwarded_call": d["forwarded_total"] / d["hop_calls_total"]
+                               if d["hop_calls_total"] else 0.0})
         quality = summarise(last.decisions, labels)
         entry: dict[str, Any] = {
             "throughput_inputs_per_s": n / wall,
@@ -541,6 +593,8 @@ def print_report(report: dict[str, Any]) -> None:
         ["escalation rate device → edge", "—", f"{esc[0] * 100:.2f} %", ""],
         ["escalation rate edge → cloud", "—", f"{esc[1] * 100:.2f} %", ""],
         ["inputs that reached the heavy model", "100 %", f"{c['reached_heavy'] * 100:.2f} %", ""],
+        ["rows per forwarded call, device → edge / edge → cloud", "—",
+         " / ".join(f"{s['rows_per_forwarded_call']:.1f}" for s in c["stages"][:-1]), ""],
         ["energy per input, compute (mJ)", m["energy_j_per_input"] * 1000, c["energy_j_per_input"] * 1000,
          f"{cmp['energy_ratio']:.2f}× less"],
         ["energy per input, nodes incl. idle (mJ)", m["node_energy_j_per_input_incl_idle"] * 1000,
@@ -581,11 +635,17 @@ def main() -> int:
     parser.add_argument("--n", type=int, help="stream length (overrides --quick)")
     parser.add_argument("--batch", type=int, default=32, help="inputs per request (default 32)")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    parser.add_argument("--transport", choices=("stream", "unary"), default="stream",
+                        help="how the client sends, the same for both systems: each of the --concurrency workers on "
+                             "its own StreamInfer stream (default), or one ModelInfer call per request")
     parser.add_argument("--repeats", type=int, default=1, help="measured passes per system, alternating (median)")
     parser.add_argument("--plot", metavar="PNG", help="where the threshold sweep goes (default: next to --json)")
     args = parser.parse_args()
     if args.n is not None and args.n < 1:
         parser.error("--n must be positive")
+    from runners.agent import _limit_malloc_arenas
+
+    _limit_malloc_arenas()  # this client sends 512 KiB messages too: the same glibc thresholds as the agents
     with tempfile.TemporaryDirectory(prefix="tierdeck-cascade-") as tmp:
         report = asyncio.run(run(args, Path(tmp)))
         print_report(report)

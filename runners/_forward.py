@@ -29,6 +29,7 @@ from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._rules import Decision, Decisions
+from runners._stream import StreamLink
 from runners._telemetry import StageStats
 from runners._tensors import TensorError, decode_inputs, decode_outputs, encode_inputs
 
@@ -244,6 +245,7 @@ class Forwarder:
         self._last_escalation = 0.0
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.GRPCInferenceServiceStub | None = None
+        self._link: StreamLink | None = None  # ModelInfer exchanges, on one StreamInfer stream where the hop has it
         self._hop_inputs: list[str] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._on_depth_change = on_depth_change
@@ -268,6 +270,9 @@ class Forwarder:
             options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", target_name)]
             self._channel = grpc.aio.secure_channel(self.hop.address, credentials, options=options)
         self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)
+        # Engines speak plain OIP: only tierdeck hops get the stream (runners/_stream.py).
+        self._link = StreamLink(self._stub, self._channel, streaming=False if self.hop.external else None,
+                                target=self.hop.address)
         self.backlog = await asyncio.get_running_loop().run_in_executor(self._io, self._queue.depth, self.stage_id)
         self._set_backlog(self.backlog)
         self._stats.dead_letters = await asyncio.get_running_loop().run_in_executor(
@@ -288,6 +293,8 @@ class Forwarder:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._link is not None:
+            await self._link.close()
         if self._channel is not None:
             await self._channel.close()
 
@@ -417,7 +424,7 @@ class Forwarder:
     async def _call(self, inputs: dict[str, np.ndarray], request_id: str, row_ids: list[str],
                     smoke: bool = False) -> Decisions:
         """One ModelInfer on the next hop; raises _HopError on any failure."""
-        assert self._stub is not None
+        assert self._stub is not None and self._link is not None
         started = time.perf_counter()
         try:
             hop_names = await self._hop_input_names(list(inputs))
@@ -437,7 +444,7 @@ class Forwarder:
             if self._priority:
                 request.parameters["tierdeck.priority"].string_param = self._priority
             encode_inputs(request, list(zip(hop_names, inputs.values(), strict=True)))
-            response = await self._stub.ModelInfer(request, timeout=self.timeout)
+            response = await self._link.infer(request, self.timeout)
         except grpc.aio.AioRpcError as exc:
             self._stats.record_hop_call(time.perf_counter() - started, False, time.monotonic())
             self._hop_inputs = None if exc.code() == grpc.StatusCode.NOT_FOUND else self._hop_inputs

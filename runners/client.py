@@ -15,6 +15,7 @@ from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
+from runners._stream import StreamLink
 from runners._tensors import decode_outputs, encode_inputs
 
 CHUNK_BYTES = 1 << 20
@@ -235,10 +236,18 @@ class NodeClient:
         return reply.status == health_pb2.HealthCheckResponse.SERVING
 
     async def infer(self, model: str, inputs: Mapping[str, np.ndarray] | Sequence[tuple[str, np.ndarray]],
-                    outputs: Sequence[str] = (), request_id: str = "", timeout: float = 30.0) -> InferResult:
-        """ModelInfer with raw inputs; returns decoded outputs and parameters."""
-        response = await self.inference.ModelInfer(infer_request(model, inputs, outputs, request_id), timeout=timeout)
+                    outputs: Sequence[str] = (), request_id: str = "", timeout: float = 30.0,
+                    link: StreamLink | None = None) -> InferResult:
+        """ModelInfer with raw inputs (as a message on `link` when given); returns decoded outputs and parameters."""
+        request = infer_request(model, inputs, outputs, request_id)
+        response = await (link.infer(request, timeout) if link is not None
+                          else self.inference.ModelInfer(request, timeout=timeout))
         return infer_result(response)
+
+    def stream_link(self) -> StreamLink:
+        """A StreamInfer link to this node (runners/_stream.py): many infers on one stream, answers in order; it
+        falls back to ModelInfer where the node has no StreamInfer. Close it with `await link.close()`."""
+        return StreamLink(self.inference, self.channel, target=self.address)
 
     async def metadata(self, model: str, timeout: float = 5.0) -> pb.ModelMetadataResponse:
         """ModelMetadata."""

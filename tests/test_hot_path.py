@@ -1,0 +1,97 @@
+"""The agent's per-message costs that are not gRPC's: small runs skip the thread hand-off, and freed message
+buffers are reused instead of being unmapped and page-faulted in again."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from concurrent import futures
+from pathlib import Path
+
+import numpy as np
+import pytest
+from models import classifier, softmax
+
+from runners._proto import tierdeck_control_pb2 as ctl
+
+rng = np.random.default_rng(9)
+W = rng.normal(size=(4, 3)).astype(np.float32)
+X = rng.normal(size=(64, 4)).astype(np.float32)
+
+
+class _CountingPool(futures.ThreadPoolExecutor):
+    """A compute pool that counts what is handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(max_workers=1)
+        self.handed = 0
+
+    def submit(self, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.handed += 1
+        return super().submit(fn, *args, **kwargs)
+
+
+def test_small_runs_stay_on_the_event_loop_and_large_ones_go_to_the_pool(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run expected (from the stage's measured seconds per row) under INLINE_RUN_S skips the thread hand-off;
+    the answers are the same either way. The budget is set here, so that no decision depends on this box's speed."""
+    import runners._stage as stage_module
+    from runners._stage import Stage, load_session
+    from runners._telemetry import StageStats
+
+    path = classifier(tmp_path / "m.onnx", W)
+    manifest = ctl.StageManifest(stage_id="m", version="1", rule=ctl.EscalationRule(output="probs",
+                                                                                     labels=["a", "b", "c"]))
+    stage = Stage(manifest=manifest, session=load_session(path, 1), model_path=path, stats=StageStats("m"))
+    pool = _CountingPool()
+
+    async def go() -> None:
+        monkeypatch.setattr(stage_module, "INLINE_RUN_S", 3600.0)
+        first, _ = await stage.async_run({"x": X[:4]}, pool, 2)
+        assert pool.handed == 1 and stage._row_s is not None  # nothing measured yet: the pool, then an estimate
+        for k in range(5):
+            outputs, _ = await stage.async_run({"x": X[k:k + 4]}, pool, 2)
+            np.testing.assert_allclose(outputs[0], softmax(X[k:k + 4], W), rtol=1e-5)
+        assert pool.handed == 1  # all on the loop
+        monkeypatch.setattr(stage_module, "INLINE_RUN_S", 0.0)  # no run is small enough
+        outputs, _ = await stage.async_run({"x": X[:4]}, pool, 2)
+        assert pool.handed == 2
+        np.testing.assert_allclose(outputs[0], first[0], rtol=1e-6)
+        np.testing.assert_allclose(first[0], softmax(X[:4], W), rtol=1e-5)
+
+    try:
+        asyncio.run(go())
+    finally:
+        pool.shutdown()
+
+
+_FAULTS = """
+import resource, sys
+if sys.argv[1] == "tuned":
+    from runners.agent import _limit_malloc_arenas
+    _limit_malloc_arenas()
+def cycle():
+    buffers = [bytearray(512 * 1024) for _ in range(4)]  # four batch-32 messages in flight
+    for b in buffers:
+        b[::4096] = b"x" * len(b[::4096])
+    del buffers
+for _ in range(5):
+    cycle()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(100):
+    cycle()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_message_buffers_are_reused_not_faulted_in_again() -> None:
+    """With glibc's start-up thresholds, four 512 KiB buffers freed together are trimmed away and faulted in
+    again on every cycle (128 page faults per buffer); with the agent's thresholds they are reused."""
+    root = Path(__file__).resolve().parent.parent
+    faults = {kind: int(subprocess.run([sys.executable, "-c", _FAULTS, kind], cwd=root, check=True,
+                                       capture_output=True, text=True).stdout)
+              for kind in ("default", "tuned")}
+    if faults["default"] < 100 * 4 * 64:
+        pytest.skip(f"this C library does not hand freed buffers back at once ({faults})")
+    assert faults["tuned"] < faults["default"] / 20, faults

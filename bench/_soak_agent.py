@@ -5,9 +5,11 @@ This wrapper starts the real agent (runners.agent.main) after wrapping three met
 line per event to `TIERDECK_SOAK_TRACE` (one write(2) per call on an O_APPEND descriptor: once write
 returns, the line is in the kernel and survives a kill -9 of this process):
 
-    <pid> E <row id>   a forwarder took this escalated row (Forwarder.async_escalate, before the call)
+    <pid> E <row id>   a forwarder took this escalated row (Forwarder.new_row_ids, before the call)
     <pid> A <row id>   ... and the next hop answered it (live)
     <pid> P <row id>   ... or it was queued on disk / refused (answered provisional)
+    <pid> C <row id>   ... or the request that escalated it was cancelled meanwhile (its caller gave up; the
+                       forwarder still sends or queues the row)
     <pid> F <row id>   this process is about to run a received escalated row (SeenRows.fresh said: new)
     <pid> D <row id>   ... or answered it from memory (a re-sent row it had already run)
     <pid> R <row id>   ... and finished running it (SeenRows.remember: its answer is about to be sent)
@@ -17,8 +19,10 @@ Nothing else changes: the agent's code paths, timings and data dir are the real 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
+from contextvars import ContextVar
 from typing import Any
 
 
@@ -34,7 +38,9 @@ def install(path: str) -> None:
         if ids:
             os.write(fd, "".join(f"{pid} {kind} {rid}\n" for rid in ids).encode())
 
-    fresh, remember, escalate = SeenRows.fresh, SeenRows.remember, Forwarder.async_escalate
+    fresh, remember = SeenRows.fresh, SeenRows.remember
+    new_row_ids, escalate = Forwarder.new_row_ids, Forwarder.async_escalate
+    taken: ContextVar[list[str] | None] = ContextVar("soak_taken", default=None)
 
     def traced_fresh(self: SeenRows, row_ids: list[str], digests: list[bytes]) -> list[int]:
         out = fresh(self, row_ids, digests)
@@ -48,19 +54,30 @@ def install(path: str) -> None:
         emit("R", [row_ids[i] for i in fresh_rows])
         remember(self, row_ids, digests, fresh_rows, *args, **kwargs)
 
-    async def traced_escalate(self: Forwarder, inputs: Any, request_id: str) -> Any:
-        rows = len(next(iter(inputs.values())))
-        first = self._next_row
-        ids = [f"{self._origin}{first + i}" for i in range(rows)]  # the forwarder's own scheme (runners._forward)
+    def traced_new_row_ids(self: Forwarder, *args: Any, **kwargs: Any) -> list[str]:
+        ids = new_row_ids(self, *args, **kwargs)
         emit("E", ids)
-        answer = await escalate(self, inputs, request_id)
-        if self._next_row < first + rows:
-            raise AssertionError("Forwarder row ids changed scheme: update bench/_soak_agent.py")
-        emit("A" if answer is not None else "P", ids)
+        holder = taken.get()
+        if holder is not None:
+            holder.extend(ids)
+        return ids
+
+    async def traced_escalate(self: Forwarder, *args: Any, **kwargs: Any) -> Any:
+        holder: list[str] = []
+        token = taken.set(holder)  # async_escalate takes its ids synchronously, in this task's context
+        try:
+            answer = await escalate(self, *args, **kwargs)
+        except asyncio.CancelledError:
+            emit("C", holder)
+            raise
+        finally:
+            taken.reset(token)
+        emit("A" if answer is not None else "P", holder)
         return answer
 
     SeenRows.fresh = traced_fresh  # type: ignore[method-assign]
     SeenRows.remember = traced_remember  # type: ignore[method-assign,assignment]
+    Forwarder.new_row_ids = traced_new_row_ids  # type: ignore[method-assign]
     Forwarder.async_escalate = traced_escalate  # type: ignore[method-assign]
 
 

@@ -407,29 +407,35 @@ def link_accounting(sender: dict[str, dict[str, list[int]]], receiver: dict[str,
                     killed_senders: set[int], killed_receivers: set[int]) -> dict[str, Any]:
     """Per-row-id accounting of one link from the sender's and the receiver's traces."""
     escalated = set(sender["E"])
-    live, queued = set(sender["A"]), set(sender["P"])
-    orphans = escalated - live - queued
+    live, queued, cancelled = set(sender["A"]), set(sender["P"]), set(sender["C"])
+    handed = live | queued | cancelled
+    orphans = escalated - handed
     orphan_pids = {pid for rid in orphans for pid in sender["E"][rid]}
     ran, completed, remembered = set(receiver["F"]), receiver["R"], set(receiver["D"])
     reached = ran | remembered
     answered = set(completed) | remembered
-    lost = (live | queued) - answered
+    lost = handed - answered
     twice = {rid: pids for rid, pids in completed.items() if len(pids) > 1}
     twice_same = {rid for rid, pids in twice.items() if len(set(pids)) < len(pids)}
-    cut_off = 0
+    cut_off_killed = cut_off_alive = 0
     for rid, pids in receiver["F"].items():
         done = Counter(completed.get(rid, []))
         for pid, started in Counter(pids).items():
-            cut_off += max(0, started - done.get(pid, 0))
+            missing = max(0, started - done.get(pid, 0))
+            if pid in killed_receivers:
+                cut_off_killed += missing
+            else:
+                cut_off_alive += missing
     never_completed = {rid for rid in ran if rid not in completed and rid not in remembered}
     return {"escalated": len(escalated), "answered_by_next_hop": len(live), "queued": len(queued),
-            "delivered_later": len(queued & answered), "orphaned_by_sender_kill": len(orphans),
-            "orphans_from_unkilled_sender": len(orphan_pids - killed_senders),
+            "cancelled_by_caller": len(cancelled), "delivered_later": len(queued & answered),
+            "orphaned_by_sender_kill": len(orphans), "orphans_from_unkilled_sender": len(orphan_pids - killed_senders),
             "orphans_that_reached_next_hop": len(orphans & reached), "lost": len(lost),
             "lost_sample": sorted(lost)[:10], "next_tier_ran": sum(len(p) for p in completed.values()),
-            "next_tier_distinct": len(completed), "next_tier_duplicates_absorbed": sum(len(p) for p in
-                                                                                       receiver["D"].values()),
-            "run_cut_off_by_receiver_kill": cut_off, "never_completed": len(never_completed - orphans),
+            "next_tier_distinct": len(completed),
+            "next_tier_duplicates_absorbed": sum(len(p) for p in receiver["D"].values()),
+            "run_cut_off_by_receiver_kill": cut_off_killed, "run_cut_off_receiver_alive": cut_off_alive,
+            "never_completed": len(never_completed - orphans),
             "completed_twice": len(twice), "completed_twice_same_process": len(twice_same),
             "completed_twice_sample": {rid: pids for rid, pids in list(twice.items())[:10]},
             "receiver_kills": len(killed_receivers),
@@ -537,11 +543,12 @@ def report(result: dict[str, Any]) -> None:
     print()
     print_table(["link", "escalated ids", "answered live", "queued", "delivered later", "still queued",
                  "dead letters", "orphans (sender killed)", "lost", "next tier completed", "completed twice",
-                 "cut off by receiver kill", "answered from memory", "once each"],
+                 "cut off by receiver kill", "cut off, receiver alive", "answered from memory", "once each"],
                 [[lk["link"], lk["escalated"], lk["answered_by_next_hop"], lk["queued"], lk["delivered_later"],
                   lk["still_queued"], lk["dead_letters"], lk["orphaned_by_sender_kill"], lk["lost"],
                   lk["next_tier_ran"], lk["completed_twice"], lk["run_cut_off_by_receiver_kill"],
-                  lk["next_tier_duplicates_absorbed"], lk["once_each"]] for lk in result["links"]])
+                  lk["run_cut_off_receiver_alive"], lk["next_tier_duplicates_absorbed"], lk["once_each"]]
+                 for lk in result["links"]])
     print()
     print_table(["agent", "boot", "pid", "started s", "ended s", "exit", "ended by", "abnormal"],
                 [[e["tier"], e["boot"], e["pid"], e["started_s"], e["ended_s"], e["exit"], e["by"], e["abnormal"]]

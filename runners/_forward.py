@@ -294,12 +294,27 @@ class Forwarder:
         """Deadline for one forwarded batch, seconds."""
         return self.hop.timeout_s or 2.0
 
-    async def async_escalate(self, inputs: dict[str, np.ndarray], request_id: str) -> Decisions | None:
-        """Forward the rows; the next hop's decisions for them, or None when they were queued or refused."""
-        rows = len(next(iter(inputs.values())))
-        future: asyncio.Future[Decisions | None] = asyncio.get_running_loop().create_future()
+    def new_row_ids(self, rows: int, arrived_as: list[str] | None = None) -> list[str]:
+        """Ids for rows about to be escalated: derived from the ids the rows arrived with, else new ones.
+
+        A received row (an escalation from the tier below) can run here twice: re-sent after this agent
+        died between running it and answering, or while its first run still waited on the next hop. A
+        derived id makes both runs escalate it under the same id, so the next hop answers the second from
+        memory instead of running and counting the row twice (derived ids hold '>', which new ones never do)."""
+        if arrived_as is not None and len(arrived_as) == rows:
+            return [f"{self.stage_id}>{rid}" for rid in arrived_as]
         row_ids = [f"{self._origin}{self._next_row + i}" for i in range(rows)]
         self._next_row += rows
+        return row_ids
+
+    async def async_escalate(self, inputs: dict[str, np.ndarray], request_id: str,
+                             arrived_as: list[str] | None = None) -> Decisions | None:
+        """Forward the rows; the next hop's decisions for them, or None when they were queued or refused.
+
+        `arrived_as`: the row ids the rows came to this stage with, when they did (see new_row_ids)."""
+        rows = len(next(iter(inputs.values())))
+        future: asyncio.Future[Decisions | None] = asyncio.get_running_loop().create_future()
+        row_ids = self.new_row_ids(rows, arrived_as)
         item = _Pending(inputs, rows, request_id, row_ids, future)
         now = time.monotonic()
         self._recent = self._recent + 1 if now - self._last_escalation < 4 * BATCH_DELAY_S else 1

@@ -561,7 +561,8 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         else:
             run_feeds = feeds
         try:
-            named, decisions = await self._compute(stage, run_feeds, request.id, stats, smoke) \
+            named, decisions = await self._compute(stage, run_feeds, request.id, stats, smoke,
+                                                   [row_ids[i] for i in fresh] if fresh else None) \
                 if fresh != [] else ({}, None)
         except Exception as exc:  # onnxruntime's own exception types
             stats.add("errors_total")
@@ -593,8 +594,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         return response
 
     async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray], request_id: str, stats: StageStats,
-                       smoke: bool = False) -> tuple[dict[str, np.ndarray], Decisions | None]:
-        """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row."""
+                       smoke: bool = False, row_ids: list[str] | None = None
+                       ) -> tuple[dict[str, np.ndarray], Decisions | None]:
+        """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row.
+
+        `row_ids`: the ids the rows arrived with (escalations from the tier below), one per row of `feeds`."""
         outputs, compute_s = await stage.async_run(feeds, self.agent.compute, self.agent.compute_workers)
         stats.compute_seconds_total += compute_s
         named = dict(zip([o.name for o in stage.outputs], outputs, strict=True))
@@ -602,12 +606,13 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             first = next(iter(named.values()), None)
             stats.add("inferences_total", first.shape[0] if first is not None and first.ndim else 1)
             return named, None
-        decisions = await self._decide(stage, feeds, named[stage.rule.output], request_id, stats, smoke)
+        decisions = await self._decide(stage, feeds, named[stage.rule.output], request_id, stats, smoke, row_ids)
         stats.add("inferences_total", len(decisions))
         return named, decisions
 
     async def _decide(self, stage: Stage, feeds: dict[str, np.ndarray], output: np.ndarray,
-                      request_id: str, stats: StageStats, smoke: bool = False) -> Decisions:
+                      request_id: str, stats: StageStats, smoke: bool = False,
+                      row_ids: list[str] | None = None) -> Decisions:
         """Apply the rule, forward what escalates (within the budget), and answer per row."""
         assert stage.rule is not None
         rule = stage.rule
@@ -633,7 +638,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             if len(send):
                 rows = {n: np.ascontiguousarray(a[send]) for n, a in feeds.items()}
                 forwarder = stage.forwarder
-                answers = await (forwarder.async_smoke(rows) if smoke else forwarder.async_escalate(rows, request_id))
+                arrived_as = [row_ids[i] for i in send] if row_ids is not None else None
+                answers = await (forwarder.async_smoke(rows) if smoke
+                                 else forwarder.async_escalate(rows, request_id, arrived_as))
                 if answers is not None:
                     decisions.assign(send, answers)
         stats.add("provisional_total", int((~decisions.final).sum()))

@@ -314,6 +314,7 @@ def soak(plan: Plan) -> dict[str, Any]:
         client = lab.add_host()
         fleet = Fleet(hosts, tmp, time.monotonic())
         sampler = Sampler(fleet)
+        sensor: subprocess.Popen[str] | None = None
         try:
             for tier, _ in TIERS:
                 fleet.start(tier)
@@ -382,6 +383,9 @@ def soak(plan: Plan) -> dict[str, Any]:
                 events.append({"event": "unexpected exit", "tier": boot.tier, "returncode": boot.returncode,
                                "log_tail": boot.agent.log()[-1500:]})
         finally:
+            if sensor is not None and sensor.poll() is None:  # interrupted: the sensor goes too
+                sensor.terminate()
+                sensor.wait(30)
             for tier in list(fleet.current):
                 if fleet.current[tier].ended_s is None:
                     fleet.end(tier, signal.SIGTERM)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import threading
 import time
 from concurrent import futures
@@ -155,3 +156,41 @@ def test_sender_killed_with_queued_escalations_delivers_them_after_restart(tmp_p
             assert ran.inferences_total == 15
     finally:
         dev.stop()
+
+
+def test_rows_resent_while_their_first_run_waits_on_the_next_hop_run_once_at_the_top(tmp_path: Path) -> None:
+    """The sender gives up on the middle tier (its deadline passes while the middle waits on a top that does
+    not answer) and re-sends the rows; the middle runs them again and queues both escalations of each row.
+    When the top comes, it gets each row twice in one batch under one id: it must run it once."""
+    blackhole = socket.socket()
+    blackhole.bind(("127.0.0.1", 0))
+    blackhole.listen(64)  # connections complete, nothing ever answers: calls hang until their deadline
+    top_port = blackhole.getsockname()[1]
+    model = classifier(tmp_path / "m.onnx", np.zeros((4, 2), np.float32)).read_bytes()
+    try:
+        with running_agent(tmp_path / "mid", name="mid") as mid, \
+                running_agent(tmp_path / "dev", name="dev", tier="device") as dev:
+            _deploy(mid.address, "mid", model, ctl.NextHop(address=f"127.0.0.1:{top_port}", model="top",
+                                                           timeout_s=2))
+            _deploy(dev.address, "dev", model, ctl.NextHop(address=mid.address, model="mid", timeout_s=1))
+
+            async def send() -> InferResult:
+                async with NodeClient(dev.address) as client:
+                    return await client.infer("dev", {"x": X}, timeout=30)
+            assert not asyncio.run(send()).outputs["decision_final"].any()
+            queued = _wait_totals(mid.address, "mid", lambda t: t.queued_total >= 2 * len(X))
+            assert queued.queued_total >= 2 * len(X), "the middle tier should have queued each row twice"
+            blackhole.close()
+            with running_agent(tmp_path / "top", name="top", tier="cloud", listen=f"127.0.0.1:{top_port}") as top:
+                async def deploy_top() -> None:
+                    async with NodeClient(top.address) as client:
+                        await client.deploy(manifest_for("top", model, "1"), model)
+                asyncio.run(deploy_top())
+                _wait_totals(dev.address, "dev", lambda t: t.queue_depth == 0 and t.delivered_total >= len(X))
+                drained = _wait_totals(mid.address, "mid", lambda t: t.queue_depth == 0)
+                assert drained.queue_depth == 0
+                ran = asyncio.run(_totals(top.address, "top"))
+    finally:
+        blackhole.close()
+    assert ran.inferences_total == len(X), "each row once at the top, however often the middle escalated it"
+    assert ran.duplicates_total >= len(X)

@@ -5,31 +5,33 @@ one bridge (tests/netns.py), so a flap is a real `ip link set eth0 down` on a re
 client deploys the ship-finder pipeline with `tierdeck deploy`, then a sensor (this script's own
 client, in the client's namespace) replays the held-out patches into the device node for the whole
 run. Every `--flap-every` seconds one tier's link (cloud, then edge, alternating) goes down for
-`--flap-down` seconds. With `--kill-agents`, every `--kill-every-s` seconds a random agent (device,
-edge or cloud) gets SIGKILL and, `--kill-down-s` later, is started again with the same data dir, the
-same address and port (so its node id and the hops wired to it are the same and the cascade reconnects).
+`--flap-down` seconds. With `--kill-agents`, every `--kill-every-s` seconds an agent gets SIGKILL
+(device, edge or cloud: each once per round, rounds in a random order from `--seed`; `--kill-tiers`
+narrows the choice) and, `--kill-down-s` later, is started again with the same data dir, address and
+port (so its node id, its stages, its on-disk queue and the hops wired to it are the same).
 
 Accounting survives kill -9 because it never rests on a counter a killed process kept in memory:
 
 * inputs, from the sensor's side: every input sent gets an answer. A call that fails because the device
-  node was just killed (or restarts) is retried with the same rows until answered (counted as retried:
-  the device then runs those rows again, and may escalate them again under new row ids); an input that
-  was never answered, or refused for good, is lost. An input answered "provisional" had an escalation
-  queued on some link: it is delivered later when every queued row id of every link reaches its next hop
-  (checked below, with the queues on disk empty and no dead letters at the end).
-* escalations, by row id (agents run through bench/_soak_agent.py, which appends each escalated row id a
-  forwarder sends and each one a receiver runs to a trace file with write(2), so a kill -9 loses nothing
-  written). Per link: every row id the sender had answered (live) or queued must have been run or
-  answered from memory by the next hop (else lost), and no row id may be *completed* twice (a completed
-  run is one whose answer was about to be sent). Rows the sender escalated but never saw answered or
-  queued because it was killed mid-call are "orphans": their input is re-sent from upstream. A run cut
-  off by a kill of the receiver (started, never completed) is re-run when the row is re-sent.
-* exits: every agent process's exit status, the SIGKILLs the soak sent apart from any other exit.
+  node was just killed (or is restarting) is retried with the same rows until answered (counted as
+  retried: the device then runs those rows again, and escalates them again under new row ids); an input
+  never answered, or refused for good, is lost. An input answered "provisional" had an escalation queued
+  on some link; it is delivered later when every queued row id of every link reaches its next hop
+  (checked per row id below, with the queues on disk empty and no dead letters at the end).
+* escalations, by row id: the agents run through bench/_soak_agent.py, which appends each escalated row
+  id a forwarder takes and each one a receiver runs to a trace file with write(2), so a kill -9 loses
+  nothing written. Per link: every row id the sender handed over (answered live, queued, or still sent
+  after its caller gave up) must have been run or answered from memory by the next hop, else it is lost;
+  and no row id may be *completed* twice (a completed run is one whose answer was about to be sent).
+  Row ids the sender took but never handed over because it was killed mid-call are orphans: their input
+  is re-sent from upstream. A run cut off by a kill of the receiver is re-run when the row is re-sent.
+* exits: every agent process's exit status; the SIGKILLs the soak sent apart from any other exit.
 * RSS and open fds of every agent process, sampled every 5 s; growth is judged per process lifetime over
-  the second half of that lifetime (processes that lived at least `--rss-min-life-s`).
+  the second half of that lifetime, for processes sampled at least `--rss-min-life-s` (a restarted agent
+  is a new process: its warm-up is not growth).
 
 Usage: python bench/soak.py --minutes 30 --kill-agents --kill-every-s 180 --rate 40 --json OUT
-(needs root for `ip netns`)
+(needs root for `ip netns`; exits 1 when anything was lost, run twice, or exited abnormally)
 """
 
 from __future__ import annotations
@@ -298,6 +300,7 @@ class Plan:
     kill_agents: bool = False
     kill_every: float = 180.0
     kill_down: float = 3.0
+    kill_tiers: tuple[str, ...] = ("device", "edge", "cloud")
     seed: int = 0
     drain_s: float = 240.0
     rss_min_life_s: float = 240.0
@@ -354,7 +357,7 @@ def soak(plan: Plan) -> dict[str, Any]:
                 # The last kill leaves time for the restart and a few batches before the sensor stops.
                 if plan.kill_agents and now >= next_kill and now + plan.kill_down + 15 < end:
                     if not order:  # every tier once per round, in a random order
-                        order = rng.sample([t for t, _ in TIERS], len(TIERS))
+                        order = rng.sample(list(plan.kill_tiers), len(plan.kill_tiers))
                     tier = order.pop()
                     old = fleet.end(tier, signal.SIGKILL)
                     time.sleep(plan.kill_down)
@@ -583,6 +586,8 @@ def main() -> int:
     parser.add_argument("--kill-every-s", type=float, default=180.0, metavar="S")
     parser.add_argument("--kill-down-s", type=float, default=3.0, metavar="S",
                         help="how long a killed agent stays down before it is started again")
+    parser.add_argument("--kill-tiers", default="device,edge,cloud", metavar="LIST",
+                        help="which agents may be killed (comma-separated; default all three)")
     parser.add_argument("--seed", type=int, default=0, help="which agents are killed, and the replay order")
     parser.add_argument("--drain-s", type=float, default=240.0, metavar="S",
                         help="after the run: how long retries and queue drains may take")
@@ -605,8 +610,12 @@ def main() -> int:
     if reason:
         print(f"soak needs network namespaces: {reason}", file=sys.stderr)
         return 2
+    kill_tiers = tuple(t.strip() for t in args.kill_tiers.split(",") if t.strip())
+    unknown = set(kill_tiers) - {t for t, _ in TIERS}
+    if unknown or not kill_tiers:
+        parser.error(f"--kill-tiers: choose among device, edge, cloud (not {', '.join(sorted(unknown)) or 'none'})")
     plan = Plan(seconds, args.flap_every, args.flap_down, args.rate, args.batch, args.kill_agents, args.kill_every_s,
-                args.kill_down_s, args.seed, args.drain_s, args.rss_min_life_s)
+                args.kill_down_s, kill_tiers, args.seed, args.drain_s, args.rss_min_life_s)
     result = soak(plan)
     report(result)
     write_json(args.json, result)

@@ -569,6 +569,8 @@ def report(result: dict[str, Any]) -> None:
                   p["fds_max"]] for p in result["processes"]])
     print(f"largest RSS growth over the second half of a life ≥ {plan['rss_min_life_s']:g} s: "
           f"{result['rss_judged_max_growth_pct']}")
+    print(f"errors_total of the last processes: {result['errors_last_boots']}; "
+          f"queues on disk at the end: {result['queues_on_disk']}")
     print(f"lost in all (inputs + escalations): {result['lost_total']}")
 
 

@@ -13,14 +13,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 from agents import AgentProcess, running_agent, start_agent
-from models import classifier
+from models import classifier, softmax
 
 from runners._forward import ROW_IDS, unpack_row_ids
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
+from runners._seen import SeenRows, row_digests
 from runners._tensors import decode_inputs, encode_outputs
-from runners.client import InferResult, NodeClient, manifest_for
+from runners.client import InferResult, NodeClient, infer_request, infer_result, manifest_for
 
 ESCALATE_ALL = ctl.EscalationRule(output="probs", labels=["a", "b"], confidence_below=1.01)
 X = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
@@ -194,3 +195,25 @@ def test_rows_resent_while_their_first_run_waits_on_the_next_hop_run_once_at_the
         blackhole.close()
     assert ran.inferences_total == len(X), "each row once at the top, however often the middle escalated it"
     assert ran.duplicates_total >= len(X)
+
+
+def test_an_id_repeated_in_one_batch_runs_once_and_each_row_gets_its_answer(tmp_path: Path) -> None:
+    """Same id, same inputs: run once, both rows answered alike; same id, other inputs: each row runs."""
+    x = np.stack([X[0], X[1], X[0], X[2]])
+    digests = row_digests({"x": x})
+    seen = SeenRows()
+    assert seen.fresh(["a", "b", "a", "c"], digests) == [0, 1, 3]
+    assert seen.fresh(["a", "b", "a", "a"], digests) == [0, 1, 2, 3], "a conflicting repeat runs every row"
+    weights = np.arange(8, dtype=np.float32).reshape(4, 2) / 7
+    model = classifier(tmp_path / "m.onnx", weights).read_bytes()
+    with running_agent(tmp_path / "top", name="top", tier="cloud") as top:
+        async def go() -> tuple[InferResult, ctl.StageTelemetry]:
+            async with NodeClient(top.address) as client:
+                await client.deploy(manifest_for("top", model, "1", rule=ESCALATE_ALL), model)
+                request = infer_request("top", {"x": x})
+                request.parameters[ROW_IDS].string_param = "a,b,a,c"
+                result = infer_result(await client.inference.ModelInfer(request))
+            return result, await _totals(top.address, "top")
+        result, totals = asyncio.run(go())
+    np.testing.assert_allclose(result.outputs["probs"], softmax(x, weights), rtol=1e-5, atol=1e-6)
+    assert (totals.inferences_total, totals.duplicates_total) == (3, 1)

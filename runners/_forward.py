@@ -44,6 +44,8 @@ BATCH_DELAY_S = 0.002  # longest an escalation waits for others to share its cal
 # that the next hop answers a re-sent row from its cache instead of running (and counting) it twice: a call
 # can time out after the hop did the work. A new forwarder (next hop changed, stage redeployed) takes a new
 # instance id, so its counter starting at 0 can never name a row an earlier forwarder sent (runners._seen).
+# A row that arrived with an id (an escalation from the tier below) is escalated under an id derived from it
+# (Forwarder.new_row_ids), the same however often and by whichever instance this tier runs it.
 ROW_IDS = "tierdeck.row_ids"
 # A smoke inference (the deployer's check after a deploy): answered through the whole chain, never counted,
 # never queued, never remembered as an escalation.

@@ -45,6 +45,8 @@ BATCH_DELAY_S = 0.002  # longest an escalation waits for others to share its cal
 # that the next hop answers a re-sent row from its cache instead of running (and counting) it twice: a call
 # can time out after the hop did the work. A new forwarder (next hop changed, stage redeployed) takes a new
 # instance id, so its counter starting at 0 can never name a row an earlier forwarder sent (runners._seen).
+# A row that arrived with an id (an escalation from the tier below) is escalated under an id derived from it
+# (Forwarder.new_row_ids), the same however often and by whichever instance this tier runs it.
 ROW_IDS = "tierdeck.row_ids"
 # A smoke inference (the deployer's check after a deploy): answered through the whole chain, never counted,
 # never queued, never remembered as an escalation.
@@ -303,12 +305,26 @@ class Forwarder:
         """Deadline for one forwarded batch, seconds."""
         return self.hop.timeout_s or 2.0
 
-    async def async_escalate(self, inputs: dict[str, np.ndarray], request_id: str) -> Decisions | None:
-        """Forward the rows; the next hop's decisions for them, or None when they were queued or refused."""
+    def new_row_ids(self, rows: int, arrived_as: list[str] | None = None) -> list[str]:
+        """Ids for rows about to be escalated: derived from the ids the rows arrived with, else new ones.
+
+        A received row (an escalation from the tier below) can run here twice: re-sent after this agent
+        died between running it and answering, or while its first run still waited on the next hop. A
+        derived id makes both runs escalate it under the same id, so the next hop answers the second from
+        memory instead of running and counting the row twice (derived ids hold '>', which new ones never do)."""
+        row_ids = self.upcoming_row_ids(rows, arrived_as)
+        if arrived_as is None or len(arrived_as) != rows:
+            self._next_row += rows
+        return row_ids
+
+    async def async_escalate(self, inputs: dict[str, np.ndarray], request_id: str,
+                             arrived_as: list[str] | None = None) -> Decisions | None:
+        """Forward the rows; the next hop's decisions for them, or None when they were queued or refused.
+
+        `arrived_as`: the row ids the rows came to this stage with, when they did (see new_row_ids)."""
         rows = len(next(iter(inputs.values())))
         future: asyncio.Future[Decisions | None] = asyncio.get_running_loop().create_future()
-        row_ids = self.upcoming_row_ids(rows)
-        self._next_row += rows
+        row_ids = self.new_row_ids(rows, arrived_as)
         item = _Pending(inputs, rows, request_id, row_ids, future)
         now = time.monotonic()
         self._recent = self._recent + 1 if now - self._last_escalation < 4 * BATCH_DELAY_S else 1
@@ -320,8 +336,10 @@ class Forwarder:
             self._wake.set()
         return await future
 
-    def upcoming_row_ids(self, rows: int) -> list[str]:
+    def upcoming_row_ids(self, rows: int, arrived_as: list[str] | None = None) -> list[str]:
         """The ids async_escalate gives its next `rows` rows (it takes them before it first awaits)."""
+        if arrived_as is not None and len(arrived_as) == rows:
+            return [f"{self.stage_id}>{rid}" for rid in arrived_as]
         return [f"{self._origin}{self._next_row + i}" for i in range(rows)]
 
     async def async_smoke(self, inputs: dict[str, np.ndarray]) -> Decisions | None:

@@ -70,9 +70,20 @@ class SeenRows:
         return len(self._rows)
 
     def fresh(self, row_ids: list[str], digests: list[bytes]) -> list[int]:
-        """Indexes of the rows that must run: unknown ids, and known ids whose inputs differ."""
+        """Indexes of the rows that must run: unknown ids, and known ids whose inputs differ.
+
+        An id repeated within the batch with the same inputs runs once (a row its sender queued twice, e.g.
+        re-sent while its first run still waited on the next hop); repeated with other inputs, every row of
+        the batch runs, so that each is answered from its own run."""
         out: list[int] = []
+        first: dict[str, bytes] = {}
         for i, (rid, digest) in enumerate(zip(row_ids, digests, strict=True)):
+            if rid in first:
+                if first[rid] == digest:
+                    continue
+                log.warning("row id %s came twice in one batch with other inputs: every row runs", rid)
+                return list(range(len(row_ids)))
+            first[rid] = digest
             known = self._rows.get(rid)
             if known is None:
                 out.append(i)

@@ -669,7 +669,9 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
     async def _compute(self, stage: Stage, feeds: dict[str, np.ndarray], request_id: str, stats: StageStats,
                        smoke: bool = False, origin_row_ids: list[str] | None = None, mode: str = ""
                        ) -> tuple[dict[str, np.ndarray], Decisions | None]:
-        """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row."""
+        """Run the model on the compute pool and, for a stage with a rule, decide (and escalate) per row.
+
+        `origin_row_ids`: the ids the rows arrived with (escalations from the tier below), one per row of `feeds`."""
         outputs, compute_s = await stage.async_run(feeds, self.agent.compute, self.agent.compute_workers)
         stats.compute_seconds_total += compute_s
         named = dict(zip([o.name for o in stage.outputs], outputs, strict=True))
@@ -722,12 +724,14 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
                 rows = {n: np.ascontiguousarray(a[send]) for n, a in feeds.items()}
                 forwarder = stage.forwarder
                 own = decisions.take(send) if not smoke else None
-                sent_ids = forwarder.upcoming_row_ids(len(send))
-                answers = await (forwarder.async_smoke(rows) if smoke else forwarder.async_escalate(rows, request_id))
+                arrived_as = [origin_row_ids[i] for i in send] if origin_row_ids else None
+                sent_ids = forwarder.upcoming_row_ids(len(send), arrived_as)
+                answers = await (forwarder.async_smoke(rows) if smoke
+                                 else forwarder.async_escalate(rows, request_id, arrived_as))
                 if own is not None:  # the ledger copies `own` before assign() below changes `decisions`
                     self.agent.ledger.record_escalated(
                         stage.stage_id, stage.version, sent_ids, rows, output[send], rule.labels, own, answers,
-                        origin_row_ids=[origin_row_ids[i] for i in send] if origin_row_ids else None)
+                        origin_row_ids=arrived_as)
                 if answers is not None:
                     decisions.assign(send, answers)
                     if sampler is not None and sampler.rate > 0.0 and not smoke:

@@ -40,3 +40,34 @@ def test_link_flaps_under_load_lose_nothing(tmp_path: Path) -> None:
         assert link["escalated"] > 0
     assert sum(link["delivered_later"] for link in result["links"]) > 0, "store-and-forward was not exercised"
     assert result["lost_total"] == 0 and proc.returncode == 0, proc.stdout
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_an_agent_killed_mid_stream_loses_nothing_and_runs_nothing_twice(tmp_path: Path) -> None:
+    reason = netns_permitted()
+    if reason:
+        pytest.skip(reason)
+    if not PIPELINE.exists():
+        pytest.skip("the bundled ship-finder pipeline is not there")
+    out = tmp_path / "soak.json"
+    # One kill -9 of the edge node (it receives from the device and sends to the cloud) mid-stream; it is
+    # started again with the same data dir and port. The accounting is bench/soak.py's, by row id.
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "soak.py"), "--seconds", "30", "--flap-every", "0",
+                           "--kill-agents", "--kill-every-s", "10", "--kill-tiers", "edge", "--rate", "40",
+                           "--drain-s", "120", "--json", str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert out.exists(), proc.stdout + proc.stderr
+    result = json.loads(out.read_text())
+    assert [(k["tier"], k["returncode"]) for k in result["kills"]] == [("edge", -9)]
+    edge = [e for e in result["exits"] if e["tier"] == "edge"]
+    assert [(e["by"], e["exit"]) for e in edge] == [("soak kill -9", "SIGKILL (-9)"), ("soak stop", "exit 0")]
+    assert result["abnormal_exits"] == 0, result["exits"]
+    client = result["client"]
+    assert client["sent"] == client["answered"] and client["never_answered"] == 0 and client["refused"] == 0
+    for link in result["links"]:
+        assert link["escalated"] > 0, link
+        assert link["lost"] == 0 and link["still_queued"] == 0 and link["dead_letters"] == 0, link
+        assert link["completed_twice"] == 0 and link["orphans_from_unkilled_sender"] == 0, link
+        assert link["once_each"], link
+    assert result["lost_total"] == 0 and proc.returncode == 0, proc.stdout

@@ -21,8 +21,6 @@ from app._records import ConsoleEvent
 from app._replay import FRAME_MS, MAX_SPEED, MIN_SPEED, ReplayHistory, ReplayTelemetry, load_history
 from app.qt import EventLogModel, QtConsole
 
-OPEN_INTO_RECORD_MS = 60_000  # where a window that begins before the record opens: this far into the record
-
 
 class ReplayEventModel(EventLogModel):
     """The replayed window's events at or before the replayed instant (same roles as the live event log)."""
@@ -92,7 +90,7 @@ class ReplayModel(QObject):
 
     def open_window(self, since_ms: int, until_ms: int, start_ms: int | None = None) -> None:
         """Read the window [since_ms, until_ms] on the reader thread; replay it from `start_ms` (default: its start,
-        or a minute into the record when nothing was recorded before that)."""
+        or its first recorded sample when nothing was recorded before that)."""
         self._request += 1
         request = self._request
         retention = self._console.core.db.retention.raw_s
@@ -109,9 +107,7 @@ class ReplayModel(QObject):
         self.history = history
         self.view = ReplayTelemetry(history)
         if start_ms is None and (first := history.first_recorded_ms) is not None and first > history.since_ms:
-            # A window that begins before anything was recorded opens a minute into the record (the dashboard's
-            # default window full, node states and the first events known), not on an empty stretch.
-            start_ms = min(first + OPEN_INTO_RECORD_MS, history.until_ms)
+            start_ms = first   # a window that begins before anything was recorded opens where the record begins
         if start_ms is not None:
             self.view.seek(start_ms)
         self.events.set_events(history.events_until(self.view.position_ms))

@@ -18,7 +18,7 @@ from test_widgets_support import LiveConsole, dispose, live_console, small_model
 from app._db import telemetry_rows
 from app._records import NodeSample
 from app._replay import FRAME_MS, SPEEDS
-from app._replay_qt import OPEN_INTO_RECORD_MS, ReplayModel
+from app._replay_qt import ReplayModel
 from widgets import Dashboard, EventLog, FleetPanel, FrameClock, apply_theme
 
 MINUTE = 60_000
@@ -174,11 +174,11 @@ def test_replay_shows_the_incident_then_live_again_with_nothing_lost(scene: Scen
 
 def test_a_window_that_begins_before_the_record_opens_where_the_record_begins(scene: Scene, views: Views,
                                                                              qtbot: QtBot) -> None:
-    # "Last 1 h" on a fleet recorded for ten minutes: the operator lands a minute into the data, not on an empty hour.
+    # "Last 1 h" on a fleet recorded for ten minutes: the operator lands on data, not on an empty hour.
     inc, replay = scene.incident, views.replay
     open_window(views, qtbot, inc.start_ms - 3_000_000, inc.start_ms + inc.seconds * 1000)
     first = min(s.ts_ms for s in inc.samples)
-    assert replay.position_ms == first + OPEN_INTO_RECORD_MS
+    assert replay.position_ms == first
     assert views.dashboard.telemetry.latest(scene.dev) is not None
 
 

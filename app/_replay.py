@@ -120,12 +120,6 @@ class ReplayHistory:
     event_t: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     @property
-    def first_recorded_ms(self) -> int | None:
-        """When the window's first recorded node sample is (None when it holds none)."""
-        firsts = [float(track.t[0]) for track in self.node_tracks.values() if len(track.t)]
-        return int(min(firsts) * 1000) if firsts else None
-
-    @property
     def resolution(self) -> str:
         """'raw', '1m' (rollups only) or 'mixed' (rollups, then raw samples)."""
         if self.rollup_until_ms <= self.since_ms:

@@ -89,8 +89,7 @@ class ReplayModel(QObject):
         self.open_window(until - int(seconds * 1000), until)
 
     def open_window(self, since_ms: int, until_ms: int, start_ms: int | None = None) -> None:
-        """Read the window [since_ms, until_ms] on the reader thread; replay it from `start_ms` (default: its start,
-        or its first recorded sample when nothing was recorded before that)."""
+        """Read the window [since_ms, until_ms] on the reader thread; replay it from `start_ms` (default: its start)."""
         self._request += 1
         request = self._request
         retention = self._console.core.db.retention.raw_s
@@ -106,8 +105,6 @@ class ReplayModel(QObject):
         was = self.replaying
         self.history = history
         self.view = ReplayTelemetry(history)
-        if start_ms is None and (first := history.first_recorded_ms) is not None and first > history.since_ms:
-            start_ms = first   # a window that begins before anything was recorded opens where the record begins
         if start_ms is not None:
             self.view.seek(start_ms)
         self.events.set_events(history.events_until(self.view.position_ms))

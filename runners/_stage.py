@@ -98,15 +98,18 @@ def check_model_file(path: Path, memory_cap_bytes: int) -> None:
 
 
 def load_session(path: Path, threads: int, plan: ProviderPlan | None = None,
-                 profile_dir: Path | None = None) -> ort.InferenceSession:
-    """Open an onnxruntime session with the plan's providers (CPU only without one), profiler on (blocking)."""
+                 profile_dir: Path | None = None, arena: bool = True) -> ort.InferenceSession:
+    """Open an onnxruntime session with the plan's providers (CPU only without one), profiler on (blocking).
+
+    `arena`: onnxruntime keeps the working memory of its runs for the next one (its CPU arena). Without it every
+    run's activations are allocated afresh and their pages faulted in again: measured in an agent, the heavy
+    model at batch 32 took 35 page faults per input and 18 % more CPU (bench/cascade.py, monolithic). With it the
+    process keeps its peak working memory, which --no-ort-arena gives back on memory-tight boxes."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    # No arena: memory taken for a large batch goes back instead of staying with the process (edge boxes
-    # want a flat RSS); measured here, the speed is the same for the bundled stages.
-    options.enable_cpu_mem_arena = False
+    options.enable_cpu_mem_arena = arena
     try:
         return open_session(path, options, plan or ProviderPlan((CPU,), ({},)), profile_dir)
     except Exception as exc:  # onnxruntime raises its own Fail / InvalidGraph / NotImplemented types

@@ -111,6 +111,7 @@ class AgentConfig:
     power_budget_watts: float = 0.0
     queue_limit: int = 100_000
     ort_threads: int = 1
+    ort_arena: bool = True    # onnxruntime keeps its runs' working memory (runners/_stage.load_session)
     max_message_mb: int = 256
     pairing_rotate_after: int = 1000  # wrong pairing proofs (all peers) before a new code is made
     fleet_id: str = ""            # advertised in TXT `fleet`: consoles scoped to a fleet show only its nodes
@@ -345,7 +346,7 @@ class Agent:
         while True:  # a preferred accelerator that cannot take the model is left out, never fatal
             try:
                 session = await loop.run_in_executor(self.compute, load_session, path, self.config.ort_threads,
-                                                     plan, self.config.data_dir)
+                                                     plan, self.config.data_dir, self.config.ort_arena)
                 stage = Stage(manifest=manifest, session=session, model_path=path,
                               stats=self._stats_for(manifest.stage_id), previous_version=previous,
                               activated_unix_ms=activated_ms or int(time.time() * 1000))
@@ -1114,6 +1115,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "recording never costs the request path much")
     parser.add_argument("--ort-threads", type=int, default=1,
                         help="onnxruntime intra-op threads per session (also OpenVINO's thread count)")
+    parser.add_argument("--no-ort-arena", dest="ort_arena", action="store_false",
+                        help="give onnxruntime's working memory back after every run (flat RSS on memory-tight "
+                             "boxes, at a CPU cost: each run faults its pages in again); by default it is kept "
+                             "for the next run")
     parser.add_argument("--max-message-mb", type=int, default=256, help="largest gRPC message accepted, MiB")
     parser.add_argument("--providers", default="", metavar="LIST",
                         help="execution providers in order of preference, comma-separated (tensorrt, cuda, openvino, "
@@ -1161,7 +1166,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         insecure=bool(args.insecure), allow_insecure_network=args.allow_insecure_network, mdns=not args.no_mdns,
         mdns_interfaces=args.mdns_interface, metrics_port=args.metrics_port, idle_watts=args.idle_watts,
         max_watts=args.max_watts, memory_cap_mb=args.memory_cap_mb, power_budget_watts=args.power_budget_watts,
-        queue_limit=args.queue_limit, ort_threads=args.ort_threads, max_message_mb=args.max_message_mb,
+        queue_limit=args.queue_limit, ort_threads=args.ort_threads, ort_arena=args.ort_arena, max_message_mb=args.max_message_mb,
         fleet_id=args.fleet_id, pairing_rotate_after=args.pairing_rotate_after,
         providers=providers, device_id=args.device_id, openvino_device=args.openvino_device, trt_fp16=args.trt_fp16,
         ledger_max_mb=args.ledger_max_mb, ledger_max_age_h=args.ledger_max_age_h,

@@ -1,6 +1,6 @@
 """What the hard-example ledger costs the request path: a device stage that escalates every row (the ledger's
 worst case: every row is escalated with its 64×64 image) to an edge stage, with the ledger at its default
-recording rate (200 rows/s), recording every row (`--ledger-max-rows-per-s 0`) and off (`--ledger-max-mb 0`),
+recording rate (50 rows/s), recording every row (`--ledger-max-rows-per-s 0`) and off (`--ledger-max-mb 0`),
 interleaved, the same edge agent behind all three.
 
     python -m bench.ledger [--seconds 3] [--repeats 3] [--concurrency 4] [--batch 16] [--json OUT]
@@ -81,7 +81,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         edge = Agent(root / "edge", name="edge")
-        devices = {"ledger on (200 rows/s)": Agent(root / "on", name="on", tier="device"),
+        devices = {"ledger on (50 rows/s)": Agent(root / "on", name="on", tier="device"),
                    "ledger on (every row)": Agent(root / "every", "--ledger-max-rows-per-s", "0", name="every",
                                                   tier="device"),
                    "ledger off": Agent(root / "off", "--ledger-max-mb", "0", name="off", tier="device")}

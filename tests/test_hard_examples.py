@@ -29,8 +29,9 @@ def test_an_exported_dataset_of_operator_models_round_trips(tmp_path: Path) -> N
     p_small, p_big = probabilities(small, x), probabilities(big, x)
     escalate = p_small.max(axis=1) < THRESHOLD
     assert 10 < escalate.sum() < len(x) // 2
-    with running_agent(tmp_path / "cloud", tier="cloud", name="cloud-1") as cloud, \
-            running_agent(tmp_path / "device", tier="device", name="device-1") as device:
+    every = ("--ledger-max-rows-per-s", "0")  # record every row: the dataset is counted against the escalations
+    with running_agent(tmp_path / "cloud", *every, tier="cloud", name="cloud-1") as cloud, \
+            running_agent(tmp_path / "device", *every, tier="device", name="device-1") as device:
         async def deploy_and_send() -> list[str]:
             async with NodeClient(cloud.address) as client:
                 data = big.read_bytes()

@@ -218,7 +218,8 @@ def test_a_link_flap_sheds_shadow_rows_first_and_loses_no_escalation(tmp_path: P
     rng = np.random.default_rng(5)
     x = rng.normal(size=(40, 4)).astype(np.float32)
     try:
-        with running_agent(tmp_path / "device", tier="device") as device:
+        # every row recorded (no recording rate): the ledger is counted against the shadow counters below
+        with running_agent(tmp_path / "device", "--ledger-max-rows-per-s", "0", tier="device") as device:
             async def go() -> tuple[ctl.StageTelemetry, ctl.StageTelemetry, ctl.StageTelemetry, int,
                                     ctl.ListHardExamplesResponse]:
                 async with NodeClient(device.address) as client:

@@ -32,7 +32,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, 
     root = tmp_path_factory.mktemp("gallery")
     images, _ = scenes.load_heldout()
     x = scenes.to_model_input(images[:300])
-    with three_agents(root) as agents:
+    with three_agents(root, "--ledger-max-rows-per-s", "0") as agents:  # every row recorded: rows are counted
         with started_core(root / "deploy.sqlite") as core:
             for agent in agents.values():
                 core.add_address(agent.address).result(10)

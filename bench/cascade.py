@@ -23,6 +23,12 @@ in-process computation of the same rules. A what-if sweep of the stage 1 and sta
 same stream (accuracy vs fraction escalated) is written as a PNG. Thresholds are NOT tuned here: they
 come from the pipeline file (chosen on the validation split by tools/train_models.py).
 
+Below the CPU figure, each system's CPU per input is split into the models' own CPU in the agents (the
+compute threads' time inside onnxruntime, compute_cpu_seconds_total), what the same gRPC messages cost through
+a server that runs nothing (bench/_echo.py: the transport floor of Python gRPC), and the rest (tierdeck's own
+code, thread hand-offs); with the ratio the cascade would reach if the rest were free, and the models' cost
+run alone one at a time (how much the load itself slows them).
+
 Usage: python bench/cascade.py [--json OUT] [--quick] [--n N] [--batch B] [--concurrency C] [--repeats R]
                                [--transport stream|unary] [--plot PNG]
 """
@@ -32,9 +38,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
 import math
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -53,6 +61,7 @@ from app.pipeline_file import Pipeline, Rule, Stage, load_pipeline
 from bench._common import ROOT, Agent, print_table, write_json
 from resources import scenes
 from runners._proto import tierdeck_control_pb2 as ctl
+from runners._stream import StreamLink
 from runners.client import NodeClient, manifest_for
 
 PIPELINE = ROOT / "resources" / "pipelines" / "ship-finder.pipeline.json"
@@ -66,6 +75,23 @@ def run_model(path: Path, x: np.ndarray, batch: int = 256) -> np.ndarray:
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     return np.concatenate([sess.run(None, {"image": x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+def model_cpu_per_row(path: Path, x: np.ndarray, rows: int, seconds: float = 0.3) -> float:
+    """CPU seconds per row of one model in this process (1 thread, the agents' session options) at `rows` rows a
+    run: what the model itself costs, without the contention of a loaded box."""
+    from runners._stage import load_session
+
+    sess = load_session(path, 1)
+    rows = max(1, min(rows, len(x)))
+    feed = {sess.get_inputs()[0].name: x[:rows]}
+    for _ in range(3):
+        sess.run(None, feed)
+    runs, start = 0, time.thread_time()
+    while time.thread_time() - start < seconds or runs < 3:
+        sess.run(None, feed)
+        runs += 1
+    return (time.thread_time() - start) / (runs * rows)
 
 
 def with_thresholds(rule: Rule, confidence_below: float | None) -> Rule:
@@ -283,7 +309,8 @@ async def measured_pass(system: str, nodes: list[Node], x: np.ndarray, batch: in
         sb = next((st for st in b.stages if st.stage_id == node.stage), ctl.StageTelemetry())
         deltas.append({key: float(getattr(sa, key) - getattr(sb, key))
                        for key in ("inferences_total", "escalated_total", "shed_total", "queued_total",
-                                   "errors_total", "energy_joules_total", "forwarded_total", "hop_calls_total")}
+                                   "errors_total", "energy_joules_total", "forwarded_total", "hop_calls_total",
+                                   "compute_seconds_total", "compute_cpu_seconds_total")}
                       | {"node_energy_joules": a.energy_joules_total - b.energy_joules_total, "window_s": window})
     power = [(a.power_source, a.power_measured) for a in after]
     labels = [v.decode() for r in results for v in r["decision_label"]]
@@ -291,6 +318,70 @@ async def measured_pass(system: str, nodes: list[Node], x: np.ndarray, batch: in
     finals = np.concatenate([r["decision_final"] for r in results]).astype(bool)
     decisions = np.array([final_classes.index(v) for v in labels])
     return Pass(wall, agent_cpu, client_cpu, decisions, stages, finals, deltas, power)
+
+
+# -- the gRPC transport floor ------------------------------------------------------------------------------
+class EchoServer:
+    """bench/_echo.py in its own process: StreamInfer answered at once, nothing run."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen([sys.executable, "-m", "bench._echo"], cwd=ROOT, stdout=subprocess.PIPE,
+                                        text=True)
+        assert self.process.stdout is not None
+        self.address = json.loads(self.process.stdout.readline())["address"]
+        self.proc = psutil.Process(self.process.pid)
+
+    def cpu(self) -> float:
+        """User + system CPU seconds of the server so far."""
+        t = self.proc.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        self.process.kill()
+        self.process.wait()
+
+
+async def echo_cpu_per_message(echo: EchoServer, x: np.ndarray, rows: int, concurrency: int,
+                               messages: int = 400, repeats: int = 3) -> float:
+    """CPU seconds per message (the echo server's and this client's) for messages of `rows` input rows sent the
+    way the bench's client and the agents' forwarders send them (StreamInfer, `concurrency` streams), median of
+    `repeats`."""
+    rows = max(1, min(rows, len(x)))
+    outputs = ["decision_label", "decision_stage", "decision_final"]
+    samples = []
+    async with NodeClient(echo.address) as client:
+        links = [StreamLink(client.inference, client.channel, streaming=True) for _ in range(concurrency)]
+
+        async def worker(link: StreamLink, count: int) -> None:
+            for _ in range(count):
+                await client.infer("echo", {"image": x[:rows]}, outputs=outputs, link=link)
+
+        try:
+            await asyncio.gather(*(worker(link, 20) for link in links))  # streams open, buffers warm
+            for _ in range(repeats):
+                server_start, client_start = echo.cpu(), time.process_time()
+                await asyncio.gather(*(worker(link, messages // concurrency) for link in links))
+                used = echo.cpu() - server_start + time.process_time() - client_start
+                samples.append(used / (messages // concurrency * concurrency))
+        finally:
+            for link in links:
+                await link.close()
+    return statistics.median(samples)
+
+
+async def transport_floor(x: np.ndarray, batch: int, concurrency: int,
+                          hops: list[tuple[float, float]]) -> dict[str, Any]:
+    """CPU seconds per input that Python gRPC itself costs a system: the client's messages of `batch` rows, plus
+    for each hop (messages per input, rows per message) the forwarder's messages, all through the echo server."""
+    echo = EchoServer()
+    try:
+        client_link = await echo_cpu_per_message(echo, x, batch, concurrency)
+        per_hop = [await echo_cpu_per_message(echo, x, round(rows), 1) if per_input else 0.0
+                   for per_input, rows in hops]
+    finally:
+        echo.stop()
+    return {"client_message_cpu_s": client_link, "hop_message_cpu_s": per_hop,
+            "per_input_s": client_link / batch + sum(k * c for (k, _), c in zip(hops, per_hop, strict=True))}
 
 
 # -- the what-if plot --------------------------------------------------------------------------------------
@@ -487,8 +578,20 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         sources = []
         node_rows = []
         stage_rows = []
+        model_s = 0.0  # the models' CPU per input in the agents, under the load (their compute threads' CPU)
+        alone_s = 0.0  # the same models run alone in this process at the batch sizes they ran
+        hops: list[tuple[float, float]] = []  # (messages per input, rows per message) of each hop
+        stages = [chain[-1]] if name == "monolithic" else chain
         for k, node in enumerate(nodes):
             d = {key: sum(p.deltas[k][key] for p in runs) for key in runs[0].deltas[k]}
+            run_rows = args.batch if k == 0 else hops[k - 1][1]
+            path = stages[k].model_path
+            assert path is not None
+            model_s += d["compute_cpu_seconds_total"] / total
+            alone_s += d["inferences_total"] / total * model_cpu_per_row(path, x, round(run_rows))
+            if k + 1 < len(nodes):
+                hops.append((d["hop_calls_total"] / total,
+                             d["forwarded_total"] / d["hop_calls_total"] if d["hop_calls_total"] else 0.0))
             source, measured = runs[-1].power[k]
             dynamic += d["energy_joules_total"]
             node_energy += d["node_energy_joules"]
@@ -509,12 +612,26 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                                "rows_per_forwarded_call": d["forwarded_total"] / d["hop_calls_total"]
                                if d["hop_calls_total"] else 0.0})
         quality = summarise(last.decisions, labels)
+        floor = await transport_floor(x, args.batch, args.concurrency, hops)
+        all_s = (agent_cpu + client_cpu) / total
         entry: dict[str, Any] = {
             "throughput_inputs_per_s": n / wall,
             "throughput_per_pass": [n / p.wall_s for p in runs],
             "wall_s_median": wall,
             "cpu_s_per_1000": {"agents": 1000 * agent_cpu / total, "client": 1000 * client_cpu / total,
                                "all": 1000 * (agent_cpu + client_cpu) / total},
+            "cpu_s_per_1000_breakdown": {
+                "models": 1000 * model_s, "models_alone": 1000 * alone_s, "grpc_floor": 1000 * floor["per_input_s"],
+                "rest": 1000 * (all_s - model_s - floor["per_input_s"]),
+                "note": "models: the CPU time of the agents' threads inside onnxruntime's calls under the load "
+                        "(compute_cpu_seconds_total); models_alone: each stage's model run in this process (1 "
+                        "thread, the agents' session options, no other load) at the rows per run it saw, times the "
+                        "inputs that reached it; grpc_floor: the "
+                        "same messages (the client's, and each hop's at its measured rows per call and calls per "
+                        "input) through "
+                        "a StreamInfer server that runs nothing (bench/_echo.py), its CPU and the client's; rest: "
+                        "what is left — tierdeck's own code, thread hand-offs, scheduling"},
+            "grpc_floor": floor,
             **quality,
             "nodes": node_rows,
             "stages": stage_rows,
@@ -544,9 +661,16 @@ async def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     device_added = casc_r["nodes"][0]["stage_added_mb"]
     heavy_added = mono_r["nodes"][0]["stage_added_mb"]
     saving = 1 - device_added / heavy_added if heavy_added > 0 else float("nan")
+    mono_b, casc_b = mono_r["cpu_s_per_1000_breakdown"], casc_r["cpu_s_per_1000_breakdown"]
     report["comparison"] = {
         "throughput_ratio": ratio,
         "cpu_ratio": mono_r["cpu_s_per_1000"]["all"] / casc_r["cpu_s_per_1000"]["all"],
+        # What the ratio could be: with tierdeck's own code free (models + Python gRPC left), and with only the
+        # models' compute left (no transport at all).
+        "cpu_ratio_if_rest_were_free": mono_r["cpu_s_per_1000"]["all"] / (casc_b["models"] + casc_b["grpc_floor"]),
+        "cpu_ratio_models_only": mono_b["models"] / casc_b["models"] if casc_b["models"] > 0 else float("nan"),
+        "cpu_ratio_models_alone": mono_b["models_alone"] / casc_b["models_alone"]
+        if casc_b["models_alone"] > 0 else float("nan"),
         "accuracy_loss_pt": loss_pt,
         "reached_heavy": casc_r["reached_heavy"],
         "device_stage_added_mb": device_added,
@@ -587,6 +711,15 @@ def print_report(report: dict[str, Any]) -> None:
         ["CPU-s per 1,000 inputs (agents)", m["cpu_s_per_1000"]["agents"], c["cpu_s_per_1000"]["agents"], ""],
         ["CPU-s per 1,000 inputs (agents + client)", m["cpu_s_per_1000"]["all"], c["cpu_s_per_1000"]["all"],
          f"{cmp['cpu_ratio']:.2f}× less"],
+        ["  of which the models (onnxruntime's CPU in the agents)", m["cpu_s_per_1000_breakdown"]["models"],
+         c["cpu_s_per_1000_breakdown"]["models"], f"{cmp['cpu_ratio_models_only']:.2f}× less (the models)"],
+        ["  of which gRPC itself (same messages, echo server)", m["cpu_s_per_1000_breakdown"]["grpc_floor"],
+         c["cpu_s_per_1000_breakdown"]["grpc_floor"],
+         f"{cmp['cpu_ratio_if_rest_were_free']:.2f}× less (if the rest were free)"],
+        ["  the rest (tierdeck's code, thread hand-offs)", m["cpu_s_per_1000_breakdown"]["rest"],
+         c["cpu_s_per_1000_breakdown"]["rest"], ""],
+        ["the same models run alone, one at a time", m["cpu_s_per_1000_breakdown"]["models_alone"],
+         c["cpu_s_per_1000_breakdown"]["models_alone"], f"{cmp['cpu_ratio_models_alone']:.2f}× less"],
         ["top-1 accuracy (water included)", f"{m['accuracy'] * 100:.2f} %", f"{c['accuracy'] * 100:.2f} %",
          f"{-cmp['accuracy_loss_pt']:+.2f} pt"],
         ["vessel recall", f"{m['vessel_recall'] * 100:.2f} %", f"{c['vessel_recall'] * 100:.2f} %", ""],

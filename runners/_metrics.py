@@ -56,6 +56,8 @@ class AgentCollector:
             yield family
         compute = CounterMetricFamily("tierdeck_stage_compute_seconds", "Time spent inside onnxruntime",
                                       labels=labels)
+        compute_cpu = CounterMetricFamily("tierdeck_stage_compute_cpu_seconds",
+                                          "CPU time of the threads that ran onnxruntime's calls", labels=labels)
         energy = CounterMetricFamily("tierdeck_stage_energy_joules", "Node energy attributed to the stage",
                                      labels=labels)
         depth = GaugeMetricFamily("tierdeck_stage_queue_depth", "Escalations waiting in store-and-forward",
@@ -65,6 +67,7 @@ class AgentCollector:
         for stats in list(agent.stats.values()):
             key = [agent.node_id, stats.stage_id]
             compute.add_metric(key, stats.compute_seconds_total)
+            compute_cpu.add_metric(key, stats.compute_cpu_seconds_total)
             energy.add_metric(key, stats.energy_joules_total)
             depth.add_metric(key, stats.queue_depth)
             cumulative, buckets = 0, []
@@ -72,7 +75,7 @@ class AgentCollector:
                 cumulative += count
                 buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
             latency.add_metric(key, buckets, stats.latency_seconds_sum)
-        yield from (compute, energy, depth, latency)
+        yield from (compute, compute_cpu, energy, depth, latency)
         # What each stage's session really runs on (never a provider that is only installed).
         provider = GaugeMetricFamily("tierdeck_stage_provider_info", "Execution provider the stage runs on (1)",
                                      labels=[*labels, "provider"])

@@ -293,10 +293,13 @@ class Stage:
         return result
 
     def run(self, feeds: dict[str, np.ndarray]) -> tuple[list[np.ndarray], float]:
-        """Run the model (blocking: call from the compute executor); returns outputs and seconds spent."""
-        start = time.perf_counter()
+        """Run the model (blocking: call from the compute executor); returns outputs and seconds spent, and adds the
+        calling thread's CPU time to the stage's compute_cpu_seconds_total."""
+        start, cpu = time.perf_counter(), time.thread_time()
         outputs = self.session.run([o.name for o in self.outputs], feeds)
-        return [np.asarray(o) for o in outputs], time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.thread_time() - cpu
+        self.stats.add_compute_cpu(cpu_seconds)
+        return [np.asarray(o) for o in outputs], seconds
 
     def warm_up(self) -> None:
         """Inferences on zeros and on ones (dynamic dims = 1): setup is paid before the first real request,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ HISTOGRAM_BINS = 20
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _WINDOW_S = 15.0  # longest telemetry interval (10 s) plus slack
 _WINDOW_MAX = 200_000
+_CPU_LOCK = threading.Lock()  # StageStats.add_compute_cpu: runs end on several threads
 
 COUNTERS = STAGE_COUNTERS  # from the control-plane descriptor (runners/protocol.py)
 
@@ -33,6 +35,7 @@ class StageStats:
     score_kind: str = ""
     counters: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNTERS, 0))
     compute_seconds_total: float = 0.0
+    compute_cpu_seconds_total: float = 0.0  # added by Stage.run from the compute threads (add_compute_cpu)
     energy_joules_total: float = 0.0
     latency_bucket_counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
     latency_seconds_sum: float = 0.0
@@ -48,6 +51,11 @@ class StageStats:
     hop_latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
     dead_letters: int = 0  # escalations kept aside now (the queue's dead-letter table)
     shadow: ShadowSampler | None = None  # shadow sampling of settled rows (runners/_shadow.py), once it has a hop
+
+    def add_compute_cpu(self, seconds: float) -> None:
+        """Add a run's CPU seconds (any thread: the compute pool's or the event loop's)."""
+        with _CPU_LOCK:
+            self.compute_cpu_seconds_total += seconds
 
     def add(self, name: str, amount: int = 1) -> None:
         """Increase one counter."""
@@ -94,6 +102,7 @@ class TelemetryWindow:
                                                                dict.fromkeys(COUNTERS, 0), 0.0)
             dt = max(now - last.time, 1e-6)
             out = node.stages.add(stage_id=stats.stage_id, compute_seconds_total=stats.compute_seconds_total,
+                                  compute_cpu_seconds_total=stats.compute_cpu_seconds_total,
                                   queue_depth=stats.queue_depth, link_state=stats.link_state,
                                   energy_joules_total=stats.energy_joules_total, score_kind=stats.score_kind,
                                   dead_letters=stats.dead_letters,

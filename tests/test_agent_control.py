@@ -244,12 +244,14 @@ def test_telemetry_counts_match_requests_and_metrics_endpoint(tmp_path: Path, mo
         assert det.score_kind == "confidence" and len(det.score_histogram) == 20
         assert sample.power_source == "estimate" and not sample.power_measured
         assert sample.rss_bytes > 0
+        assert det.compute_seconds_total > 0 and det.compute_cpu_seconds_total > 0  # onnxruntime's time and CPU
         # Prometheus text format on the metrics port printed with the listening line.
         metrics_port = agent.extra["metrics_port"]
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
         assert f'tierdeck_stage_inferences_total{{node_id="{agent.node_id}",stage="det"}} {5 * len(X)}.0' in text
         assert 'tierdeck_node_power_watts{' in text and 'source="estimate"' in text
         assert "tierdeck_stage_request_latency_seconds_bucket" in text
+        assert f'tierdeck_stage_compute_cpu_seconds_total{{node_id="{agent.node_id}",stage="det"}}' in text
 
 
 def test_telemetry_interval_out_of_range_is_refused(tmp_path: Path) -> None:

@@ -333,7 +333,7 @@ class WatchTelemetryRequest(_message.Message):
     def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
 
 class StageTelemetry(_message.Message):
-    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "duplicates_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram", "runs_on", "cpu_fallback_nodes", "energy_source", "energy_measured", "dead_letter_total", "dead_letters", "hop_latency_p95_ms", "hop_errors_total", "hop_calls_total", "shadow_sent_total", "shadow_answered_total", "shadow_agreed_total", "shadow_shed_total", "shadow")
+    __slots__ = ("stage_id", "requests_total", "inferences_total", "escalated_total", "forwarded_total", "dropped_total", "shed_total", "queued_total", "delivered_total", "overflow_total", "provisional_total", "errors_total", "compute_seconds_total", "compute_cpu_seconds_total", "duplicates_total", "inferences_per_s", "escalated_per_s", "escalation_rate", "latency_p50_ms", "latency_p95_ms", "latency_p99_ms", "queue_depth", "link_state", "energy_joules_total", "energy_per_inference_j", "score_kind", "score_histogram", "runs_on", "cpu_fallback_nodes", "energy_source", "energy_measured", "dead_letter_total", "dead_letters", "hop_latency_p95_ms", "hop_errors_total", "hop_calls_total", "shadow_sent_total", "shadow_answered_total", "shadow_agreed_total", "shadow_shed_total", "shadow")
     STAGE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUESTS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     INFERENCES_TOTAL_FIELD_NUMBER: _ClassVar[int]
@@ -347,6 +347,7 @@ class StageTelemetry(_message.Message):
     PROVISIONAL_TOTAL_FIELD_NUMBER: _ClassVar[int]
     ERRORS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_SECONDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_CPU_SECONDS_TOTAL_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     INFERENCES_PER_S_FIELD_NUMBER: _ClassVar[int]
     ESCALATED_PER_S_FIELD_NUMBER: _ClassVar[int]
@@ -387,6 +388,7 @@ class StageTelemetry(_message.Message):
     provisional_total: int
     errors_total: int
     compute_seconds_total: float
+    compute_cpu_seconds_total: float
     duplicates_total: int
     inferences_per_s: float
     escalated_per_s: float
@@ -414,7 +416,7 @@ class StageTelemetry(_message.Message):
     shadow_agreed_total: int
     shadow_shed_total: int
     shadow: ShadowTelemetry
-    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., duplicates_total: _Optional[int] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ..., runs_on: _Optional[str] = ..., cpu_fallback_nodes: _Optional[int] = ..., energy_source: _Optional[str] = ..., energy_measured: _Optional[bool] = ..., dead_letter_total: _Optional[int] = ..., dead_letters: _Optional[int] = ..., hop_latency_p95_ms: _Optional[float] = ..., hop_errors_total: _Optional[int] = ..., hop_calls_total: _Optional[int] = ..., shadow_sent_total: _Optional[int] = ..., shadow_answered_total: _Optional[int] = ..., shadow_agreed_total: _Optional[int] = ..., shadow_shed_total: _Optional[int] = ..., shadow: _Optional[_Union[ShadowTelemetry, _Mapping]] = ...) -> None: ...
+    def __init__(self, stage_id: _Optional[str] = ..., requests_total: _Optional[int] = ..., inferences_total: _Optional[int] = ..., escalated_total: _Optional[int] = ..., forwarded_total: _Optional[int] = ..., dropped_total: _Optional[int] = ..., shed_total: _Optional[int] = ..., queued_total: _Optional[int] = ..., delivered_total: _Optional[int] = ..., overflow_total: _Optional[int] = ..., provisional_total: _Optional[int] = ..., errors_total: _Optional[int] = ..., compute_seconds_total: _Optional[float] = ..., compute_cpu_seconds_total: _Optional[float] = ..., duplicates_total: _Optional[int] = ..., inferences_per_s: _Optional[float] = ..., escalated_per_s: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., latency_p99_ms: _Optional[float] = ..., queue_depth: _Optional[int] = ..., link_state: _Optional[str] = ..., energy_joules_total: _Optional[float] = ..., energy_per_inference_j: _Optional[float] = ..., score_kind: _Optional[str] = ..., score_histogram: _Optional[_Iterable[int]] = ..., runs_on: _Optional[str] = ..., cpu_fallback_nodes: _Optional[int] = ..., energy_source: _Optional[str] = ..., energy_measured: _Optional[bool] = ..., dead_letter_total: _Optional[int] = ..., dead_letters: _Optional[int] = ..., hop_latency_p95_ms: _Optional[float] = ..., hop_errors_total: _Optional[int] = ..., hop_calls_total: _Optional[int] = ..., shadow_sent_total: _Optional[int] = ..., shadow_answered_total: _Optional[int] = ..., shadow_agreed_total: _Optional[int] = ..., shadow_shed_total: _Optional[int] = ..., shadow: _Optional[_Union[ShadowTelemetry, _Mapping]] = ...) -> None: ...
 
 class ShadowTelemetry(_message.Message):
     __slots__ = ("rate", "disagreements", "bins", "answered", "disagreed", "escalated_answered", "escalated_disagreed")

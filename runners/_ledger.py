@@ -281,7 +281,7 @@ class Ledger:
             return 0
         if granted < rows:
             row_ids, rows = row_ids[:granted], granted
-            inputs = {n: a[:granted] for n, a in inputs.items()}
+            inputs = {n: np.array(a[:granted]) for n, a in inputs.items()}  # a copy: not the whole request kept
             scores = np.asarray(scores)[:granted]
             cut = slice(0, granted)
             stage_answer, final = stage_answer.take(cut), final.take(cut)

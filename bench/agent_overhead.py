@@ -2,9 +2,9 @@
 
 Same model, same inputs, same onnxruntime settings (1 intra-op thread), one run, interleaved
 repetitions; throughput in inputs/s and the ratio agent/raw at client batch 1 and 32, and the agent's own
-CPU per row beyond onnxruntime's time (process CPU minus the stage's compute seconds, one client), with the
-client sending one ModelInfer call per request and, in the last column, each request as a message of one
-StreamInfer stream (how tiers talk to each other).
+CPU per row beyond onnxruntime's own CPU (process CPU minus the stage's compute_cpu_seconds_total, one
+client), with the client sending one ModelInfer call per request and, in the last column, each request as a
+message of one StreamInfer stream (how tiers talk to each other).
 Usage: python bench/agent_overhead.py [--model M.onnx] [--seconds S] [--json OUT]
 """
 
@@ -90,13 +90,15 @@ def _compute_seconds(address: str) -> float:
             stream = client.telemetry(0.1)
             sample = await anext(stream)
             await stream.aclose()  # type: ignore[attr-defined]
-        return next(s.compute_seconds_total for s in sample.stages if s.stage_id == "stage")
+        # onnxruntime's CPU time, not its wall time: on a loaded box a run waits for a core, and its wall time
+        # then exceeds what it cost (the heavy model had read negative here).
+        return next(s.compute_cpu_seconds_total for s in sample.stages if s.stage_id == "stage")
     return asyncio.run(go())
 
 
 def overhead_us_per_row(agent: Agent, stub: pb_grpc.GRPCInferenceServiceStub, name: str, x: np.ndarray,
                         seconds: float, stream: bool = False) -> float:
-    """The agent's CPU per row beyond onnxruntime's own time (process CPU − session.run time) at one client, which
+    """The agent's CPU per row beyond onnxruntime's own CPU (process CPU − the CPU of session.run) at one client, which
     sends one ModelInfer call per request, or (`stream`) each request as a message of one StreamInfer stream."""
     import psutil
 

@@ -40,8 +40,9 @@ DEFAULT_MAX_MB = 256.0
 DEFAULT_MAX_AGE_H = 168.0  # a week
 HANDOFF_ROWS = 4096        # rows waiting for the writer; more are dropped (counted), never block a request
 # Rows a second that reach the disk; the rest are dropped and counted. Field rates (tens of inputs a second) stay
-# under it and every escalated row is kept; under the cascade bench's thousands of inputs a second, 200 rows/s per
-# node had cost about a quarter of the cascade's CPU (SQLite pages, the writer's share of the GIL), 50 about 4 %.
+# under it and every escalated row is kept. Under the cascade bench's thousands of inputs a second on a busy 2-core
+# box, 200 rows/s per node cost a third more of the cascade's CPU than 50 (within the noise on a quiet box), and at
+# 200 rows/s the default 256 MiB holds about a minute of demo-sized rows; at 50, four.
 DEFAULT_MAX_ROWS_PER_S = 50.0
 WRITE_EVERY_S = 0.25
 CACHE_KIB = -512  # SQLite page cache per connection (negative: KiB), instead of its 2 MB default

@@ -295,7 +295,10 @@ def test_only_plots_whose_data_changed_are_redrawn(live: LiveConsole, dashboard:
     token = dashboard.panels["power"].token
     qtbot.waitUntil(lambda: time.time() // rollup.aggregator.width > head + 1, timeout=10_000)
     dashboard.redraw()
-    assert dashboard.panels["power"].token != token and dashboard.plots_drawn >= drawn + len(dashboard.panels)
+    # every plot with curves moves on (the missed (est.) plot has none here: no stage with a next hop)
+    with_curves = [key for key, series in dashboard.frame.plots.items() if series]  # type: ignore[union-attr]
+    assert len(with_curves) >= 5
+    assert dashboard.panels["power"].token != token and dashboard.plots_drawn >= drawn + len(with_curves)
     assert dashboard.rollups_built == built
     power = dashboard.panels["power"].series["Device"]
     assert power.t[-1] == pytest.approx((rollup.aggregator.shown + 0.5) * rollup.aggregator.width)

@@ -135,7 +135,7 @@ def test_rows_of_a_ring_in_one_pass_equal_its_columns_one_by_one(seed: int) -> N
         chunk_t, chunk = t[fed:fed + take], rows[fed:fed + take]
         for c, source in column_feeds:
             by_column.add(source, chunk_t, chunk[:, c])
-        by_row.add_rows(row_feeds, chunk_t, chunk)
+        by_row.add_rows([c for c, _ in row_feeds], [source for _, source in row_feeds], chunk_t, chunk)
         fed += take
         assert by_row.head == by_column.head and by_row.newest == by_column.newest
     for key in (("g", 0), ("g", 1), ("all",)):

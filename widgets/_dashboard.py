@@ -69,15 +69,16 @@ from widgets._series import (
 
 WINDOWS = (("1 min", 60.0), ("10 min", 600.0), ("1 h", 3600.0), ("24 h", 86400.0))
 TOP_NODES = 8
-PLOTS_PER_FRAME = 2   # plots repainted per frame of the frame clock (the others on the next frames)
+PLOTS_PER_FRAME = 1   # plots repainted per frame of the frame clock (the others on the next frames)
 TILES_HZ = 4.0
 # No sample for this long (or for three sampling intervals, if longer): the fleet is quiet, the time axis
 # scrolls in coarser steps and the source line says since when.
 QUIET_AFTER_S = 2.0
 QUIET_SCROLL_S = 10.0
-# On the frame clock a plot's curves step on at most this often: a 1-min window's 0.2-s bins complete five
-# times a second, and redrawing seven plots at that rate was half the console's CPU at 50 nodes (issue 15).
-CURVE_MIN_S = 0.5
+# On the frame clock a plot's curves step on at most this often — as often as a 1-min window's time axis
+# steps (1/60 of the window). Its 0.2-s bins complete five times a second, and redrawing seven plots at that
+# rate was half the console's CPU at 50 nodes (issue 15); longer windows' bins complete less often anyway.
+CURVE_MIN_S = 1.0
 
 
 @dataclass
@@ -673,7 +674,10 @@ class Dashboard(QWidget):
             if ring is not None and len(ring) and ring.last("shadow_answered_total"):
                 links.setdefault(stage_id, []).append(ring)
         width = self._bin_width(node_ids)
-        token = (int(frame.end // width), self.window_s, tuple(sorted(links)))
+        # The curves move on when a newer bin has a shadow sample (not when only the clock moves on).
+        newest = max((float(ring.tail(1)[0][-1]) for rings in links.values() for ring in rings),  # type: ignore[attr-defined]
+                     default=None)
+        token = (None if newest is None else int(newest // width), width, self.window_s, tuple(sorted(links)))
         if token != self._missed_token:
             grid = Grid(frame.start, frame.end, width)
             series = []

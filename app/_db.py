@@ -281,6 +281,9 @@ class Database:
         self._max_db_bytes = max_db_bytes
         self._cap_changed = False
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+        # Set with an item that must not wait for the batch (a flush, a call, stop): samples and events only
+        # queue, so the writer wakes once a batch, not once a sample.
+        self._urgent = threading.Event()
         self._pending: list[_Item] = []
         self._node_refs: dict[str, int] = {}
         self._boot_refs: dict[tuple[int, str], int] = {}
@@ -314,6 +317,7 @@ class Database:
         writer, self._writer = self._writer, None
         if writer is not None:
             self._queue.put(None)
+            self._urgent.set()
             writer.join(timeout)
         self._reader.submit(self._close_reader).result(timeout)
         self._reader.shutdown(wait=True)
@@ -382,12 +386,14 @@ class Database:
         """A future that resolves (to the number of samples committed so far) once everything queued is committed."""
         item = _Flush()
         self._queue.put(item)
+        self._urgent.set()
         return item.future
 
     def call(self, fn: Callable[[sqlite_utils.Database], T]) -> concurrent.futures.Future[T]:
         """Run `fn(db)` on the writer thread, after what is queued before it (maintenance, tests)."""
         item = _Call(fn)
         self._queue.put(item)
+        self._urgent.set()
         return item.future
 
     def run_maintenance(self, now: int | None = None, full: bool = True) -> concurrent.futures.Future[dict[str, int]]:
@@ -469,13 +475,17 @@ class Database:
                 if deadline is None:
                     item = self._queue.get(timeout=self.maintenance_seconds)
                 else:
-                    remaining = deadline - time.monotonic()
-                    item = self._queue.get(timeout=max(0.0, remaining)) if remaining > 0 else \
-                        self._queue.get_nowait()
+                    item = self._queue.get_nowait()
             except queue.Empty:
                 if deadline is None:
                     return stopping
-                break
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                # Let the batch fill without waking for each item: sleep until its deadline or an urgent item.
+                self._urgent.wait(remaining)
+                self._urgent.clear()
+                continue
             if item is None:
                 stopping = True
                 break

@@ -588,14 +588,17 @@ class Fleet:
     async def _watchdog(self, node: _Node, client: NodeClient) -> None:
         """Degrade a node whose samples are overdue; end the session when its health check fails too."""
         while True:
-            await asyncio.sleep(self.overdue_s / 2)
             late = time.monotonic() - node.last_sample_at
             if late <= self.overdue_s:
+                # Wake when the next sample would be overdue, not every half period: one wake-up per node per
+                # period while samples flow, and the silence is noticed when it starts to count.
+                await asyncio.sleep(self.overdue_s - late + 0.01)
                 continue
             node.reasons["telemetry"] = f"no telemetry for {late:.1f} s"
             self._update_reasons(node)
             if not await client.healthy("", timeout=self.connect_timeout_s):
                 raise _SessionEnded(f"no telemetry for {late:.1f} s and the health check failed")
+            await asyncio.sleep(self.overdue_s / 2)
 
     def _on_sample(self, node: _Node, msg: ctl.TelemetrySample, stream: int) -> None:
         node.last_sample_at = time.monotonic()

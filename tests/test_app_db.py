@@ -255,3 +255,26 @@ def test_ledger_and_events_round_trip(tmp_path: Path) -> None:
     assert rows == [{"id": "dep1", "status": "succeeded", "operator": "alice"}]
     assert steps == [{"node_id": "node-a", "step": "upload", "status": "done"}]
     assert json.loads(events[0]["detail_json"]) == {"deployment_id": "dep1"}
+
+
+def test_samples_wait_for_their_batch_but_a_flush_a_call_and_close_do_not(tmp_path: Path) -> None:
+    """Samples only queue (the writer sleeps through its batch instead of waking for each sample); a flush, a call
+    and close wake it at once — with a batch of an hour, each of them would otherwise wait for the hour."""
+    db = Database(tmp_path / "c.sqlite", batch_seconds=3600.0, batch_rows=100_000).start()
+    try:
+        for seq in range(1, 51):
+            db.write_sample(synthetic_sample("node-a", seq, NOW + seq * 100))
+        assert db.flush().result(timeout=20) == 50
+        for seq in range(51, 61):
+            db.write_sample(synthetic_sample("node-a", seq, NOW + seq * 100))
+        count = db.call(lambda d: d.conn.execute("SELECT COUNT(DISTINCT seq) FROM telemetry").fetchone()[0])
+        assert count.result(20) == 60
+        assert db.stats()["commits"] >= 2
+        db.write_sample(synthetic_sample("node-a", 61, NOW + 6100))
+    finally:
+        closer = threading.Thread(target=db.close)
+        closer.start()
+        closer.join(20)
+    assert not closer.is_alive(), "close waited for the batch"
+    conn = sqlite3.connect(tmp_path / "c.sqlite")
+    assert conn.execute("SELECT MAX(seq) FROM telemetry").fetchone()[0] == 61, "close commits what is queued"

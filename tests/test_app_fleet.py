@@ -154,3 +154,28 @@ def test_a_node_found_over_mdns_joins_the_fleet_by_its_id_and_goes_online(tmp_pa
             assert node.info is not None and node.info.execution_providers
     finally:
         agent.stop()
+
+
+def test_a_node_that_falls_silent_is_degraded_then_offline_and_back_when_it_speaks_again(tmp_path: Path) -> None:
+    """The telemetry watchdog: a node whose samples stop (its process frozen) says 'no telemetry for …' once they
+    are overdue, goes offline when its health check fails too, and is online again when it answers."""
+    agent = start_agent(tmp_path / "node", tier="edge", name="edge-1")
+    events: list[FleetEvent] = []
+    try:
+        with started_core(tmp_path / "console.sqlite", telemetry_interval_s=0.2,
+                          fleet_options={"backoff_s": (0.1, 0.5), "connect_timeout_s": 1.0}) as core:
+            core.subscribe_fleet(events.append)
+            core.add_address(agent.address).result(10)
+            wait_nodes(core, lambda ns: bool(ns) and ns[0].state == NodeState.ONLINE, message="online")
+            assert core.fleet is not None and core.fleet.overdue_s == 2.0
+            agent.process.send_signal(signal.SIGSTOP)
+            try:
+                wait_nodes(core, lambda ns: ns[0].state == NodeState.OFFLINE, message="offline after the silence")
+            finally:
+                agent.process.send_signal(signal.SIGCONT)
+            silent = [e.node for e in events if any(r.startswith("no telemetry for") for r in e.node.reasons)]
+            assert silent and silent[0].state == NodeState.DEGRADED, "overdue samples degrade the node first"
+            assert any(e.node.state == NodeState.OFFLINE and "health check failed" in e.node.reason for e in events)
+            wait_nodes(core, lambda ns: ns[0].state == NodeState.ONLINE, message="online again")
+    finally:
+        agent.stop()

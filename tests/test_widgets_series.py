@@ -112,6 +112,37 @@ def test_a_bulk_load_then_samples_equals_samples_one_by_one() -> None:
     assert np.isfinite(one.values("g")).sum() > bins // 2
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_rows_of_a_ring_in_one_pass_equal_its_columns_one_by_one(seed: int) -> None:
+    """`add_rows` (the live path: a ring's new rows, every column at once) gives exactly what `add` gives column by
+    column: the same head, the same per-group bins, through NaNs, bursts in one bin, gaps past the carry-forward and
+    bins that fall out of the window."""
+    rng = np.random.default_rng(seed)
+    width, bins, columns = 0.2, 60, 4
+    t, _ = random_stream(rng, 3000.0, 600, 0.1)
+    rows = rng.gamma(2.0, 3.0, (len(t), columns))
+    rows[rng.random(rows.shape) < 0.05] = np.nan
+    rows[rng.random(rows.shape) < 0.01] = np.inf
+    by_column, by_row = Aggregator(width, bins), Aggregator(width, bins)
+
+    def feeds(agg: Aggregator) -> list:
+        return [(c, agg.source(c, [(("g", c % 2), ("sum", "max")[c % 2]), (("all",), "mean")])) for c in range(columns)]
+
+    column_feeds, row_feeds = feeds(by_column), feeds(by_row)
+    fed = 0
+    while fed < len(t):
+        take = int(rng.integers(1, 4))
+        chunk_t, chunk = t[fed:fed + take], rows[fed:fed + take]
+        for c, source in column_feeds:
+            by_column.add(source, chunk_t, chunk[:, c])
+        by_row.add_rows([c for c, _ in row_feeds], [source for _, source in row_feeds], chunk_t, chunk)
+        fed += take
+        assert by_row.head == by_column.head and by_row.newest == by_column.newest
+    for key in (("g", 0), ("g", 1), ("all",)):
+        assert np.array_equal(by_row.values(key), by_column.values(key), equal_nan=True), key
+        assert np.isfinite(by_row.values(key)).sum() > bins // 2
+
+
 def test_the_window_moves_on_without_samples_and_old_bins_are_forgotten() -> None:
     agg = Aggregator(1.0, 10)
     s = agg.source("s", [("g", "sum")])

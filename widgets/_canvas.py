@@ -231,6 +231,9 @@ class PipelineCanvas(CanvasDragDrop, CanvasLiveOverlay, QGraphicsView):
         self.card_w, self.card_h, self.compact = CARD_W, CARD_H, False
         self._live_every = 0.5
         self._last_live = 0.0
+        self._live_seen: tuple[int, int, int] = (-1, 0, 0)   # (samples, cards, links) at the last live refresh
+        self._live_moved = 0.0
+        self.live_refreshes = 0
         self.refusal = ""
         self.refusal_banner = QLabel(self)
         self.refusal_banner.setProperty("banner", "error")

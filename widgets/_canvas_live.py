@@ -12,6 +12,8 @@ from PySide6.QtCore import Slot
 
 from app._miss import describe_link, link_label, miss_estimate
 
+SPARK_S = 60.0   # a card's sparkline: the last minute
+
 
 class CanvasLiveOverlay:
     """Live figures on the canvas's items (a mixin of `PipelineCanvas`)."""
@@ -29,9 +31,16 @@ class CanvasLiveOverlay:
         now = time.monotonic()
         if not force and now - self._last_live < self._live_every:
             return
-        self._last_live = now
         telemetry = self.telemetry
-        since = time.time() - 60
+        # Nothing arrived and the sparklines (the last SPARK_S seconds) have aged out: nothing would change.
+        seen = (telemetry.samples, len(self.cards), len(self.links))
+        if seen != self._live_seen:
+            self._live_seen, self._live_moved = seen, now
+        elif not force and now - self._live_moved > SPARK_S + 1:
+            return
+        self._last_live = now
+        self.live_refreshes += 1
+        since = time.time() - SPARK_S
         for key, card in self.cards.items():
             node = self.fleet.node(key)
             if node is None or not node.node_id:
@@ -41,7 +50,7 @@ class CanvasLiveOverlay:
                 ring = telemetry.stage_series(node.node_id, st.stage_id)
                 if ring is None or not len(ring):
                     continue
-                v = ring.series("inferences_per_s", since)[1][-60:]
+                v = ring.series("inferences_per_s", since)[1][-int(SPARK_S):]
                 if len(v) == 0:
                     continue
                 if total is None:

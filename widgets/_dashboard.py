@@ -13,7 +13,9 @@ history arrives, or when the dashboard is shown again after samples came while i
 The curves end with the last complete bin, and a plot is redrawn when a bin with samples
 completes (not on every sample, not when only the clock moves); on the frame clock (10–20 Hz,
 resting when nothing is new) at most PLOTS_PER_FRAME plots are repainted a frame, the others on
-the next frames. Each curve keeps `setDownsampling(mode='peak')` and `setClipToView(True)`.
+the next frames, and a plot steps on at most every CURVE_MIN_S (a 1-min window's bins complete
+five times a second). A frame reuses the series of a plot whose token did not change, and reads
+the tiles at most TILES_HZ. Each curve keeps `setDownsampling(mode='peak')` and `setClipToView(True)`.
 """
 
 from __future__ import annotations
@@ -67,10 +69,16 @@ from widgets._series import (
 
 WINDOWS = (("1 min", 60.0), ("10 min", 600.0), ("1 h", 3600.0), ("24 h", 86400.0))
 TOP_NODES = 8
-PLOTS_PER_FRAME = 2   # plots repainted per frame of the frame clock (the others on the next frames)
+PLOTS_PER_FRAME = 1   # plots repainted per frame of the frame clock (the others on the next frames)
 TILES_HZ = 4.0
-QUIET_AFTER_S = 5.0   # no sample for this long: the fleet is quiet and the time axis scrolls in coarser steps
+# No sample for this long (or for three sampling intervals, if longer): the fleet is quiet, the time axis
+# scrolls in coarser steps and the source line says since when.
+QUIET_AFTER_S = 2.0
 QUIET_SCROLL_S = 10.0
+# On the frame clock a plot's curves step on at most this often — as often as a 1-min window's time axis
+# steps (1/60 of the window). Its 0.2-s bins complete five times a second, and redrawing seven plots at that
+# rate was half the console's CPU at 50 nodes (issue 15); longer windows' bins complete less often anyway.
+CURVE_MIN_S = 1.0
 
 
 @dataclass
@@ -353,9 +361,13 @@ class Dashboard(QWidget):
         self.rollups_built = 0
         self.plots_drawn = 0
         self._drawn_at: dict[str, int] = {}
+        self._drawn_time: dict[str, float] = {}    # plot → when its curves were last drawn (monotonic s)
         self._tiles_at = 0.0
         self._missed_token: object = None
         self._missed_series: list[Series] = []
+        self._tier_series: dict[str, tuple[object, list[Series]]] = {}   # plot → (token, series) last computed
+        self._width: tuple[float, tuple[str, ...], float] | None = None   # (window, nodes, bin width) last measured
+        self._interval = 0.0    # the fleet's typical sampling interval, as last measured (s)
 
         # controls
         self.window_buttons = QButtonGroup(self)
@@ -547,7 +559,7 @@ class Dashboard(QWidget):
         if self._rollup is not None and now - self._width_checked >= 10.0:
             # the fleet's sampling interval sets the bin width: rebuild when it moved (a node's rate changed)
             self._width_checked = now
-            width = self._bin_width(list(self._tier_of))
+            width = self._bin_width(list(self._tier_of), fresh=True)
             if abs(width - self._rollup.aggregator.width) > 0.2 * self._rollup.aggregator.width:
                 self._rollup_stale = True
                 self.redraw()
@@ -570,39 +582,52 @@ class Dashboard(QWidget):
         On the frame clock a few plots a frame (the ones waiting longest first, the rest on the
         next frames, asked for here), so that no frame repaints every plot at once.
         """
-        frame = self.compute_frame()
+        now = time.monotonic()
+        # big numbers changing 15 times a second cannot be read; at most TILES_HZ on the frame clock
+        tiles = plots >= len(PLOTS) or now - self._tiles_at >= 1.0 / TILES_HZ or self.frame is None
+        frame = self.compute_frame(tiles=tiles)
+        if not tiles and self.frame is not None:
+            frame.tiles, frame.estimate = self.frame.tiles, self.frame.estimate
         self.frame = frame
         stale = [key for key, panel in self.panels.items()
                  if (token := frame.tokens.get(key)) is None or token != panel.token]
+        waiting = False
+        if plots < len(PLOTS) and not self.replaying:
+            # On the frame clock a plot whose curves just moved on waits CURVE_MIN_S before the next step
+            # (a 1-min window's bins complete five times a second); a plot shown anew does not wait.
+            due = [key for key in stale if (self.panels[key].token is None and frame.tokens.get(key) is not None)
+                   or now - self._drawn_time.get(key, -math.inf) >= CURVE_MIN_S]
+            waiting = len(due) < len(stale)
+            stale = due
         stale.sort(key=lambda k: self._drawn_at.get(k, -1))
         for key in stale[:plots]:
             panel = self.panels[key]
             panel.show_series(frame.plots.get(key, []), frame.start, frame.end)
             panel.token = frame.tokens.get(key)
             self._drawn_at[key] = self.frames_drawn
+            self._drawn_time[key] = now
             self.plots_drawn += 1
         # The plots not drawn keep their time range until their turn (a frame or two): a range step
         # re-clips and repaints a plot, and doing it for every plot at once made the slowest frames.
-        if len(stale) > plots and self.clock is not None:
+        if (len(stale) > plots or waiting) and self.clock is not None:
             self.clock.request_frame()
-        now = time.monotonic()
-        if plots >= len(PLOTS) or now - self._tiles_at >= 1.0 / TILES_HZ:
-            # big numbers changing 15 times a second cannot be read; at most TILES_HZ on the frame clock
+        if tiles:
             self._tiles_at = now
             for key, tile in self.tiles.items():
                 text = frame.tiles.get(key, "—")
                 if tile.value.text() != text:
                     tile.value.setText(text)
-        text = self._source_text(frame)
-        if self.source.text() != text:
-            self.source.setText(text)
+            text = self._source_text(frame)
+            if self.source.text() != text:
+                self.source.setText(text)
         self._last_scroll = time.monotonic()
         self.frames_drawn += 1
 
     @property
     def quiet(self) -> bool:
-        """True when no sample has arrived for QUIET_AFTER_S (the time axis then scrolls in coarser steps)."""
-        return time.monotonic() - self._last_sample > QUIET_AFTER_S
+        """True when no sample has arrived for QUIET_AFTER_S or three sampling intervals, whichever is longer (the
+        time axis then scrolls in coarser steps)."""
+        return time.monotonic() - self._last_sample > max(QUIET_AFTER_S, 3.0 * self._interval)
 
     def _source_text(self, frame: Frame) -> str:
         if self.replaying and self.replay is not None and self.replay.history is not None:
@@ -619,22 +644,24 @@ class Dashboard(QWidget):
         return " · ".join(parts)
 
     # ----- data ----------------------------------------------------------------------------------------------
-    def compute_frame(self, now: float | None = None) -> Frame:
-        """All series and tiles for the window ending `now` (Unix seconds)."""
+    def compute_frame(self, now: float | None = None, tiles: bool = True) -> Frame:
+        """All series (and, with `tiles`, the tiles) for the window ending `now` (Unix seconds)."""
         end = self.now() if now is None else now
         start = end - self.window_s
         frame = Frame(start, end)
         nodes = [n for n in self.fleet.nodes() if n.node_id]
         tier_of = {n.node_id: (n.tier if n.tier in theme.TIERS else "") for n in nodes}
-        names = {n.node_id: n.name for n in nodes}
-        latest = {node_id: self.telemetry.latest(node_id) for node_id in tier_of}
-        frame.estimate = any(s is not None and not s.power_measured for s in latest.values())
+        latest: dict[str, NodeSample | None] = {}
+        if tiles or self.group == "node":
+            latest = {node_id: self.telemetry.latest(node_id) for node_id in tier_of}
+            frame.estimate = any(s is not None and not s.power_measured for s in latest.values())
         if self.group == "node":
-            self._per_node(frame, latest, names)
+            self._per_node(frame, latest, {n.node_id: n.name for n in nodes})
         else:
             self._per_tier(frame, tier_of)
         self._missed(frame, list(tier_of))
-        self._tiles(frame, latest)
+        if tiles:
+            self._tiles(frame, latest)
         return frame
 
     def _missed(self, frame: Frame, node_ids: list[str]) -> None:
@@ -647,7 +674,10 @@ class Dashboard(QWidget):
             if ring is not None and len(ring) and ring.last("shadow_answered_total"):
                 links.setdefault(stage_id, []).append(ring)
         width = self._bin_width(node_ids)
-        token = (int(frame.end // width), self.window_s, tuple(sorted(links)))
+        # The curves move on when a newer bin has a shadow sample (not when only the clock moves on).
+        newest = max((float(ring.tail(1)[0][-1]) for rings in links.values() for ring in rings),  # type: ignore[attr-defined]
+                     default=None)
+        token = (None if newest is None else int(newest // width), width, self.window_s, tuple(sorted(links)))
         if token != self._missed_token:
             grid = Grid(frame.start, frame.end, width)
             series = []
@@ -674,7 +704,12 @@ class Dashboard(QWidget):
             rollup = self._rebuild_rollup(tier_of)
         return rollup
 
-    def _bin_width(self, node_ids: Sequence[str]) -> float:
+    def _bin_width(self, node_ids: Sequence[str], fresh: bool = False) -> float:
+        """The grid's bin width for these nodes: measured from their rings, then kept (per window and node set)
+        until `fresh` asks again (the once-every-10-s check) — not re-measured every frame."""
+        key = tuple(node_ids)
+        if not fresh and self._width is not None and self._width[:2] == (self.window_s, key):
+            return self._width[2]
         intervals: list[float] = []
         for node_id in node_ids:
             ring = self.telemetry.node_series(node_id)
@@ -684,12 +719,17 @@ class Dashboard(QWidget):
                     intervals.append(gap)
                     if len(intervals) >= 5:
                         break
-        return bin_width(self.window_s, intervals)
+        width = bin_width(self.window_s, intervals)
+        if intervals:
+            self._interval = float(np.median(intervals))
+        # keep it once the nodes asked about have sampled enough to say (a young ring says nothing yet)
+        self._width = (self.window_s, key, width) if len(intervals) >= min(5, len(key)) else None
+        return width
 
     def _rebuild_rollup(self, tier_of: dict[str, str]) -> TierRollup:
         """A new rollup from everything the rings (and the history read) hold: on a new window, tier or node."""
         tel = self.telemetry
-        width = self._bin_width(list(tier_of))
+        width = self._bin_width(list(tier_of), fresh=True)
         rollup = TierRollup(width, int(np.ceil(self.window_s / width - 1e-9)))
         rollup.aggregator.advance(self.now())
         stages: dict[str, list[str]] = {}
@@ -741,16 +781,14 @@ class Dashboard(QWidget):
         rollup = self._rollup_for(tier_of)
         agg = rollup.aggregator
         agg.advance(frame.end)
-        x = agg.centers()
         present = set(tier_of.values())
         tiers = [t for t in (*theme.TIERS, "") if t in present]
-
-        def style(tier: str) -> tuple[str, Qt.PenStyle]:
-            return theme.TIER_COLOURS.get(tier, theme.MUTED), theme.TIER_STYLES.get(tier, Qt.PenStyle.SolidLine)
+        # What each plot shows: (name, group member or link rate, colour, style) per curve.
+        curves: dict[str, list[tuple[str, tuple[str, str], str, Qt.PenStyle]]] = {}
 
         def per_tier(plot: str, shown: Sequence[str]) -> None:
-            frame.plots[plot] = [Series(theme.TIER_TITLES.get(t, t), x, rollup.values(plot, t), *style(t))
-                                 for t in shown]
+            curves[plot] = [(theme.TIER_TITLES.get(t, t), (plot, t), theme.TIER_COLOURS.get(t, theme.MUTED),
+                             theme.TIER_STYLES.get(t, Qt.PenStyle.SolidLine)) for t in shown]
 
         per_tier("power", tiers)
         per_tier("backlog", tiers)
@@ -760,19 +798,30 @@ class Dashboard(QWidget):
         escalation, energy = [], []
         for i, stage_id in enumerate(self._link_order(rollup.links)):
             colour = theme.SERIES_COLOURS[i % len(theme.SERIES_COLOURS)]
-            energy.append(Series(stage_id, x, rollup.values("energy", stage_id), colour))
+            energy.append((stage_id, ("energy", stage_id), colour, Qt.PenStyle.SolidLine))
             label = self._link_label(stage_id)
             if label.endswith("(last)"):
                 continue   # the last stage settles everything: no link leaves it
-            escalation.append(Series(label, x, rollup.escalation_rate(stage_id), colour))
-        frame.plots["escalation"] = escalation
-        frame.plots["energy"] = energy
+            escalation.append((label, ("escalation", stage_id), colour, Qt.PenStyle.SolidLine))
+        curves["escalation"] = escalation
+        curves["energy"] = energy
         # A curve changes when a bin with samples completes (the curves end with the last complete bin),
         # when the rollup is rebuilt (window, tiers, history), or when its set of curves changes; not when
-        # only the clock moves on (a quiet fleet: the time axis scrolls, the curves stay).
-        for plot, series in frame.plots.items():
-            frame.tokens[plot] = (self.rollups_built, agg.shown_data if series else None,
-                                  tuple(s.name for s in series))
+        # only the clock moves on (a quiet fleet: the time axis scrolls, the curves stay). Equal token,
+        # equal curves: the series of the last frame are kept instead of being read again.
+        for plot, specs in curves.items():
+            token = (self.rollups_built, agg.shown_data if specs else None, tuple(name for name, *_ in specs))
+            frame.tokens[plot] = token
+            cached = self._tier_series.get(plot)
+            if cached is not None and cached[0] == token:
+                frame.plots[plot] = cached[1]
+                continue
+            x = agg.centers()
+            series = [Series(name, x, rollup.escalation_rate(member) if group == "escalation"
+                             else rollup.values(group, member), colour, style)
+                      for name, (group, member), colour, style in specs]
+            self._tier_series[plot] = (token, series)
+            frame.plots[plot] = series
 
     # ----- per node: the busiest and the selected, straight from their rings -------------------------------------
     def _per_node(self, frame: Frame, latest: Mapping[str, NodeSample | None], names: dict[str, str]) -> None:

@@ -74,6 +74,8 @@ class _FleetFilter(QSortFilterProxyModel):
     def __init__(self, panel: FleetPanel) -> None:
         super().__init__(panel)
         self._panel = panel
+        self.painted: dict[str, tuple[str, str]] = {}   # node key → (state line, details line) last painted
+        self.paints: dict[str, int] = {}                # node key → rows painted
         self.words: list[str] = []
         self.states: tuple[str, ...] = ()
         self.setRecursiveFilteringEnabled(True)
@@ -108,6 +110,8 @@ class NodeDelegate(QStyledItemDelegate):
     def __init__(self, panel: FleetPanel) -> None:
         super().__init__(panel)
         self._panel = panel
+        self.painted: dict[str, tuple[str, str]] = {}   # node key → (state line, details line) last painted
+        self.paints: dict[str, int] = {}                # node key → rows painted
 
     def _metrics(self, option: QStyleOptionViewItem) -> tuple[QFont, QFont, int]:
         bold = QFont(option.font)
@@ -197,16 +201,11 @@ class NodeDelegate(QStyledItemDelegate):
         width = rect.right() - 6 - text_left
         state_colour = {NodeState.DEGRADED: theme.WARN, NodeState.OFFLINE: theme.BAD}.get(node.state, theme.MUTED)
         painter.setPen(theme.colour("#ffffff" if selected else state_colour))
+        state_text, details = lines = self._panel.row_lines(node)
+        self.painted[node.key] = lines
+        self.paints[node.key] = self.paints.get(node.key, 0) + 1
         painter.drawText(QRect(text_left, top + line + 1, width, line), Qt.AlignmentFlag.AlignVCenter,
-                         QFontMetrics(normal).elidedText(fmt.state_text(node, self._panel.now_ms()),
-                                                         Qt.TextElideMode.ElideRight, width))
-        sample = self._panel.latest(node.node_id)
-        if node.source == "endpoint":
-            callers = (fmt.callers_view(node, self._panel.fleet.nodes(), self._panel.telemetry.latest)
-                       if self._panel.telemetry else "")
-            details = f"{callers} · {fmt.hardware(node)} · model {fmt.stages(node)}"
-        else:
-            details = f"{fmt.power(sample)} · {fmt.hardware(node)} · stages: {fmt.stages(node)}"
+                         QFontMetrics(normal).elidedText(state_text, Qt.TextElideMode.ElideRight, width))
         painter.setPen(theme.colour("#ffffff" if selected else theme.MUTED))
         painter.drawText(QRect(text_left, top + 2 * line + 2, width, line), Qt.AlignmentFlag.AlignVCenter,
                          QFontMetrics(normal).elidedText(details, Qt.TextElideMode.ElideRight, width))
@@ -258,7 +257,8 @@ class FleetPanel(QWidget):
         self.view.setRootIsDecorated(False)
         self.view.setIndentation(0)
         self.view.setUniformRowHeights(False)
-        self.view.setItemDelegate(NodeDelegate(self))
+        self.delegate = NodeDelegate(self)
+        self.view.setItemDelegate(self.delegate)
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.setAccessibleName("Fleet")
@@ -560,8 +560,24 @@ class FleetPanel(QWidget):
 
     @Slot()
     def _second(self) -> None:
-        if self.isVisible():
-            self.view.viewport().update()
+        """Repaint the shown rows whose words moved on since they were painted ('online for 42 s', the power of
+        the latest sample), and only those: a quiet node in a state an hour old ('online for 2 h 05 min') is
+        repainted once a minute, not every second."""
+        if not self.isVisible():
+            return
+        viewport = self.view.viewport()
+        bottom = viewport.rect().bottom()
+        now = self.now_ms()
+        index = self.view.indexAt(QPoint(0, 0))
+        while index.isValid():
+            rect = self.view.visualRect(index)
+            if rect.top() > bottom:
+                break
+            key = index.data(KEY_ROLE)
+            node = self.shown_node(key) if key else None
+            if node is not None and self.row_lines(node, now) != self.delegate.painted.get(key):
+                viewport.update(rect)
+            index = self.view.indexBelow(index)
 
     def _tooltip(self, node: NodeSnapshot) -> str:
         runtime = "".join(f"{line}\n" for line in fmt.runtime_lines(node))
@@ -587,6 +603,15 @@ class FleetPanel(QWidget):
         self.summary.setText(" · ".join(parts) if nodes else
                              "No nodes yet. Nodes on this network segment appear by themselves (mDNS); "
                              "add others with Ctrl+N.")
+
+    def row_lines(self, node: NodeSnapshot, now_ms: int | None = None) -> tuple[str, str]:
+        """The second and third lines of a node's row: its state and for how long; power (or what callers see of an
+        engine), hardware and stages."""
+        state = fmt.state_text(node, self.now_ms() if now_ms is None else now_ms)
+        if node.source == "endpoint":
+            callers = fmt.callers_view(node, self.fleet.nodes(), self.telemetry.latest) if self.telemetry else ""
+            return state, f"{callers} · {fmt.hardware(node)} · model {fmt.stages(node)}"
+        return state, f"{fmt.power(self.latest(node.node_id))} · {fmt.hardware(node)} · stages: {fmt.stages(node)}"
 
     def row_text(self, key: str) -> str:
         """What the row of a node says, as text (for tests and screen readers)."""

@@ -109,6 +109,9 @@ class MainWindow(QMainWindow):
         for path in palette_models:
             console.pipeline.import_model(path)
         self.resize(1366, 768)
+        # Start on the canvas, not in the first text field of the focus chain (the fleet filter): a caret
+        # blinking there repainted the fleet dock twice a second for as long as the console stayed open.
+        self.canvas.setFocus(Qt.FocusReason.OtherFocusReason)
 
     # ----- menus -----------------------------------------------------------------------------------------------
     def _action(self, text: str, shortcut: str | Sequence[str] | None, slot: object, tip: str = "") -> QAction:

@@ -132,7 +132,9 @@ def test_the_dashboard_plots_the_samples_the_core_received(live: LiveConsole, da
     assert shown == int(np.floor(frame.end / width)) - 1 and len(x) == len(y) == rollup.aggregator.bins
     assert np.allclose(x, (shown - len(x) + 1 + np.arange(len(x)) + 0.5) * width)
     expected = aligned_bins(*ring.series("inferences_per_s"), width, shown - len(x) + 1, len(x))
-    assert np.allclose(y, expected, equal_nan=True)
+    # The newest shown bin completed by the console's clock; a sample stamped inside it can still arrive (a
+    # telemetry batch is up to ~0.1 s on its way) and is drawn when the next bin completes: compare the bins before.
+    assert np.allclose(y[:-1], expected[:-1], equal_nan=True)
     assert np.nanmax(y) > 0
     # the first link's escalation tile and the throughput tile come from the same rings
     assert dashboard.tiles["throughput"].value.text().endswith("/s")

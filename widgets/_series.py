@@ -322,43 +322,19 @@ class Aggregator:
 
     def add(self, source: BinnedSource, t: Array, v: Array) -> None:
         """New samples of a source, oldest first."""
-        width, fill = self.width, self.fill
-        for ti, vi in zip(t.tolist(), v.tolist(), strict=True):
-            if vi != vi or vi in (np.inf, -np.inf):
-                continue
-            k = math.floor(ti / width)   # the same division as `load` and `bin_of`
-            if self.head is None or k > self.head:
-                self._advance_to(k)
-            if self.newest is None or k > self.newest:
-                self.newest = k
-            oldest = self.head - self.capacity + 1   # type: ignore[operator]
-            if source.k is None or k > source.k:
-                if source.k is not None and source.n:
-                    last = source.total / source.n
-                    for j in range(max(source.k + 1, oldest), min(k, source.k + fill + 1)):
-                        for group, row in source.targets:
-                            group.set(row, j, last)
-                source.k, source.total, source.n = k, vi, 1
-            elif k == source.k:
-                source.total += vi
-                source.n += 1
-            else:
-                continue   # older than the source's newest bin
-            if k >= oldest:
-                value = source.total / source.n
-                for group, row in source.targets:
-                    group.set(row, k, value)
+        self.add_rows([0], [source], t, np.asarray(v).reshape(-1, 1))
 
     def add_rows(self, columns: Sequence[int], sources: Sequence[BinnedSource], t: Array, rows: Array) -> None:
         """New rows of sources that share their times (`columns` of one ring's rows, the source of each), oldest
-        first: what `add` gives column by column, in one pass over the rows (the live path: a row or two a ring)."""
+        first, in one pass over the rows (the live path: a row or two a ring). A sample that is not finite is
+        skipped; a source's bins between two samples carry its last value forward for up to `fill` bins."""
         width, fill, capacity = self.width, self.fill, self.capacity
         for ti, row_values in zip(t.tolist(), rows.tolist(), strict=True):   # (numpy's rows[:, columns]: 2 µs)
             values = [row_values[column] for column in columns]
             finite = [vi == vi and vi not in (math.inf, -math.inf) for vi in values]
             if not any(finite):
                 continue
-            k = math.floor(ti / width)   # the same division as `add`, `load` and `bin_of`
+            k = math.floor(ti / width)   # the same division as `load` and `bin_of`
             if self.head is None or k > self.head:
                 self._advance_to(k)
             if self.newest is None or k > self.newest:

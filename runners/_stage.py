@@ -103,7 +103,7 @@ def load_session(path: Path, threads: int, plan: ProviderPlan | None = None,
 
     `arena`: onnxruntime keeps the working memory of its runs for the next one (its CPU arena). Without it every
     run's activations are allocated afresh and their pages faulted in again: measured in an agent, the heavy
-    model at batch 32 took 35 page faults per input and 18 % more CPU (bench/cascade.py, monolithic). With it the
+    model at batch 32 took 35 page faults per input and 22–35 % more CPU (bench/cascade.py, monolithic). With it the
     process keeps its peak working memory, which --no-ort-arena gives back on memory-tight boxes."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads

@@ -120,7 +120,7 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def test_a_stage_keeps_onnxruntime_working_memory_between_runs() -> None:
     """Without onnxruntime's arena, every run of the heavy model at batch 32 on the compute pool faulted its
-    activations in afresh (about 1,700 page faults a run here, 18 % more CPU); a stage keeps it by default, and
+    activations in afresh (about 1,700 page faults a run here, 22–35 % more CPU); a stage keeps it by default, and
     --no-ort-arena (load_session(arena=False)) still gives it back."""
     root = Path(__file__).resolve().parent.parent
     faults = {kind: int(subprocess.run([sys.executable, "-c", _RUNS, kind], cwd=root, check=True,

@@ -74,8 +74,6 @@ class _FleetFilter(QSortFilterProxyModel):
     def __init__(self, panel: FleetPanel) -> None:
         super().__init__(panel)
         self._panel = panel
-        self.painted: dict[str, tuple[str, str]] = {}   # node key → (state line, details line) last painted
-        self.paints: dict[str, int] = {}                # node key → rows painted
         self.words: list[str] = []
         self.states: tuple[str, ...] = ()
         self.setRecursiveFilteringEnabled(True)
@@ -618,7 +616,5 @@ class FleetPanel(QWidget):
         node = self.shown_node(key)
         if node is None:
             return ""
-        sample = self.latest(node.node_id)
-        badge = fmt.security(node)[1]
-        return (f"{node.name} [{node.state}] {badge} | {fmt.state_text(node, self.now_ms())} | {fmt.power(sample)} · "
-                f"{fmt.hardware(node)} · stages: {fmt.stages(node)}")
+        state, details = self.row_lines(node)
+        return f"{node.name} [{node.state}] {fmt.security(node)[1]} | {state} | {details}"

@@ -19,7 +19,7 @@ import numpy as np
 from runners._forward import CHANNEL_OPTIONS
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._stream import STREAM_METHOD
-from runners._tensors import encode_outputs
+from runners._tensors import ReceivedRequest, encode_outputs, parse_request
 
 
 def answer(rows: int) -> pb.StreamInferResponse:
@@ -36,7 +36,7 @@ async def serve() -> None:
     """Answer StreamInfer messages on 127.0.0.1 until killed."""
     answers: dict[int, pb.StreamInferResponse] = {}
 
-    async def stream(requests: AsyncIterator[pb.ModelInferRequest],
+    async def stream(requests: AsyncIterator[pb.ModelInferRequest | ReceivedRequest],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamInferResponse]:
         async for request in requests:
             rows = int(request.inputs[0].shape[0]) if request.inputs and request.inputs[0].shape else 1
@@ -47,7 +47,7 @@ async def serve() -> None:
     server = grpc.aio.server(options=CHANNEL_OPTIONS)
     service, method = STREAM_METHOD.strip("/").split("/")
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, {
-        method: grpc.stream_stream_rpc_method_handler(stream, pb.ModelInferRequest.FromString,
+        method: grpc.stream_stream_rpc_method_handler(stream, parse_request,
                                                       pb.StreamInferResponse.SerializeToString)}),))
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

@@ -31,7 +31,7 @@ from runners._proto import tierdeck_control_pb2 as ctl
 from runners._rules import Decision, Decisions
 from runners._stream import StreamLink
 from runners._telemetry import StageStats
-from runners._tensors import TensorError, decode_inputs, decode_outputs, encode_inputs
+from runners._tensors import TensorError, decode_inputs, decode_outputs, encode_inputs, request_bytes
 
 log = logging.getLogger("tierdeck.forward")
 
@@ -461,8 +461,8 @@ class Forwarder:
                 request.parameters[SMOKE].bool_param = True
             if self._priority:
                 request.parameters["tierdeck.priority"].string_param = self._priority
-            encode_inputs(request, list(zip(hop_names, inputs.values(), strict=True)))
-            response = await self._link.infer(request, self.timeout)
+            response = await self._link.infer(
+                request_bytes(request, list(zip(hop_names, inputs.values(), strict=True))), self.timeout)
         except grpc.aio.AioRpcError as exc:
             self._stats.record_hop_call(time.perf_counter() - started, False, time.monotonic())
             self._hop_inputs = None if exc.code() == grpc.StatusCode.NOT_FOUND else self._hop_inputs

@@ -42,7 +42,7 @@ import numpy as np
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._rules import ESCALATE, Decisions, RuleOutcome, TokenBucket
-from runners._tensors import TensorError, encode_inputs
+from runners._tensors import ReceivedRequest, TensorError, encode_inputs
 
 if TYPE_CHECKING:
     from runners._forward import Forwarder
@@ -66,7 +66,7 @@ def shadow_rate(budget: ctl.Budget) -> float:
     return min(1.0, max(0.0, rate)) if math.isfinite(rate) else 0.0
 
 
-def is_shadow(request: pb.ModelInferRequest) -> bool:
+def is_shadow(request: pb.ModelInferRequest | ReceivedRequest) -> bool:
     """True for a request another node sent in shadow mode."""
     return SHADOW in request.parameters and request.parameters[SHADOW].bool_param
 
@@ -210,17 +210,15 @@ class ShadowSampler:
         if self.book.rate <= 0.0 or not len(sent):
             return
         top = outcome.top_index[sent]
-        mine = [rule_labels[i] if i < len(rule_labels) else str(int(i)) for i in top.tolist()]
-        theirs = [answers.labels[k] for k in answers.label.tolist()]
-        finals = answers.final.tolist()
-        scores = outcome.score[sent].tolist()
-        for m, t, final, score in zip(mine, theirs, finals, scores, strict=True):
-            if not final or m in class_in or not math.isfinite(score):
-                continue
-            b = _bin(score)
-            self.book.escalated_answered[b] += 1
-            if m != t:
-                self.book.escalated_disagreed[b] += 1
+        names = list(rule_labels) + [str(i) for i in range(len(rule_labels), int(top.max()) + 1)]
+        index = {name: i for i, name in enumerate(names)}
+        theirs = np.array([index.get(label, -1) for label in answers.labels], np.int64)[answers.label]
+        scores = outcome.score[sent]
+        in_class = np.array([name in class_in for name in names])
+        counted = np.asarray(answers.final, bool) & ~in_class[top] & np.isfinite(scores)
+        bins = np.clip((scores[counted] * BINS).astype(np.int64), 0, BINS - 1)
+        self.book.escalated_answered += np.bincount(bins, minlength=BINS)
+        self.book.escalated_disagreed += np.bincount(bins[top[counted] != theirs[counted]], minlength=BINS)
 
     # -- the link's shadow sender ----------------------------------------------------------------------
     async def _send(self, forwarder: Forwarder) -> None:

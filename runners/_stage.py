@@ -22,6 +22,11 @@ from runners._tensors import TensorError, check_tensor, datatype_from_ort
 
 PLATFORM = "onnx_onnxv1"
 COALESCE_ROWS = 256  # a shared run takes waiting requests until it holds this many rows
+# Requests of fewer rows than this share runs. onnxruntime's cost per row is flat from about 8 rows on (the bundled
+# models: detector 3.6–3.9 µs/row at 8–32 rows vs 9.8 at 1, heavy no better at 64 than at 8), so sharing a run
+# among larger requests only copied their inputs into one array: 1 MiB per two batch-32 image requests, 8 % of the
+# device node's CPU under bench/cascade.py.
+SHARE_BELOW_ROWS = 8
 # A run expected to take less than this runs on the event loop: handing it to a compute thread and back (a queue
 # put, a thread wake-up, a self-pipe write and an event-loop wake-up) costs more CPU than a small stage's run
 # (measured: the hand-off was 15-25 % of a cascade agent's CPU; the detector runs 32 rows in ~0.15 ms).
@@ -240,10 +245,12 @@ class Stage:
         loop = asyncio.get_running_loop()
         try:
             while self._waiting:
-                take, rows = 0, 0
-                while take < len(self._waiting) and (take == 0 or rows < COALESCE_ROWS):
-                    rows += len(next(iter(self._waiting[take][0].values())))
-                    take += 1
+                take, rows = 1, _rows(self._waiting[0][0])
+                if rows < SHARE_BELOW_ROWS:  # small requests share a run; a batch already runs as it came
+                    while take < len(self._waiting) and rows < COALESCE_ROWS \
+                            and _rows(self._waiting[take][0]) < SHARE_BELOW_ROWS:
+                        rows += _rows(self._waiting[take][0])
+                        take += 1
                 batch, self._waiting = self._waiting[:take], self._waiting[take:]
                 if len(batch) == 1:
                     feeds, future = batch[0]
@@ -356,3 +363,7 @@ def _numpy_dtype(datatype: str) -> np.dtype:
     from runners._tensors import DATATYPES
 
     return DATATYPES[datatype]
+
+
+def _rows(feeds: dict[str, np.ndarray]) -> int:
+    return len(next(iter(feeds.values())))

@@ -28,14 +28,51 @@ import grpc
 
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from runners._tensors import ReceivedRequest, parse_request, serialize_request
 
 log = logging.getLogger("tierdeck.stream")
 
 STREAM_METHOD = "/inference.GRPCInferenceService/StreamInfer"
+INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_EXTENSION = "tierdeck_stream_infer"  # in ServerMetadata.extensions of a server that has StreamInfer
 MAX_IN_FLIGHT = 64  # messages of one stream being answered at once; the reader waits beyond that
 
-InferFn = Callable[[pb.ModelInferRequest, Any], Awaitable[pb.ModelInferResponse]]
+InferFn = Callable[[pb.ModelInferRequest | ReceivedRequest, Any], Awaitable[pb.ModelInferResponse]]
+OutgoingRequest = pb.ModelInferRequest | bytes  # bytes: runners._tensors.request_bytes()
+
+
+def add_inference_service(servicer: pb_grpc.GRPCInferenceServiceServicer, server: grpc.aio.Server) -> None:
+    """Serve GRPCInferenceService as the generated code does, except that ModelInfer and StreamInfer requests are
+    read with runners._tensors.parse_request (their input payloads stay in the received bytes)."""
+
+    class _Handlers:  # receives the generated handler table instead of a server
+        def __init__(self) -> None:
+            self.table: dict[str, grpc.RpcMethodHandler] = {}
+
+        def add_generic_rpc_handlers(self, handlers: Any) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, table: dict[str, grpc.RpcMethodHandler]) -> None:
+            self.table = dict(table)
+
+    generated = _Handlers()
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, generated)
+    table = generated.table
+    table["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
+        servicer.ModelInfer, request_deserializer=parse_request,
+        response_serializer=table["ModelInfer"].response_serializer)
+    table["StreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        servicer.StreamInfer, request_deserializer=parse_request,
+        response_serializer=table["StreamInfer"].response_serializer)
+    service = "inference.GRPCInferenceService"
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, table),))
+    server.add_registered_method_handlers(service, table)
+
+
+def model_infer(channel: grpc.aio.Channel) -> Any:
+    """ModelInfer on `channel`, taking a message or request_bytes() (the generated stub takes messages only)."""
+    return channel.unary_unary(INFER_METHOD, request_serializer=serialize_request,
+                               response_deserializer=pb.ModelInferResponse.FromString)
 
 
 class _Aborted(Exception):
@@ -95,7 +132,7 @@ class StreamServer:
         for reader in list(self._readers):
             reader.cancel()
 
-    async def serve(self, requests: AsyncIterator[pb.ModelInferRequest],
+    async def serve(self, requests: AsyncIterator[pb.ModelInferRequest | ReceivedRequest],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamInferResponse]:
         """The StreamInfer handler (an async generator of answers)."""
         if self._closing:
@@ -105,7 +142,7 @@ class StreamServer:
         answers: asyncio.Queue[asyncio.Task[pb.StreamInferResponse] | None] = asyncio.Queue()
         room = asyncio.Semaphore(MAX_IN_FLIGHT)
 
-        async def answer(request: pb.ModelInferRequest) -> pb.StreamInferResponse:
+        async def answer(request: pb.ModelInferRequest | ReceivedRequest) -> pb.StreamInferResponse:
             try:
                 return pb.StreamInferResponse(infer_response=await self._infer(request, message_context))
             except _Aborted as exc:
@@ -161,8 +198,9 @@ class StreamLink:
         self._waiting: collections.deque[asyncio.Future[pb.StreamInferResponse]] = collections.deque()
         self._reader: asyncio.Task[None] | None = None
         self._write_lock = asyncio.Lock()
+        self._model_infer = model_infer(channel)
 
-    async def infer(self, request: pb.ModelInferRequest, timeout: float) -> pb.ModelInferResponse:
+    async def infer(self, request: OutgoingRequest, timeout: float) -> pb.ModelInferResponse:
         """One exchange; the answer, or AioRpcError with the status the server (or the link) ended it with."""
         if self.streaming is None:
             try:
@@ -175,7 +213,7 @@ class StreamLink:
             if not self.streaming:
                 log.info("%s has no StreamInfer: using ModelInfer", self._target)
         if not self.streaming:
-            return await self._stub.ModelInfer(request, timeout=timeout)
+            return await self._model_infer(request, timeout=timeout)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[pb.StreamInferResponse] = loop.create_future()
         async with self._write_lock:
@@ -198,14 +236,14 @@ class StreamLink:
                 # Nothing ran there: the same request goes as a plain ModelInfer, and so will the next ones.
                 self.streaming = False
                 log.info("%s has no StreamInfer: using ModelInfer", self._target)
-                return await self._stub.ModelInfer(request, timeout=timeout)
+                return await self._model_infer(request, timeout=timeout)
             raise
         if reply.error_code:
             raise _rpc_error(_CODES.get(reply.error_code, grpc.StatusCode.UNKNOWN), reply.error_message)
         return reply.infer_response
 
     def _open(self) -> None:
-        method = self._channel.stream_stream(STREAM_METHOD, request_serializer=pb.ModelInferRequest.SerializeToString,
+        method = self._channel.stream_stream(STREAM_METHOD, request_serializer=serialize_request,
                                              response_deserializer=pb.StreamInferResponse.FromString)
         call = method()
         self._call = call

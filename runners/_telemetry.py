@@ -47,7 +47,7 @@ class StageStats:
     energy_measured: bool = False
     # (monotonic time, value) pairs for the interval figures.
     latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
-    scores: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
+    score_counts: np.ndarray = field(default_factory=lambda: np.zeros(HISTOGRAM_BINS, np.int64))  # since start
     hop_latencies: deque[tuple[float, float]] = field(default_factory=lambda: deque(maxlen=_WINDOW_MAX))
     dead_letters: int = 0  # escalations kept aside now (the queue's dead-letter table)
     shadow: ShadowSampler | None = None  # shadow sampling of settled rows (runners/_shadow.py), once it has a hop
@@ -75,9 +75,13 @@ class StageStats:
         else:
             self.counters["hop_errors_total"] += 1
 
-    def record_scores(self, scores: np.ndarray, now: float) -> None:
-        """Record the rule's per-row scores for the what-if histogram."""
-        self.scores.extend((now, float(s)) for s in scores)
+    def record_scores(self, scores: np.ndarray) -> None:
+        """Count the rule's per-row scores into the what-if histogram (HISTOGRAM_BINS bins over [0, 1], values
+        outside clipped to the end bins, NaN not counted)."""
+        values = np.asarray(scores, dtype=np.float64).reshape(-1)
+        values = values[~np.isnan(values)]
+        bins = np.minimum((np.clip(values, 0.0, 1.0) * HISTOGRAM_BINS).astype(np.int64), HISTOGRAM_BINS - 1)
+        self.score_counts += np.bincount(bins, minlength=HISTOGRAM_BINS)
 
 
 @dataclass
@@ -85,6 +89,7 @@ class _Snapshot:
     time: float
     counters: dict[str, int]
     energy: float
+    score_counts: np.ndarray
 
 
 class TelemetryWindow:
@@ -99,7 +104,8 @@ class TelemetryWindow:
         now = time.monotonic() if now is None else now
         for stats in stages:
             last = self._last.get(stats.stage_id) or _Snapshot(now - max(node.interval_s, 1e-3),
-                                                               dict.fromkeys(COUNTERS, 0), 0.0)
+                                                               dict.fromkeys(COUNTERS, 0), 0.0,
+                                                               np.zeros(HISTOGRAM_BINS, np.int64))
             dt = max(now - last.time, 1e-6)
             out = node.stages.add(stage_id=stats.stage_id, compute_seconds_total=stats.compute_seconds_total,
                                   compute_cpu_seconds_total=stats.compute_cpu_seconds_total,
@@ -126,10 +132,9 @@ class TelemetryWindow:
             hop = [v for t, v in stats.hop_latencies if t > last.time]
             if hop:
                 out.hop_latency_p95_ms = float(np.percentile(np.asarray(hop), 95))
-            scores = np.asarray([v for t, v in stats.scores if t > last.time], dtype=np.float64)
-            hist, _ = np.histogram(np.clip(scores, 0.0, 1.0), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
-            out.score_histogram.extend(int(h) for h in hist)
-            self._last[stats.stage_id] = _Snapshot(now, dict(stats.counters), stats.energy_joules_total)
+            out.score_histogram.extend((stats.score_counts - last.score_counts).tolist())
+            self._last[stats.stage_id] = _Snapshot(now, dict(stats.counters), stats.energy_joules_total,
+                                                   stats.score_counts.copy())
         return node
 
 
@@ -153,6 +158,6 @@ def attribute_energy(stats: dict[str, StageStats], compute_deltas: dict[str, flo
 
 def prune(stats: StageStats, now: float) -> None:
     """Forget window entries older than the longest telemetry interval."""
-    for window in (stats.latencies, stats.scores, stats.hop_latencies):
+    for window in (stats.latencies, stats.hop_latencies):
         while window and window[0][0] < now - _WINDOW_S:
             window.popleft()

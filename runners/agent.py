@@ -78,9 +78,9 @@ from runners._seen import row_digests
 from runners._shadow import Disagreements, is_shadow, sampler_for, shadow_call, shadow_rate
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
-from runners._stream import STREAM_EXTENSION, StreamServer
+from runners._stream import STREAM_EXTENSION, StreamServer, add_inference_service
 from runners._telemetry import StageStats, TelemetryWindow, attribute_energy, prune
-from runners._tensors import TensorError, decode_inputs, encode_outputs, nonfinite
+from runners._tensors import ReceivedRequest, TensorError, decode_inputs, encode_outputs, nonfinite
 from runners.client import FAILED_STEP_KEY
 from runners.power import GpuPowerMeter, PowerMeter
 from runners.protocol import TIERS
@@ -240,7 +240,7 @@ class Agent:
             ("grpc.max_receive_message_length", limit),
             ("grpc.max_send_message_length", limit),
         ])
-        pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceService(self), server)
+        add_inference_service(InferenceService(self), server)
         ctl_grpc.add_NodeControlServicer_to_server(ControlService(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -590,7 +590,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             meta.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return meta
 
-    async def ModelInfer(self, request: pb.ModelInferRequest,
+    async def ModelInfer(self, request: pb.ModelInferRequest | ReceivedRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         await self.agent.allow(context, "fleet")
         started = time.perf_counter()
@@ -647,8 +647,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             response.parameters["tierdeck.nonfinite_inputs"].CopyFrom(_param(int(flagged)))
         if decisions is not None:
             named.update(decisions.outputs())  # type: ignore[arg-type]
-            used, first = np.unique(decisions.stage, return_index=True)
-            deciders = [decisions.stages[i] for i in used[np.argsort(first)]]
+            deciders = [decisions.stages[i] for i in dict.fromkeys(decisions.stage.tolist())]  # in row order
             provisional = int((~decisions.final).sum())
         else:
             deciders, provisional = [stage.stage_id], 0
@@ -660,7 +659,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         stats.record_latency(time.perf_counter() - started, time.monotonic())
         return response
 
-    async def StreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest],
+    async def StreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest | ReceivedRequest],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamInferResponse]:
         """tierdeck's extension: ModelInfer per message of one long-lived stream, answers in request order
         (runners/_stream.py)."""
@@ -698,7 +697,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             log.warning("stage %s: rule output '%s' gives values above 1 (%.3g): they are not probabilities, so "
                         "confidence_below compares the wrong thing; set the rule's scores to 'logits' or 'raw'",
                         stage.stage_id, rule.output, float(outcome.top_prob.max()))
-        stats.record_scores(outcome.score, time.monotonic())
+        stats.record_scores(outcome.score)
         decisions = Decisions.settled(rule, outcome, stage.stage_id)
         stats.add("dropped_total", int((outcome.action == DROPPED).sum()))
         escalate = np.flatnonzero(outcome.action == ESCALATE)

@@ -15,8 +15,8 @@ from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
 from runners._proto import tierdeck_control_pb2_grpc as ctl_grpc
-from runners._stream import StreamLink
-from runners._tensors import decode_outputs, encode_inputs
+from runners._stream import StreamLink, model_infer
+from runners._tensors import decode_outputs, encode_inputs, request_bytes
 
 CHUNK_BYTES = 1 << 20
 FAILED_STEP_KEY = "tierdeck-failed-step"  # trailer of a Deploy refused with a status (RESOURCE_EXHAUSTED)
@@ -138,6 +138,7 @@ class NodeClient:
             self.channel = grpc.aio.insecure_channel(address, options=all_options)
         self.control = ctl_grpc.NodeControlStub(self.channel)
         self.inference = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self._model_infer = model_infer(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def close(self) -> None:
@@ -239,9 +240,11 @@ class NodeClient:
                     outputs: Sequence[str] = (), request_id: str = "", timeout: float = 30.0,
                     link: StreamLink | None = None) -> InferResult:
         """ModelInfer with raw inputs (as a message on `link` when given); returns decoded outputs and parameters."""
-        request = infer_request(model, inputs, outputs, request_id)
-        response = await (link.infer(request, timeout) if link is not None
-                          else self.inference.ModelInfer(request, timeout=timeout))
+        request = pb.ModelInferRequest(model_name=model, id=request_id)
+        for name in outputs:
+            request.outputs.add(name=name)
+        wire = request_bytes(request, list(inputs.items()) if isinstance(inputs, Mapping) else list(inputs))
+        response = await (link.infer(wire, timeout) if link is not None else self._model_infer(wire, timeout=timeout))
         return infer_result(response)
 
     def stream_link(self) -> StreamLink:

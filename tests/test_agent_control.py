@@ -15,6 +15,7 @@ from agents import AgentProcess, running_agent, start_agent
 from models import classifier, softmax
 
 from runners._proto import tierdeck_control_pb2 as ctl
+from runners._telemetry import StageStats, TelemetryWindow
 from runners.client import DeployError, NodeClient, deploy_requests, manifest_for
 
 W1 = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32)
@@ -252,6 +253,22 @@ def test_telemetry_counts_match_requests_and_metrics_endpoint(tmp_path: Path, mo
         assert 'tierdeck_node_power_watts{' in text and 'source="estimate"' in text
         assert "tierdeck_stage_request_latency_seconds_bucket" in text
         assert f'tierdeck_stage_compute_cpu_seconds_total{{node_id="{agent.node_id}",stage="det"}}' in text
+
+
+def test_each_sample_histograms_the_scores_since_the_one_before() -> None:
+    stats = StageStats("det")
+    window = TelemetryWindow()
+    stats.record_scores(np.array([0.0, 0.04, 0.5, 0.97, 1.0, 1.7, -0.3, np.nan], np.float32))
+    first = window.sample(ctl.TelemetrySample(interval_s=1.0), [stats], now=1.0).stages[0]
+    expected = [0] * 20
+    for b in (0, 0, 10, 19, 19, 19, 0):  # out of [0, 1] clipped to the end bins, NaN not counted
+        expected[b] += 1
+    assert list(first.score_histogram) == expected
+    stats.record_scores(np.array([0.51, 0.52]))
+    second = window.sample(ctl.TelemetrySample(interval_s=1.0), [stats], now=2.0).stages[0]
+    assert list(second.score_histogram) == [0] * 10 + [2] + [0] * 9
+    third = window.sample(ctl.TelemetrySample(interval_s=1.0), [stats], now=3.0).stages[0]
+    assert list(third.score_histogram) == [0] * 20
 
 
 def test_telemetry_interval_out_of_range_is_refused(tmp_path: Path) -> None:

@@ -66,6 +66,48 @@ def test_small_runs_stay_on_the_event_loop_and_large_ones_go_to_the_pool(tmp_pat
         pool.shutdown()
 
 
+def test_small_requests_share_a_run_and_batches_run_as_they_came(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a run is busy, waiting requests of fewer than SHARE_BELOW_ROWS rows are merged into one run; a request
+    of that many rows or more runs alone (merging it would only copy its inputs). Every caller gets its own rows."""
+    import threading
+
+    import runners._stage as stage_module
+    from runners._stage import SHARE_BELOW_ROWS, Stage, load_session
+    from runners._telemetry import StageStats
+
+    path = classifier(tmp_path / "m.onnx", W)
+    manifest = ctl.StageManifest(stage_id="m", version="1")
+    stage = Stage(manifest=manifest, session=load_session(path, 1), model_path=path, stats=StageStats("m"))
+    runs: list[int] = []
+    run = stage.run
+    monkeypatch.setattr(stage, "run", lambda feeds: (runs.append(len(feeds["x"])), run(feeds))[1])
+    monkeypatch.setattr(stage_module, "INLINE_RUN_S", 0.0)  # every run on the pool
+    pool = _CountingPool()
+    gate = threading.Event()
+    big, small = SHARE_BELOW_ROWS, 2
+    sizes = [small, big, small, small, big, small]
+
+    async def go() -> list[np.ndarray]:
+        pool.submit(gate.wait)  # the pool's one thread is busy: the first run waits, the rest queue up
+        offsets = np.cumsum([0, *sizes])
+        calls = [asyncio.ensure_future(stage.async_run({"x": X[a:b]}, pool, 1))
+                 for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return [outputs[0] for outputs, _ in await asyncio.gather(*calls)]
+
+    try:
+        answers = asyncio.run(go())
+    finally:
+        pool.shutdown()
+    assert runs == [small, big, 2 * small, big, small]
+    offset = 0
+    for rows, answer in zip(sizes, answers, strict=True):
+        np.testing.assert_allclose(answer, softmax(X[offset:offset + rows], W), rtol=1e-5)
+        offset += rows
+
+
 _FAULTS = """
 import resource, sys
 if sys.argv[1] == "tuned":

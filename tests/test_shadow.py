@@ -19,7 +19,9 @@ from resources import scenes
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from runners._proto import tierdeck_control_pb2 as ctl
-from runners._shadow import LINGER_S, SHADOW
+from runners._rules import Decisions, RuleOutcome
+from runners._shadow import BINS, LINGER_S, SHADOW, ShadowSampler
+from runners._telemetry import StageStats
 from runners._tensors import decode_inputs, encode_outputs
 from runners.client import NodeClient, manifest_for
 
@@ -326,3 +328,23 @@ def test_shadow_rows_take_only_spare_budget_and_the_rate_defaults_to_one_percent
     assert _spare_tokens(TokenBucket(0.0), 1000)   # no budget: nothing to spare
     assert shadow_rate(ctl.Budget()) == 0.01 and shadow_rate(ctl.Budget(shadow_rate=0.0)) == 0.0
     assert shadow_rate(ctl.Budget(shadow_rate=7.0)) == 1.0 and shadow_rate(ctl.Budget(shadow_rate=float("nan"))) == 0.0
+
+
+def test_escalated_rows_count_where_the_next_hop_disagreed_by_score_bin() -> None:
+    """note_escalated: rows escalated and answered final by the next hop, by this stage's score bin; rows whose
+    own class is in class_in, provisional answers and NaN scores are not counted."""
+    sampler = ShadowSampler(StageStats("detector"), seed=1)
+    sampler.set_rate(0.5)
+    outcome = RuleOutcome(action=np.zeros(7, np.int8), top_index=np.array([0, 0, 1, 0, 0, 2, 0]),
+                          top_prob=np.ones(7), score=np.array([0.12, 0.13, 0.5, 0.9, np.nan, 0.31, 0.95]))
+    sent = np.array([0, 1, 2, 3, 4, 5])
+    # Their answers for the six sent rows: agree, disagree, (vessel: class_in), provisional, (NaN), "2" vs "2".
+    answers = Decisions(["cargo", "water", "2"], np.array([1, 0, 0, 0, 1, 2], np.int32), np.ones(6, np.float32),
+                        ["classifier"], np.zeros(6, np.int32), np.array([True, True, True, False, True, True]))
+    sampler.note_escalated(("water", "vessel"), frozenset({"vessel"}), outcome, sent, answers)
+    book = sampler.book
+    def by_bin(counts: np.ndarray) -> dict[int, int]:
+        return {b: int(n) for b, n in enumerate(counts) if n}
+
+    assert by_bin(book.escalated_answered) == {int(0.12 * BINS): 1, int(0.13 * BINS): 1, int(0.31 * BINS): 1}
+    assert by_bin(book.escalated_disagreed) == {int(0.13 * BINS): 1}

@@ -25,7 +25,10 @@ from runners._tensors import (
     encode_inputs,
     encode_outputs,
     nonfinite,
+    parse_request,
+    request_bytes,
     row_slice,
+    serialize_request,
 )
 
 NUMERIC = [dt for dt in DATATYPES if dt != "BYTES"]
@@ -504,7 +507,20 @@ def _decode_or_tensor_error(request: pb.ModelInferRequest) -> dict[str, np.ndarr
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_requests())
 def test_fuzz_structured_requests(request: pb.ModelInferRequest) -> None:
-    _decode_or_tensor_error(request)
+    _same_decoding(_decode_or_tensor_error(request), parse_request(request.SerializeToString()))
+
+
+def _same_decoding(expected: dict[str, np.ndarray] | None, received: object) -> None:
+    """What a request parsed by parse_request decodes to is what the protobuf message decodes to."""
+    try:
+        got = decode_inputs(received, max_elements=1 << 20)  # type: ignore[arg-type]
+    except TensorError:
+        assert expected is None
+        return
+    assert expected is not None and list(got) == list(expected)
+    for name, array in expected.items():
+        assert got[name].dtype == array.dtype and got[name].shape == array.shape
+        assert np.array_equal(got[name], array, equal_nan=array.dtype.kind == "f")
 
 
 @settings(max_examples=300, deadline=None)
@@ -513,8 +529,10 @@ def test_fuzz_arbitrary_bytes(data: bytes) -> None:
     try:
         request = pb.ModelInferRequest.FromString(data)
     except DecodeError:
+        with pytest.raises(DecodeError):
+            parse_request(data)
         return
-    _decode_or_tensor_error(request)
+    _same_decoding(_decode_or_tensor_error(request), parse_request(data))
 
 
 _VALID = _wire(_request(
@@ -540,3 +558,91 @@ def test_fuzz_mutated_valid_request(flips: list[tuple[int, int]]) -> None:
 def test_fuzz_baseline_decodes() -> None:
     decoded = decode_inputs(pb.ModelInferRequest.FromString(_VALID))
     assert decoded["image"].shape == (1, 2, 3) and decoded["tags"].tolist() == [b"ship", b""]
+
+
+# -- payloads on the wire (request_bytes / parse_request) -----------------------------------------------------
+WIRE_INPUTS = [
+    ("image", np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)),
+    ("mask", np.array([[True, False], [False, True]])),
+    ("names", np.array([b"cargo", b"tanker"], dtype=object)),
+    ("half", np.ones((2, 2), np.float16)),
+    ("count", np.array(7, np.int64)),
+    ("empty", np.zeros((0, 3), np.int32)),
+]
+
+
+def _wire_request() -> pb.ModelInferRequest:
+    request = pb.ModelInferRequest(model_name="classifier", model_version="3", id="req-1")
+    request.parameters["tierdeck.row_ids"].string_param = "a:0+2"
+    request.outputs.add(name="decision_label")
+    return request
+
+
+def test_request_bytes_are_what_protobuf_would_send() -> None:
+    by_protobuf = _wire_request()
+    encode_inputs(by_protobuf, WIRE_INPUTS)
+    assert request_bytes(_wire_request(), WIRE_INPUTS) == by_protobuf.SerializeToString()
+    assert serialize_request(by_protobuf) == by_protobuf.SerializeToString()
+    assert serialize_request(b"as it is") == b"as it is"
+    with pytest.raises(TensorError, match="already carries raw input contents"):
+        request_bytes(by_protobuf, WIRE_INPUTS)
+
+
+def test_a_received_request_reads_like_the_message_and_its_inputs_stay_in_the_received_bytes() -> None:
+    data = request_bytes(_wire_request(), WIRE_INPUTS)
+    received = parse_request(data)
+    assert not isinstance(received, pb.ModelInferRequest)  # raw contents were found and left in place
+    full = pb.ModelInferRequest.FromString(data)
+    assert (received.model_name, received.model_version, received.id) == ("classifier", "3", "req-1")
+    assert received.parameters["tierdeck.row_ids"].string_param == "a:0+2"
+    assert [o.name for o in received.outputs] == ["decision_label"]
+    assert [bytes(r) for r in received.raw_input_contents] == list(full.raw_input_contents)
+    decoded = decode_inputs(received)
+    for name, array in WIRE_INPUTS:
+        assert decoded[name].dtype == array.dtype and decoded[name].shape == array.shape
+        assert np.array_equal(decoded[name], array)
+    wire = np.frombuffer(data, np.uint8)
+    assert np.shares_memory(decoded["image"], wire)  # a view of the message, not a copy
+    assert not decoded["image"].flags.writeable
+
+
+def test_raw_contents_are_found_wherever_the_sender_put_them() -> None:
+    """Protobuf allows any field order: raw contents first, interleaved, or split around the tensors."""
+    canonical = request_bytes(_wire_request(), WIRE_INPUTS[:2])
+    full = pb.ModelInferRequest.FromString(canonical)
+    raws = [b"\x3a" + bytes([len(r)]) + r for r in full.raw_input_contents]  # each under 128 bytes
+    header = pb.ModelInferRequest()
+    header.CopyFrom(full)
+    del header.raw_input_contents[:]
+    head = header.SerializeToString()
+    for data in (raws[0] + raws[1] + head, raws[0] + head + raws[1]):
+        received = parse_request(data)
+        assert received.model_name == "classifier"
+        assert [bytes(r) for r in received.raw_input_contents] == list(full.raw_input_contents)
+        assert np.array_equal(decode_inputs(received)["image"], WIRE_INPUTS[0][1])
+
+
+def test_requests_without_raw_contents_or_malformed_go_through_protobuf() -> None:
+    typed = pb.ModelInferRequest(model_name="m")
+    typed.inputs.add(name="x", datatype="INT32", shape=[2]).contents.int_contents.extend([1, 2])
+    parsed = parse_request(typed.SerializeToString())
+    assert isinstance(parsed, pb.ModelInferRequest)
+    assert list(decode_inputs(parsed)["x"]) == [1, 2]
+    data = request_bytes(_wire_request(), WIRE_INPUTS[:1])
+    for broken in (data[:-5], data[:3] + b"\xff" * 12, b"\x0b\x00"):  # truncated, endless varint, a group
+        with pytest.raises(DecodeError):
+            parse_request(broken)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(arrays=st.lists(hnp.arrays(st.sampled_from([np.float32, np.int64, np.uint8, np.bool_]),
+                                  hnp.array_shapes(min_dims=0, max_dims=3, max_side=40)), min_size=1, max_size=3))
+def test_any_inputs_survive_request_bytes_and_parse_request(arrays: list[np.ndarray]) -> None:
+    inputs = [(f"in{i}", a) for i, a in enumerate(arrays)]
+    by_protobuf = pb.ModelInferRequest(model_name="m", id="x")
+    encode_inputs(by_protobuf, inputs)
+    data = request_bytes(pb.ModelInferRequest(model_name="m", id="x"), inputs)
+    assert data == by_protobuf.SerializeToString()
+    decoded = decode_inputs(parse_request(data))
+    for name, array in inputs:
+        assert decoded[name].tobytes() == array.tobytes() and decoded[name].shape == array.shape

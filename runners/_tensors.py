@@ -376,6 +376,9 @@ def concat_rows(batches: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.nda
 # into the received message.
 _RAW_INPUT_FIELD = 7
 _RAW_INPUT_TAG = bytes([_RAW_INPUT_FIELD << 3 | 2])  # field 7, wire type 2 (length-delimited)
+# Fields walked in Python at most; a message with more (thousands of outputs, or hostile padding) goes to protobuf's
+# parser, which is fast at that, so that no message can keep the event loop busy walking it.
+_MAX_FIELDS_WALKED = 1024
 
 
 def _varint(value: int) -> bytes:
@@ -442,14 +445,17 @@ def _read_varint(data: bytes, pos: int) -> tuple[int, int]:
 def parse_request(data: bytes) -> ReceivedRequest | pb.ModelInferRequest:
     """gRPC request deserializer for ModelInfer/StreamInfer: the request with its raw input contents left in `data`.
 
-    Only the top level is walked here; anything unusual (a wire type protobuf has retired, a truncated field) is
-    handed to protobuf's own parser, which gives its usual error for a malformed message."""
+    Only the top level is walked here; anything unusual (a wire type protobuf has retired, a truncated field, more
+    than _MAX_FIELDS_WALKED fields) is handed to protobuf's own parser, which gives its usual error for a malformed
+    message."""
     raw: list[memoryview] = []
     keep: list[tuple[int, int]] = []
     view = memoryview(data)
     pos, end = 0, len(data)
     try:
         while pos < end:
+            if len(keep) + len(raw) >= _MAX_FIELDS_WALKED:
+                raise ValueError("more top-level fields than a request has")
             start = pos
             key, pos = _read_varint(data, pos)
             wire_type = key & 7

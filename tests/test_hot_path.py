@@ -4,6 +4,7 @@ buffers are reused instead of being unmapped and page-faulted in again."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import sys
 from concurrent import futures
@@ -92,7 +93,7 @@ def test_small_requests_share_a_run_and_batches_run_as_they_came(tmp_path: Path,
         pool.submit(gate.wait)  # the pool's one thread is busy: the first run waits, the rest queue up
         offsets = np.cumsum([0, *sizes])
         calls = [asyncio.ensure_future(stage.async_run({"x": X[a:b]}, pool, 1))
-                 for a, b in zip(offsets[:-1], offsets[1:], strict=True)]
+                 for a, b in itertools.pairwise(offsets)]
         await asyncio.sleep(0.05)
         gate.set()
         return [outputs[0] for outputs, _ in await asyncio.gather(*calls)]

@@ -628,6 +628,12 @@ def test_requests_without_raw_contents_or_malformed_go_through_protobuf() -> Non
     parsed = parse_request(typed.SerializeToString())
     assert isinstance(parsed, pb.ModelInferRequest)
     assert list(decode_inputs(parsed)["x"]) == [1, 2]
+    many = _wire_request()
+    for k in range(3000):  # more fields than are walked in Python: protobuf parses it all
+        many.outputs.add(name=f"out{k}")
+    parsed = parse_request(request_bytes(many, WIRE_INPUTS[:1]))
+    assert isinstance(parsed, pb.ModelInferRequest) and len(parsed.outputs) == 3001
+    assert np.array_equal(decode_inputs(parsed)["image"], WIRE_INPUTS[0][1])
     data = request_bytes(_wire_request(), WIRE_INPUTS[:1])
     for broken in (data[:-5], data[:3] + b"\xff" * 12, b"\x0b\x00"):  # truncated, endless varint, a group
         with pytest.raises(DecodeError):

@@ -28,7 +28,7 @@ import grpc
 
 from runners._proto import grpc_predict_v2_pb2 as pb
 from runners._proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from runners._tensors import ReceivedRequest, parse_request, serialize_request
+from runners._tensors import ReceivedRequest, UnreadableRequest, read_request, serialize_request
 
 log = logging.getLogger("tierdeck.stream")
 
@@ -37,13 +37,15 @@ INFER_METHOD = "/inference.GRPCInferenceService/ModelInfer"
 STREAM_EXTENSION = "tierdeck_stream_infer"  # in ServerMetadata.extensions of a server that has StreamInfer
 MAX_IN_FLIGHT = 64  # messages of one stream being answered at once; the reader waits beyond that
 
-InferFn = Callable[[pb.ModelInferRequest | ReceivedRequest, Any], Awaitable[pb.ModelInferResponse]]
+Request = pb.ModelInferRequest | ReceivedRequest | UnreadableRequest  # as the server reads it (read_request)
+InferFn = Callable[[Request, Any], Awaitable[pb.ModelInferResponse]]
 OutgoingRequest = pb.ModelInferRequest | bytes  # bytes: runners._tensors.request_bytes()
 
 
 def add_inference_service(servicer: pb_grpc.GRPCInferenceServiceServicer, server: grpc.aio.Server) -> None:
     """Serve GRPCInferenceService as the generated code does, except that ModelInfer and StreamInfer requests are
-    read with runners._tensors.parse_request (their input payloads stay in the received bytes)."""
+    read with runners._tensors.read_request (their input payloads stay in the received bytes; a message that does
+    not parse reaches the handler as UnreadableRequest)."""
 
     class _Handlers:  # receives the generated handler table instead of a server
         def __init__(self) -> None:
@@ -59,10 +61,10 @@ def add_inference_service(servicer: pb_grpc.GRPCInferenceServiceServicer, server
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, generated)
     table = generated.table
     table["ModelInfer"] = grpc.unary_unary_rpc_method_handler(
-        servicer.ModelInfer, request_deserializer=parse_request,
+        servicer.ModelInfer, request_deserializer=read_request,
         response_serializer=table["ModelInfer"].response_serializer)
     table["StreamInfer"] = grpc.stream_stream_rpc_method_handler(
-        servicer.StreamInfer, request_deserializer=parse_request,
+        servicer.StreamInfer, request_deserializer=read_request,
         response_serializer=table["StreamInfer"].response_serializer)
     service = "inference.GRPCInferenceService"
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, table),))
@@ -132,7 +134,7 @@ class StreamServer:
         for reader in list(self._readers):
             reader.cancel()
 
-    async def serve(self, requests: AsyncIterator[pb.ModelInferRequest | ReceivedRequest],
+    async def serve(self, requests: AsyncIterator[Request],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamInferResponse]:
         """The StreamInfer handler (an async generator of answers)."""
         if self._closing:
@@ -142,13 +144,13 @@ class StreamServer:
         answers: asyncio.Queue[asyncio.Task[pb.StreamInferResponse] | None] = asyncio.Queue()
         room = asyncio.Semaphore(MAX_IN_FLIGHT)
 
-        async def answer(request: pb.ModelInferRequest | ReceivedRequest) -> pb.StreamInferResponse:
+        async def answer(request: Request) -> pb.StreamInferResponse:
             try:
                 return pb.StreamInferResponse(infer_response=await self._infer(request, message_context))
             except _Aborted as exc:
                 return pb.StreamInferResponse(error_code=error_code(exc.code), error_message=exc.details)
             except Exception as exc:  # one message's failure never ends the stream
-                log.exception("StreamInfer: request %r failed", request.id)
+                log.exception("StreamInfer: request %r failed", getattr(request, "id", "?"))
                 return pb.StreamInferResponse(error_code=error_code(grpc.StatusCode.INTERNAL),
                                               error_message=f"{type(exc).__name__}: {exc}")
 

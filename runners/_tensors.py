@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from runners._proto import grpc_predict_v2_pb2 as pb
 
@@ -25,6 +26,7 @@ __all__ = [
     "format_shape",
     "nonfinite",
     "parse_request",
+    "read_request",
     "request_bytes",
     "row_slice",
     "serialize_request",
@@ -490,3 +492,22 @@ def parse_request(data: bytes) -> ReceivedRequest | pb.ModelInferRequest:
             merged.append((start, stop))
     header = b"".join(data[a:b] for a, b in merged)
     return ReceivedRequest(pb.ModelInferRequest.FromString(header), raw)
+
+
+class UnreadableRequest:
+    """A message that is not a ModelInferRequest; `reason` is what protobuf's parser said. The handler refuses it
+    with INVALID_ARGUMENT (on a stream, that message only: the stream goes on)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def read_request(data: bytes) -> ReceivedRequest | pb.ModelInferRequest | UnreadableRequest:
+    """The servers' deserializer: parse_request, or UnreadableRequest for bytes that do not parse (gRPC itself
+    would end the call, and on StreamInfer the whole stream, with INTERNAL or UNKNOWN and no reason)."""
+    try:
+        return parse_request(data)
+    except DecodeError as exc:
+        return UnreadableRequest(f"the message is not a ModelInferRequest ({len(data)} bytes): {exc}")

@@ -78,9 +78,9 @@ from runners._seen import row_digests
 from runners._shadow import Disagreements, is_shadow, sampler_for, shadow_call, shadow_rate
 from runners._stage import PLATFORM, ModelRejected, Stage, check_model_file, load_session
 from runners._store import StageStore, check_name
-from runners._stream import STREAM_EXTENSION, StreamServer, add_inference_service
+from runners._stream import STREAM_EXTENSION, Request, StreamServer, add_inference_service
 from runners._telemetry import StageStats, TelemetryWindow, attribute_energy, prune
-from runners._tensors import ReceivedRequest, TensorError, decode_inputs, encode_outputs, nonfinite
+from runners._tensors import TensorError, UnreadableRequest, decode_inputs, encode_outputs, nonfinite
 from runners.client import FAILED_STEP_KEY
 from runners.power import GpuPowerMeter, PowerMeter
 from runners.protocol import TIERS
@@ -590,9 +590,11 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
             meta.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         return meta
 
-    async def ModelInfer(self, request: pb.ModelInferRequest | ReceivedRequest,
-                         context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
+    async def ModelInfer(self, request: Request, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         await self.agent.allow(context, "fleet")
+        if isinstance(request, UnreadableRequest):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
+            raise AssertionError("unreachable")
         started = time.perf_counter()
         stage = self._stage(request.model_name, request.model_version)
         if stage is None:
@@ -659,7 +661,7 @@ class InferenceService(pb_grpc.GRPCInferenceServiceServicer):
         stats.record_latency(time.perf_counter() - started, time.monotonic())
         return response
 
-    async def StreamInfer(self, request_iterator: AsyncIterator[pb.ModelInferRequest | ReceivedRequest],
+    async def StreamInfer(self, request_iterator: AsyncIterator[Request],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamInferResponse]:
         """tierdeck's extension: ModelInfer per message of one long-lived stream, answers in request order
         (runners/_stream.py)."""

@@ -164,6 +164,40 @@ def test_oversized_message_gets_a_clear_status(agent) -> None:  # type: ignore[n
     assert "larger than max" in details or "exceeds" in details or "size" in details.lower()
 
 
+def test_bytes_that_are_no_request_are_refused_and_the_stream_goes_on(agent) -> None:  # type: ignore[no-untyped-def]
+    """A message that does not parse as a ModelInferRequest (here a truncated one) is refused with INVALID_ARGUMENT
+    and a reason, over ModelInfer and as one message of a StreamInfer stream, whose next message is answered."""
+    from runners._stream import INFER_METHOD, STREAM_METHOD
+    from runners._tensors import request_bytes
+
+    x = np.ones((3, 4), np.float32)
+    good = request_bytes(pb.ModelInferRequest(model_name="clf"), [("x", x)])
+
+    async def go() -> tuple[grpc.aio.AioRpcError, pb.StreamInferResponse, pb.StreamInferResponse]:
+        async with grpc.aio.insecure_channel(agent.address) as channel:
+            unary = channel.unary_unary(INFER_METHOD, request_serializer=lambda b: b,
+                                        response_deserializer=pb.ModelInferResponse.FromString)
+            with pytest.raises(grpc.aio.AioRpcError) as unary_error:
+                await unary(good[:-7], timeout=10)
+            stream = channel.stream_stream(STREAM_METHOD, request_serializer=lambda b: b,
+                                           response_deserializer=pb.StreamInferResponse.FromString)
+            call = stream()
+            await call.write(good[:-7])
+            refused = await call.read()
+            await call.write(good)
+            answered = await call.read()
+            await call.done_writing()
+        return unary_error.value, refused, answered
+
+    unary_error, refused, answered = asyncio.run(go())
+    assert unary_error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "not a ModelInferRequest" in (unary_error.details() or "")
+    assert refused.error_code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "not a ModelInferRequest" in refused.error_message
+    probs = np.frombuffer(answered.infer_response.raw_output_contents[0], np.float32).reshape(3, 3)
+    np.testing.assert_allclose(probs, softmax(x, W), rtol=1e-5)
+
+
 def test_large_batch_over_4_mib_is_served(agent) -> None:  # type: ignore[no-untyped-def]
     x = np.random.default_rng(2).normal(size=(300_000, 4)).astype(np.float32)  # 4.8 MB
 

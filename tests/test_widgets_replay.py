@@ -172,6 +172,54 @@ def test_replay_shows_the_incident_then_live_again_with_nothing_lost(scene: Scen
     assert {s.ts_ms / 1000 for s in got if s.node_id == scene.dev} <= times
 
 
+def test_a_window_that_begins_before_the_record_opens_on_its_first_sample(scene: Scene, views: Views,
+                                                                          qtbot: QtBot) -> None:
+    # "Last 1 h" on a fleet recorded for ten minutes: the slider spans the ten minutes, and the replay opens a minute
+    # into them (the dashboard's minute full)
+    inc, replay, board = scene.incident, views.replay, views.dashboard
+    bar = board.replay_bar
+    assert bar is not None
+    until = inc.start_ms + inc.seconds * 1000
+    open_window(views, qtbot, until - 3600_000, until)
+    first = min(s.ts_ms for s in inc.samples)
+    assert replay.history is not None and replay.history.since_ms == first
+    assert replay.position_ms == first + MINUTE
+    assert bar.slider.value() == 60 and bar.slider.maximum() == (until - first) // 1000
+    start = datetime.fromtimestamp(first / 1000).strftime("%H:%M:%S")
+    assert bar.start_label.text() == f"{start} (first record)" and "Nothing was recorded" in bar.start_label.toolTip()
+    board.redraw()
+    assert board.tiles["throughput"].value.text() != "—" and board.tiles["nodes"].value.text().startswith("2 / 2")
+    assert board.frame is not None and board.frame.end == (first + MINUTE) / 1000
+    finite = [s.t[np.isfinite(s.v)] for s in board.frame.plots["throughput"]]
+    assert any(len(t) for t in finite)        # the plots draw the record's first minute
+    dev_key = next(n.key for n in scene.live.console.fleet.nodes() if n.node_id == scene.dev)
+    assert "[online]" in views.fleet.row_text(dev_key)
+    # the slider's ends are the record's: its far end is the window's end
+    bar.slider.setValue(bar.slider.maximum())
+    assert replay.position_ms == first + bar.slider.maximum() * 1000
+
+
+def test_a_window_with_nothing_recorded_says_so_and_stays_where_it_was(scene: Scene, views: Views,
+                                                                       qtbot: QtBot) -> None:
+    inc, replay = scene.incident, views.replay
+    bar = views.dashboard.replay_bar
+    assert bar is not None
+    empty = (inc.start_ms - 5 * 3600_000, inc.start_ms - 4 * 3600_000)
+    with qtbot.waitSignal(replay.load_failed, timeout=30_000) as said:
+        replay.open_window(*empty)
+    assert not replay.replaying and not replay.loading
+    assert said.args is not None and said.args[0].startswith("Nothing was recorded from ")
+    assert bar.banner.isVisible() and bar.banner.text() == said.args[0] and "the record runs from" in said.args[0]
+    assert bar.live_badge.isVisible() and bar.live_button.isChecked()
+    # while replaying another window, that replay stays
+    open_window(views, qtbot, inc.start_ms, inc.start_ms + inc.seconds * 1000)
+    replay.seek(inc.t3)
+    with qtbot.waitSignal(replay.load_failed, timeout=30_000):
+        replay.open_window(*empty)
+    assert replay.replaying and replay.position_ms == inc.t3 and bar.controls.isVisible()
+    assert "Nothing was recorded" in bar.banner.text()
+
+
 def test_replay_clock_advances_speed_times_frame_per_frame(scene: Scene, views: Views, qtbot: QtBot) -> None:
     inc, replay = scene.incident, views.replay
     open_window(views, qtbot, inc.start_ms, inc.start_ms + inc.seconds * 1000)

@@ -79,6 +79,20 @@ def _elide(font: QFont, text: str, width: float) -> str:
     return QFontMetricsF(font).elidedText(text, Qt.TextElideMode.ElideRight, max(0.0, width))
 
 
+def _paint_live_badge(painter: QPainter, right: float, bold: QFont) -> float:
+    """A green-outlined 'LIVE' ending at `right` on a card's top row; returns its width."""
+    font = QFont(bold)
+    font.setPointSizeF(max(6.0, bold.pointSizeF() * 0.8))
+    width = QFontMetricsF(font).horizontalAdvance("LIVE") + 10
+    box = QRectF(right - width, 7, width, 16)
+    painter.setPen(QPen(QColor(theme.OK), 1.2))
+    painter.setBrush(QColor(theme.BG))
+    painter.drawRoundedRect(box, 4, 4)
+    painter.setFont(font)
+    painter.drawText(box, Qt.AlignmentFlag.AlignCenter, "LIVE")
+    return width
+
+
 def _paint_mark(painter: QPainter, rect: QRectF, mark: FitMark, font: QFont, hovered: bool) -> None:
     """A fit/no-fit overlay: tinted fill, border, icon and words."""
     colour = QColor(theme.OK if mark.fits else theme.BAD)
@@ -192,6 +206,7 @@ class NodeCardItem(QGraphicsItem):
         self.hovered = False
         self.spark: list[float] = []
         self.live = ""
+        self.live_badge = False    # a "LIVE" badge: the other views replay history, this card shows the node now
         self.setPos(pos)
         self.setZValue(2)
         self.setAcceptHoverEvents(True)
@@ -240,6 +255,8 @@ class NodeCardItem(QGraphicsItem):
         if pins:
             theme.icon("pin").paint(painter, QRectF(right - 14, 8, 14, 14).toRect())
             right -= 18
+        if self.live_badge:
+            right -= _paint_live_badge(painter, right, bold) + 4
         painter.setFont(bold)
         painter.setPen(QColor(theme.TEXT))
         painter.drawText(QRectF(30, 5, right - 30, 20), Qt.AlignmentFlag.AlignVCenter,

@@ -151,11 +151,11 @@ class ReplayHistory:
     def empty_note(self) -> str:
         """In words, that nothing was recorded in the window, and where the record is."""
         since = self.asked_since_ms or self.since_ms
-        text = f"Nothing was recorded from {_when(since, since)} to {_when(self.until_ms, since)}"
+        text = f"Nothing was recorded from {_when(since)} to {_when(self.until_ms, since)}"
         if self.recorded is None:
             return text + ": the console database holds no telemetry and no events yet."
         first, last = self.recorded
-        return text + f"; the record runs from {_when(first, self.until_ms)} to {_when(last, first)}."
+        return text + f"; the record runs from {_when(first)} to {_when(last, first)}."
 
     @property
     def resolution(self) -> str:
@@ -192,10 +192,11 @@ class ReplayHistory:
         return last
 
 
-def _when(t_ms: int, near_ms: int) -> str:
-    """'21:05' when on the same day as `near_ms`, else 'Wed 02 Dec 21:05'."""
+def _when(t_ms: int, near_ms: int | None = None) -> str:
+    """'21:05' when on the day of `near_ms` (default: today), else 'Wed 02 Dec 21:05'."""
     at = datetime.fromtimestamp(t_ms / 1000)
-    return f"{at:%H:%M}" if at.date() == datetime.fromtimestamp(near_ms / 1000).date() else f"{at:%a %d %b %H:%M}"
+    near = datetime.now() if near_ms is None else datetime.fromtimestamp(near_ms / 1000)
+    return f"{at:%H:%M}" if at.date() == near.date() else f"{at:%a %d %b %H:%M}"
 
 
 def _hours(seconds: float) -> str:

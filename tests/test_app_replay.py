@@ -303,6 +303,13 @@ def test_a_window_with_nothing_recorded_says_so_and_where_the_record_is(incident
     for history in (before, after):
         assert history.empty and history.recorded == (first_event, last)
         assert history.empty_note.startswith("Nothing was recorded from ")
-        assert f"the record runs from {datetime.fromtimestamp(first_event / 1000):%H:%M}" in history.empty_note
+        runs = history.empty_note.split("; the record runs from ")[1]
+        assert runs.startswith((f"{datetime.fromtimestamp(first_event / 1000):%H:%M} to",      # today
+                                f"{datetime.fromtimestamp(first_event / 1000):%a %d %b %H:%M} to"))
+        assert runs.endswith(f"{datetime.fromtimestamp(last / 1000):%H:%M}.")
     assert f"{datetime.fromtimestamp((last + MINUTE) / 1000):%H:%M} to" in after.empty_note
+    # a day that is not today is named
+    day = datetime.fromtimestamp((inc.start_ms - 3 * 86400_000) / 1000)
+    older = load_history(reader(path), inc.start_ms - 3 * 86400_000, inc.start_ms - 3 * 86400_000 + 3600_000)
+    assert older.empty_note.startswith(f"Nothing was recorded from {day:%a %d %b %H:%M} to ")
     assert not load_history(reader(path), inc.start_ms - 3600_000, inc.start_ms).empty   # the nodes came online

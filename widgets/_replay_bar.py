@@ -318,4 +318,5 @@ class ReplayBar(QFrame):
     def _load_failed(self, reason: str) -> None:
         self._mode_changed(self.replay.replaying)
         self.banner.setVisible(True)
-        self.banner.setText(reason)
+        # replaying: the window shown stays, and so does the banner's NOT LIVE (until the replay moves on)
+        self.banner.setText(f"{reason} Still showing: {self.banner_text()}" if self.replay.replaying else reason)

@@ -79,12 +79,13 @@ def _elide(font: QFont, text: str, width: float) -> str:
     return QFontMetricsF(font).elidedText(text, Qt.TextElideMode.ElideRight, max(0.0, width))
 
 
-def _paint_live_badge(painter: QPainter, right: float, bold: QFont) -> float:
-    """A green-outlined 'LIVE' ending at `right` on a card's top row; returns its width."""
-    font = QFont(bold)
-    font.setPointSizeF(max(6.0, bold.pointSizeF() * 0.8))
+def _paint_live_badge(painter: QPainter, right: float, top: float, height: float, font: QFont) -> float:
+    """A green-outlined 'LIVE' ending at `right` on the card's line at `top`; returns its width."""
+    font = QFont(font)
+    font.setBold(True)
+    font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
     width = QFontMetricsF(font).horizontalAdvance("LIVE") + 10
-    box = QRectF(right - width, 7, width, 16)
+    box = QRectF(right - width, top + 1, width, height - 2)
     painter.setPen(QPen(QColor(theme.OK), 1.2))
     painter.setBrush(QColor(theme.BG))
     painter.drawRoundedRect(box, 4, 4)
@@ -255,8 +256,6 @@ class NodeCardItem(QGraphicsItem):
         if pins:
             theme.icon("pin").paint(painter, QRectF(right - 14, 8, 14, 14).toRect())
             right -= 18
-        if self.live_badge:
-            right -= _paint_live_badge(painter, right, bold) + 4
         painter.setFont(bold)
         painter.setPen(QColor(theme.TEXT))
         painter.drawText(QRectF(30, 5, right - 30, 20), Qt.AlignmentFlag.AlignVCenter,
@@ -266,8 +265,11 @@ class NodeCardItem(QGraphicsItem):
             state_colour = {"degraded": theme.WARN, "offline": theme.BAD}.get(str(node.state), theme.MUTED)
             painter.setPen(QColor(state_colour))
             text = str(node.state) if str(node.state) != "online" else (self.live or "online")
-            painter.drawText(QRectF(8, 24, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,
-                             _elide(font, text, r.width() - 16))
+            width = r.width() - 16 - (_paint_live_badge(painter, r.width() - 8, 24, line, font) + 4
+                                      if self.live_badge else 0)
+            painter.setFont(font)
+            painter.setPen(QColor(state_colour))
+            painter.drawText(QRectF(8, 24, width, line), Qt.AlignmentFlag.AlignVCenter, _elide(font, text, width))
             if self.mark is not None:
                 _paint_mark(painter, r, self.mark, font, self.hovered)
             return
@@ -277,10 +279,13 @@ class NodeCardItem(QGraphicsItem):
         state = str(node.state) + (f" · {accel}" if accel else "") + (" · INSECURE" if security == "insecure" else "")
         painter.drawText(QRectF(8, 26, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,
                          _elide(font, state, r.width() - 16))
-        painter.setPen(QColor(theme.MUTED))
         text = self.live or fmt.stage_placements(node)
-        painter.drawText(QRectF(8, 26 + line, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,
-                         _elide(font, text, r.width() - 16))
+        # the badge sits on the figures' line: those are what is live
+        width = r.width() - 16 - (_paint_live_badge(painter, r.width() - 8, 26 + line, line, font) + 4
+                                  if self.live_badge else 0)
+        painter.setFont(font)
+        painter.setPen(QColor(theme.MUTED))
+        painter.drawText(QRectF(8, 26 + line, width, line), Qt.AlignmentFlag.AlignVCenter, _elide(font, text, width))
         if pins:
             painter.setPen(QColor(theme.ACCENT))
             painter.drawText(QRectF(8, 26 + 2 * line, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,

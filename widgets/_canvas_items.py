@@ -277,15 +277,16 @@ class NodeCardItem(QGraphicsItem):
         painter.setPen(QColor(state_colour))
         accel = fmt.accelerators(node)
         state = str(node.state) + (f" · {accel}" if accel else "") + (" · INSECURE" if security == "insecure" else "")
-        painter.drawText(QRectF(8, 26, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,
-                         _elide(font, state, r.width() - 16))
-        text = self.live or fmt.stage_placements(node)
-        # the badge sits on the figures' line: those are what is live
-        width = r.width() - 16 - (_paint_live_badge(painter, r.width() - 8, 26 + line, line, font) + 4
+        # the badge ends the state line (elided anyway on a narrow card), not the name's or the figures'
+        width = r.width() - 16 - (_paint_live_badge(painter, r.width() - 8, 26, line, font) + 4
                                   if self.live_badge else 0)
         painter.setFont(font)
+        painter.setPen(QColor(state_colour))
+        painter.drawText(QRectF(8, 26, width, line), Qt.AlignmentFlag.AlignVCenter, _elide(font, state, width))
         painter.setPen(QColor(theme.MUTED))
-        painter.drawText(QRectF(8, 26 + line, width, line), Qt.AlignmentFlag.AlignVCenter, _elide(font, text, width))
+        text = self.live or fmt.stage_placements(node)
+        painter.drawText(QRectF(8, 26 + line, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,
+                         _elide(font, text, r.width() - 16))
         if pins:
             painter.setPen(QColor(theme.ACCENT))
             painter.drawText(QRectF(8, 26 + 2 * line, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,

@@ -11,6 +11,13 @@ RAW_MAX_WINDOW_S, the one-minute rollups are played instead — one row per minu
 minute's middle — and `ReplayHistory.note` says so in words. Rollups carry no link states and
 no cumulative counters: those read as unknown (NaN / "") there.
 
+A window is clipped to what was recorded: one that begins in a gap of the record — nothing
+recorded before it, or no telemetry for over STALE_MS across its start (a young fleet: "Last 1 h"
+on a console that has recorded for three minutes; the console not running) — begins at its first
+recorded sample, so the slider spans data, and the replay opens a minute into it (`open_ms`);
+`asked_since_ms` keeps where the window asked for began. A window with nothing recorded at all is `empty`, and
+`empty_note` says so in words and where the record is.
+
 `ReplayTelemetry` is the history seen from one replayed instant: ring buffers holding every row
 up to that instant (the same `RingBuffer` the live plots read, so the dashboard draws a replay
 exactly as it draws live data), the latest sample of each node at that instant, the node states
@@ -43,6 +50,7 @@ MIN_SPEED, MAX_SPEED = 1.0, 60.0
 FRAME_MS = 100                  # one replay frame: the clock advances speed × FRAME_MS of recorded time
 LINK_STATES = ("", "none", "up", "down")   # codes of a stage track's "link" column ("" = not recorded)
 STALE_MS = 5 * MINUTE_MS        # an online node with no telemetry recorded for this long: its state is not known
+OPEN_INTO_RECORD_MS = MINUTE_MS  # a window clipped to the record opens this far into it (see ReplayHistory.open_ms)
 
 NODE_TRACK = (*NODE_COLUMNS, "power_measured")
 STAGE_TRACK = (*STAGE_COLUMNS, "link")
@@ -118,6 +126,36 @@ class ReplayHistory:
     raw_gone: bool               # True when rollups stand in because retention deleted the raw samples
     seen_before: dict[str, int] = field(default_factory=dict)   # per node, its last row before the window (ms)
     event_t: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    asked_since_ms: int = 0      # where the window asked for began (since_ms is later when it was clipped); 0: same
+    recorded: tuple[int, int] | None = None   # an empty window only: the database's first and last record (ms)
+
+    @property
+    def clipped(self) -> bool:
+        """True when the asked window began in a gap of the record and this one begins later, at its first
+        recorded sample."""
+        return bool(self.asked_since_ms) and self.asked_since_ms < self.since_ms
+
+    @property
+    def open_ms(self) -> int:
+        """Where a replay of this window opens: its start; a minute into the record when it was clipped to it (the
+        record's first sample alone is a fleet starting: nodes not yet online, empty plots; a minute in, the
+        dashboard's default minute is full and the nodes' states and first events are known)."""
+        return min(self.since_ms + OPEN_INTO_RECORD_MS, self.until_ms) if self.clipped else self.since_ms
+
+    @property
+    def empty(self) -> bool:
+        """True when the window holds no recorded sample and no event."""
+        return not self.node_tracks and not self.stage_tracks and not self.events
+
+    @property
+    def empty_note(self) -> str:
+        """In words, that nothing was recorded in the window, and where the record is."""
+        since = self.asked_since_ms or self.since_ms
+        text = f"Nothing was recorded from {_when(since)} to {_when(self.until_ms, since)}"
+        if self.recorded is None:
+            return text + ": the console database holds no telemetry and no events yet."
+        first, last = self.recorded
+        return text + f"; the record runs from {_when(first)} to {_when(last, first)}."
 
     @property
     def resolution(self) -> str:
@@ -152,6 +190,13 @@ class ReplayHistory:
                 break
             last = change
         return last
+
+
+def _when(t_ms: int, near_ms: int | None = None) -> str:
+    """'21:05' when on the day of `near_ms` (default: today), else 'Wed 02 Dec 21:05'."""
+    at = datetime.fromtimestamp(t_ms / 1000)
+    near = datetime.now() if near_ms is None else datetime.fromtimestamp(near_ms / 1000)
+    return f"{at:%H:%M}" if at.date() == near.date() else f"{at:%a %d %b %H:%M}"
 
 
 def _hours(seconds: float) -> str:
@@ -190,6 +235,21 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
         nodes[node_id] = (name or node_id[:12], tier or "")
         about = json.loads(info) if info else {}
         measured[node_id] = 1.0 if about.get("power_measured") else 0.0
+    # A window that begins in a gap of the record (a young fleet; the console not running) begins at its first
+    # recorded row, and which rows play (raw or rollups, by the window's length) is decided on what was recorded.
+    # A gap: nothing before the window, or no telemetry for longer than STALE_MS across its start.
+    asked_since = since_ms
+    seen_before: dict[str, int] = {}
+    for ref, node_id in refs.items():   # the last sign of life before the window (index lookups)
+        raw = db.execute("SELECT max(ts_ms) FROM telemetry WHERE node = ? AND ts_ms < ?", [ref, since_ms]).fetchone()[0]
+        rolled = db.execute("SELECT max(minute_ms) FROM telemetry_rollup_1m WHERE node = ? AND minute_ms < ?",
+                            [ref, since_ms]).fetchone()[0]
+        seen_before[node_id] = max(int(raw or 0), int(rolled or 0) + MINUTE_MS // 2 if rolled is not None else 0)
+    start = _record_start(db, list(refs), since_ms, until_ms)
+    last = max(seen_before.values(), default=0)
+    gap = not last or (until_ms if start is None else start) - last > STALE_MS
+    if gap and start is not None and start > since_ms:
+        since_ms = start
     # Where the raw samples begin (index range scans per node), and how far the rollups reach.
     firsts = [first for ref in refs
               if (first := db.execute("SELECT min(ts_ms) FROM telemetry WHERE node = ?", [ref]).fetchone()[0])
@@ -278,6 +338,15 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
             old = np.concatenate([old, raw[:, 1:]])
         return Track(columns, times, old, tuple(sources or ()))
 
+    node_tracks = {n: track(NODE_TRACK, node_t.get(n, []), node_rows.get(n, []),
+                            raw_nodes[n][0] if n in raw_nodes else None,
+                            node_sources.get(n, []) + (raw_nodes[n][1] if n in raw_nodes else []))
+                   for n in {*node_t, *raw_nodes}}
+    stage_tracks = {k: track(STAGE_TRACK, stage_t.get(k, []), stage_rows.get(k, []), raw_stages.get(k))
+                    for k in {*stage_t, *raw_stages}}
+    # The events, the states and the last signs of life are those of the window asked for (the events before its
+    # first sample were recorded in it: the node coming online, say).
+    since_ms = asked_since
     events = []
     for r in db.execute("SELECT ts_ms, kind, severity, node_id, message, detail_json FROM events "
                         "WHERE ts_ms >= ? AND ts_ms <= ? ORDER BY ts_ms, id", [since_ms, until_ms]).fetchall():
@@ -293,21 +362,45 @@ def load_history(db: sqlite_utils.Database, since_ms: int, until_ms: int, raw_re
     for ev in events:
         if ev.kind == "node_state" and ev.node_id:
             states.setdefault(ev.node_id, []).append(_state_change(ev.ts_ms, json.dumps(ev.detail), ev.message))
-    seen_before: dict[str, int] = {}
-    for ref, node_id in refs.items():   # the last sign of life before the window (index lookups)
-        raw = db.execute("SELECT max(ts_ms) FROM telemetry WHERE node = ? AND ts_ms < ?", [ref, since_ms]).fetchone()[0]
-        rolled = db.execute("SELECT max(minute_ms) FROM telemetry_rollup_1m WHERE node = ? AND minute_ms < ?",
-                            [ref, since_ms]).fetchone()[0]
-        seen_before[node_id] = max(int(raw or 0), int(rolled or 0) + MINUTE_MS // 2 if rolled is not None else 0)
+    # In a gap, the window begins at its first played row exactly (the first frame shows it), or at its first event
+    # when it holds events only.
+    begin = since_ms
+    if gap:
+        firsts_t = [float(tr.t[0]) for tr in (*node_tracks.values(), *stage_tracks.values()) if len(tr)]
+        begin = round(min(firsts_t) * 1000) if firsts_t else (events[0].ts_ms if events else since_ms)
+        begin = min(max(begin, since_ms), until_ms)
+    empty = not node_tracks and not stage_tracks and not events
     return ReplayHistory(
-        since_ms, until_ms, nodes,
-        {n: track(NODE_TRACK, node_t.get(n, []), node_rows.get(n, []), raw_nodes[n][0] if n in raw_nodes else None,
-                  node_sources.get(n, []) + (raw_nodes[n][1] if n in raw_nodes else []))
-         for n in {*node_t, *raw_nodes}},
-        {k: track(STAGE_TRACK, stage_t.get(k, []), stage_rows.get(k, []), raw_stages.get(k))
-         for k in {*stage_t, *raw_stages}},
-        tuple(events), {n: tuple(c) for n, c in states.items()}, split if rollups else since_ms, raw_retention_s,
-        raw_gone and rollups > 0, seen_before, np.asarray([e.ts_ms for e in events], dtype=np.int64))
+        begin, until_ms, nodes, node_tracks, stage_tracks,
+        tuple(events), {n: tuple(c) for n, c in states.items()}, split if rollups else begin, raw_retention_s,
+        raw_gone and rollups > 0, seen_before, np.asarray([e.ts_ms for e in events], dtype=np.int64),
+        asked_since if begin > asked_since else 0, _record_span(db, list(refs)) if empty else None)
+
+
+def _record_start(db: sqlite_utils.Database, refs: list[int], since_ms: int, until_ms: int) -> int | None:
+    """About where the recorded telemetry in [since_ms, until_ms] begins: its first raw sample or its first one-minute
+    rollup (at the minute's middle, where a rollup plays); None when there is none (index lookups)."""
+    firsts = [int(first) for ref in refs if (first := db.execute(
+        "SELECT min(ts_ms) FROM telemetry WHERE node = ? AND ts_ms >= ? AND ts_ms <= ?", [ref, since_ms, until_ms]
+    ).fetchone()[0]) is not None]
+    minute = db.execute("SELECT min(minute_ms) FROM telemetry_rollup_1m WHERE minute_ms >= ? AND minute_ms <= ?",
+                        [since_ms - MINUTE_MS // 2, until_ms - MINUTE_MS // 2]).fetchone()[0]
+    if minute is not None:
+        firsts.append(int(minute) + MINUTE_MS // 2)
+    return min(firsts) if firsts else None
+
+
+def _record_span(db: sqlite_utils.Database, refs: list[int]) -> tuple[int, int] | None:
+    """The first and last instant of anything recorded (raw samples, rollups, events); None: nothing (index
+    lookups)."""
+    times: list[int] = []
+    for ref in refs:
+        times += [int(t) for t in db.execute("SELECT min(ts_ms), max(ts_ms) FROM telemetry WHERE node = ?",
+                                             [ref]).fetchone() if t is not None]
+    for sql in ("SELECT min(minute_ms) + 30000, max(minute_ms) + 30000 FROM telemetry_rollup_1m",
+                "SELECT min(ts_ms), max(ts_ms) FROM events"):
+        times += [int(t) for t in db.execute(sql).fetchone() if t is not None]
+    return (min(times), max(times)) if times else None
 
 
 def _state_change(ts_ms: int, detail_json: str | None, message: str) -> StateChange:

@@ -49,7 +49,7 @@ class ReplayModel(QObject):
 
     mode_changed = Signal(bool)          # True: replaying (the views show history), False: live
     loading_changed = Signal(bool)
-    load_failed = Signal(str)
+    load_failed = Signal(str)            # why the asked window is not shown: unreadable, or nothing recorded in it
     window_loaded = Signal(object)       # ReplayHistory
     position_changed = Signal(object)    # the replayed instant, Unix ms (int; past 32 bits)
     moved = Signal(object, bool)         # node ids whose rings gained rows, rebuilt (moved backwards / new window)
@@ -89,7 +89,9 @@ class ReplayModel(QObject):
         self.open_window(until - int(seconds * 1000), until)
 
     def open_window(self, since_ms: int, until_ms: int, start_ms: int | None = None) -> None:
-        """Read the window [since_ms, until_ms] on the reader thread; replay it from `start_ms` (default: its start)."""
+        """Read the window [since_ms, until_ms] on the reader thread; replay it from `start_ms` (default: its start,
+        or a minute into the record when it began in a gap of the record: `ReplayHistory.open_ms`); nothing
+        recorded: `load_failed` says so and the view stays as it was."""
         self._request += 1
         request = self._request
         retention = self._console.core.db.retention.raw_s
@@ -102,11 +104,13 @@ class ReplayModel(QObject):
         if request != self._request:
             return   # a newer window was asked for meanwhile
         self._set_loading(False)
+        if history.empty:
+            self.load_failed.emit(history.empty_note)
+            return
         was = self.replaying
         self.history = history
         self.view = ReplayTelemetry(history)
-        if start_ms is not None:
-            self.view.seek(start_ms)
+        self.view.seek(history.open_ms if start_ms is None else start_ms)
         self.events.set_events(history.events_until(self.view.position_ms))
         if not was:
             self.mode_changed.emit(True)

@@ -4,6 +4,7 @@ replayed instant, node and link states, rollups where retention deleted the raw 
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -223,9 +224,11 @@ def test_a_database_that_begins_inside_the_window_plays_its_raw_samples_from_the
 
 
 def test_long_windows_play_rollups_and_say_why(incident: tuple[Path, Incident]) -> None:
+    # a record longer than an hour (another ten minutes 70 min before the incident) in a two-hour window
     path, inc = incident
     db = Database(path).start()
     try:
+        earlier = write_incident(db, inc.start_ms - 70 * MINUTE, save_nodes=False)
         db.run_maintenance().result(30)
     finally:
         db.close()
@@ -233,7 +236,49 @@ def test_long_windows_play_rollups_and_say_why(incident: tuple[Path, Incident]) 
     history = load_history(reader(path), until - int(RAW_MAX_WINDOW_S * 1000) - 3600_000, until)
     assert history.resolution == "1m" and not history.raw_gone
     assert history.note.startswith("playing 1-minute rollups: windows over 1 h play per minute")
-    assert len(history.stage_tracks[(DEV, "det")]) == inc.seconds // 60
+    assert len(history.stage_tracks[(DEV, "det")]) == (earlier.seconds + inc.seconds) // 60
+    assert history.since_ms == earlier.start_ms + MINUTE // 2       # the first rollup, at its minute's middle
+    # a window that begins in the hour between the two (no telemetry for over 5 min): at the second's first sample
+    between = load_history(reader(path), earlier.start_ms + 30 * MINUTE, until)
+    assert between.since_ms == inc.start_ms and between.clipped and between.resolution == "raw"
+
+
+def test_a_window_that_begins_before_the_record_begins_at_its_first_sample(incident: tuple[Path, Incident]) -> None:
+    # "Last 1 h" / "Last 6 h" on a fleet recorded for ten minutes: the window is the ten minutes, raw samples
+    # (not the rollups of a window over an hour: what was recorded is short), and its first instant shows data
+    path, inc = incident
+    db = Database(path).start()
+    try:
+        db.run_maintenance().result(30)      # the rollups of those minutes exist too
+    finally:
+        db.close()
+    until = inc.start_ms + inc.seconds * 1000
+    first = min(s.ts_ms for s in inc.samples)
+    for hours in (1, 6):
+        asked = until - hours * 3600_000
+        history = load_history(reader(path), asked, until)
+        assert history.since_ms == first and history.until_ms == until
+        assert history.clipped and history.asked_since_ms == asked and not history.empty
+        assert history.resolution == "raw" and history.note == "playing raw samples", hours
+        assert len(history.node_tracks[DEV]) == inc.seconds
+        # the nodes coming online a few seconds before the first sample were recorded in the window: kept
+        assert [e.ts_ms for e in history.events] == sorted(e.ts_ms for e in inc.events)
+        view = ReplayTelemetry(history)
+        assert view.position_ms == first
+        sample = view.latest(DEV)
+        assert sample is not None and sample.ts_ms == first
+        assert view.node_at(DEV).state == "online" and view.node_at(EDGE).state == "online"
+        # a replay opens a minute into the record: the dashboard's minute full
+        assert history.open_ms == first + MINUTE
+        view.seek(history.open_ms)
+        ring = view.node_series(DEV)
+        assert ring is not None and len(ring) == 61
+    # a window inside the record is not clipped, and opens at its start
+    inside = load_history(reader(path), inc.start_ms + 500, until)
+    assert inside.since_ms == inc.start_ms + 500 and not inside.clipped and inside.open_ms == inside.since_ms
+    # a record shorter than a minute in the window: it opens at the window's end
+    short = load_history(reader(path), inc.start_ms - 3600_000, inc.start_ms + 20_000)
+    assert short.since_ms == first and short.open_ms == inc.start_ms + 20_000
 
 
 def test_an_empty_window_and_a_bad_one(tmp_path: Path) -> None:
@@ -243,5 +288,28 @@ def test_an_empty_window_and_a_bad_one(tmp_path: Path) -> None:
     view = ReplayTelemetry(history)
     view.seek(30_000)
     assert view.nodes() == [] and view.stage_keys() == [] and history.events_until(60_000) == ()
+    assert history.empty and not history.clipped and history.recorded is None
+    assert history.empty_note.endswith("the console database holds no telemetry and no events yet.")
     with pytest.raises(ValueError):
         load_history(reader(tmp_path / "console.sqlite"), 60_000, 60_000)
+
+
+def test_a_window_with_nothing_recorded_says_so_and_where_the_record_is(incident: tuple[Path, Incident]) -> None:
+    path, inc = incident
+    last = max(s.ts_ms for s in inc.samples)
+    before = load_history(reader(path), inc.start_ms - 5 * 3600_000, inc.start_ms - 4 * 3600_000)
+    after = load_history(reader(path), last + MINUTE, last + 61 * MINUTE)
+    first_event = min(e.ts_ms for e in inc.events)
+    for history in (before, after):
+        assert history.empty and history.recorded == (first_event, last)
+        assert history.empty_note.startswith("Nothing was recorded from ")
+        runs = history.empty_note.split("; the record runs from ")[1]
+        assert runs.startswith((f"{datetime.fromtimestamp(first_event / 1000):%H:%M} to",      # today
+                                f"{datetime.fromtimestamp(first_event / 1000):%a %d %b %H:%M} to"))
+        assert runs.endswith(f"{datetime.fromtimestamp(last / 1000):%H:%M}.")
+    assert f"{datetime.fromtimestamp((last + MINUTE) / 1000):%H:%M} to" in after.empty_note
+    # a day that is not today is named
+    day = datetime.fromtimestamp((inc.start_ms - 3 * 86400_000) / 1000)
+    older = load_history(reader(path), inc.start_ms - 3 * 86400_000, inc.start_ms - 3 * 86400_000 + 3600_000)
+    assert older.empty_note.startswith(f"Nothing was recorded from {day:%a %d %b %H:%M} to ")
+    assert not load_history(reader(path), inc.start_ms - 3600_000, inc.start_ms).empty   # the nodes came online

@@ -45,6 +45,11 @@ def agent_pid(folder: Path, name: str) -> int:
     raise LookupError(f"no agent process for {name}")
 
 
+def handle_x(x0: int, x1: int, since: int, until: int, at_ms: int) -> int:
+    """Where the slider's handle is on the screen when the replay is at `at_ms` (the slider's ends: x0, x1)."""
+    return int(x0 + (x1 - x0) * (at_ms - since) / (until - since))
+
+
 class Session:
     def __init__(self, display: XDisplay, console: Console, folder: Path) -> None:
         self.display, self.console, self.folder = display, console, folder
@@ -128,12 +133,18 @@ def test_operator_replays_the_incident_then_yesterday_then_goes_live(session: tu
     op.click(s.replay()["controls"]["replay"], "Replay")
     r = s.console.wait(lambda p: p["replay"]["replaying"] and not p["replay"]["loading"], 30, "the replay loaded")
     assert "NOT LIVE" in r["replay"]["banner"] and "playing raw samples" in r["replay"]["banner"]
+    # The fleet recorded for minutes (yesterday's hour is outside the window): the window begins at its first
+    # sample and the replay opens a minute into it, where the first frame shows the fleet — not on 55 empty
+    # minutes. (This test used to drag from the slider's left end, where the handle sat on the empty hour.)
+    s.console.wait(lambda p: p["replay"]["tiles"]["power"] != "—" and p["replay"]["tiles"]["nodes"] == "4 / 4", 10,
+                   "the first frame shows the fleet")
     s.shot("loaded_last_hour")
     since, until = r["replay"]["window_ms"]
+    assert until - since < 30 * MINUTE and r["replay"]["position_ms"] == since + MINUTE
     target = stopped_ms + 25_000
     (x0, y), (x1, _y) = r["replay"]["slider_ends"]
     x = int(x0 + (x1 - x0) * (target - since) / (until - since))
-    op.drag([x0, y], [x, y], "slider to the incident")
+    op.drag([handle_x(x0, x1, since, until, r["replay"]["position_ms"]), y], [x, y], "slider to the incident")
     r = s.console.wait(lambda p: abs(p["replay"]["position_ms"] - target) < 60_000, 20, "the slider moved")
     at = r["replay"]["position_ms"]
     assert datetime.fromtimestamp(at / 1000).strftime("%H:%M") in r["replay"]["banner"]
@@ -163,8 +174,7 @@ def test_operator_replays_the_incident_then_yesterday_then_goes_live(session: tu
     # to where the link came back
     r = s.replay()
     x = int(x0 + (x1 - x0) * (back_ms + 10_000 - since) / (until - since))
-    handle = int(x0 + (x1 - x0) * (r["position_ms"] - since) / (until - since))
-    op.drag([handle, y], [x, y], "slider to the link coming back")
+    op.drag([handle_x(x0, x1, since, until, r["position_ms"]), y], [x, y], "slider to the link coming back")
     r = s.console.wait(lambda p: abs(p["replay"]["position_ms"] - back_ms - 10_000) < 60_000, 20, "the slider moved")
     s.shot("link_back")
 
@@ -177,14 +187,16 @@ def test_operator_replays_the_incident_then_yesterday_then_goes_live(session: tu
     op.key("ctrl+a")
     op.type(start.strftime("%Y-%m-%d %H:%M"))
     op.click(controls["load"], "Load")
-    r = s.console.wait(lambda p: p["replay"]["window_ms"] and p["replay"]["window_ms"][0] < old.start_ms and
-                       not p["replay"]["loading"], 30, "yesterday's window")
+    # the window asked for begins 10 min before yesterday's record: it begins at the record's first row (the
+    # first rollup, at its minute's middle), so the slider spans yesterday's data
+    r = s.console.wait(lambda p: p["replay"]["window_ms"] and p["replay"]["window_ms"][0] == old.start_ms + MINUTE // 2
+                       and not p["replay"]["loading"], 30, "yesterday's window")
     assert "playing 1-minute rollups" in r["replay"]["banner"] and "raw samples kept only for the last 24 h" in \
         r["replay"]["banner"], r["replay"]["banner"]
     since, until = r["replay"]["window_ms"]
     (x0, y), (x1, _y) = r["replay"]["slider_ends"]
     x = int(x0 + (x1 - x0) * (old.t3 + 30_000 - since) / (until - since))
-    op.drag([x0, y], [x, y], "slider to yesterday's incident")
+    op.drag([handle_x(x0, x1, since, until, r["replay"]["position_ms"]), y], [x, y], "slider to yesterday's incident")
     s.console.wait(lambda p: abs(p["replay"]["position_ms"] - old.t3) < 5 * MINUTE, 20, "the slider moved")
     s.shot("yesterday_rollups")
 

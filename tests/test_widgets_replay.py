@@ -11,6 +11,8 @@ from datetime import datetime
 
 import numpy as np
 import pytest
+from PySide6.QtGui import QColor, QImage, QPainter
+from PySide6.QtWidgets import QStyleOptionGraphicsItem
 from pytestqt.qtbot import QtBot
 from replay_support import Incident, write_incident
 from test_widgets_support import LiveConsole, dispose, live_console, small_model
@@ -20,6 +22,9 @@ from app._records import NodeSample
 from app._replay import FRAME_MS, SPEEDS
 from app._replay_qt import ReplayModel
 from widgets import Dashboard, EventLog, FleetPanel, FrameClock, apply_theme
+from widgets import _theme as theme
+from widgets._canvas_items import NodeCardItem
+from widgets._pipeline_editor import PipelineEditor
 
 MINUTE = 60_000
 
@@ -170,6 +175,106 @@ def test_replay_shows_the_incident_then_live_again_with_nothing_lost(scene: Scen
     assert ring is not None
     times = set(ring.times().tolist())
     assert {s.ts_ms / 1000 for s in got if s.node_id == scene.dev} <= times
+
+
+def test_a_window_that_begins_before_the_record_opens_on_its_first_sample(scene: Scene, views: Views,
+                                                                          qtbot: QtBot) -> None:
+    # "Last 1 h" on a fleet recorded for ten minutes: the slider spans the ten minutes, and the replay opens a minute
+    # into them (the dashboard's minute full)
+    inc, replay, board = scene.incident, views.replay, views.dashboard
+    bar = board.replay_bar
+    assert bar is not None
+    until = inc.start_ms + inc.seconds * 1000
+    open_window(views, qtbot, until - 3600_000, until)
+    first = min(s.ts_ms for s in inc.samples)
+    assert replay.history is not None and replay.history.since_ms == first
+    assert replay.position_ms == first + MINUTE
+    assert bar.slider.value() == 60 and bar.slider.maximum() == (until - first) // 1000
+    start = datetime.fromtimestamp(first / 1000).strftime("%H:%M:%S")
+    assert bar.start_label.text() == f"{start} (first record)" and "Nothing was recorded" in bar.start_label.toolTip()
+    board.redraw()
+    assert board.tiles["throughput"].value.text() != "—" and board.tiles["nodes"].value.text().startswith("2 / 2")
+    assert board.frame is not None and board.frame.end == (first + MINUTE) / 1000
+    finite = [s.t[np.isfinite(s.v)] for s in board.frame.plots["throughput"]]
+    assert any(len(t) for t in finite)        # the plots draw the record's first minute
+    dev_key = next(n.key for n in scene.live.console.fleet.nodes() if n.node_id == scene.dev)
+    assert "[online]" in views.fleet.row_text(dev_key)
+    # the slider's ends are the record's: its far end is the window's end
+    bar.slider.setValue(bar.slider.maximum())
+    assert replay.position_ms == first + bar.slider.maximum() * 1000
+
+
+def test_a_window_with_nothing_recorded_says_so_and_stays_where_it_was(scene: Scene, views: Views,
+                                                                       qtbot: QtBot) -> None:
+    inc, replay = scene.incident, views.replay
+    bar = views.dashboard.replay_bar
+    assert bar is not None
+    empty = (inc.start_ms - 5 * 3600_000, inc.start_ms - 4 * 3600_000)
+    with qtbot.waitSignal(replay.load_failed, timeout=30_000) as said:
+        replay.open_window(*empty)
+    assert not replay.replaying and not replay.loading
+    assert said.args is not None and said.args[0].startswith("Nothing was recorded from ")
+    assert bar.banner.isVisible() and bar.banner.text() == said.args[0] and "the record runs from" in said.args[0]
+    assert bar.live_badge.isVisible() and bar.live_button.isChecked()
+    # while replaying another window, that replay stays
+    open_window(views, qtbot, inc.start_ms, inc.start_ms + inc.seconds * 1000)
+    replay.seek(inc.t3)
+    with qtbot.waitSignal(replay.load_failed, timeout=30_000):
+        replay.open_window(*empty)
+    assert replay.replaying and replay.position_ms == inc.t3 and bar.controls.isVisible()
+    assert bar.banner.text().startswith("Nothing was recorded") and "Still showing: REPLAY" in bar.banner.text()
+    assert "NOT LIVE" in bar.banner.text()
+
+
+def green_pixels_right(card: NodeCardItem) -> int:
+    """How many pixels of the card's right half are the LIVE green (the green state icon sits top-left)."""
+    rect = card.boundingRect()
+    image = QImage(int(rect.width()), int(rect.height()), QImage.Format.Format_ARGB32)
+    image.fill(QColor(theme.CARD))
+    painter = QPainter(image)
+    card.paint(painter, QStyleOptionGraphicsItem(), None)
+    painter.end()
+    ok = QColor(theme.OK)
+    return sum(1 for x in range(image.width() // 2, image.width()) for y in range(image.height())
+               if abs(QColor(image.pixel(x, y)).green() - ok.green()) < 40
+               and abs(QColor(image.pixel(x, y)).red() - ok.red()) < 40
+               and abs(QColor(image.pixel(x, y)).blue() - ok.blue()) < 40)
+
+
+def test_while_replaying_the_canvas_cards_say_they_are_live(scene: Scene, views: Views, qtbot: QtBot) -> None:
+    # the canvas's cards keep live figures during a replay: next to replayed plots they must not pass for history
+    inc, replay, console = scene.incident, views.replay, scene.live.console
+    editor = PipelineEditor(console.pipeline, console.fleet, console.telemetry, replay=replay)
+    try:
+        editor.resize(1200, 700)
+        editor.show()
+        qtbot.waitExposed(editor)
+        editor.canvas.relayout()
+
+        def cards() -> list[NodeCardItem]:   # a re-layout (a fleet change, a resize) makes new cards
+            return list(editor.canvas.cards.values())
+        assert len(cards()) == 2 and not any(card.live_badge for card in cards())
+        assert not editor.live_banner.isVisible()
+        assert all(green_pixels_right(card) == 0 for card in cards())
+        open_window(views, qtbot, inc.start_ms, inc.start_ms + inc.seconds * 1000)
+        replay.seek(inc.t3)
+        assert len(cards()) == 2 and all(card.live_badge for card in cards())
+        assert all(green_pixels_right(card) > 20 for card in cards())     # the badge is drawn
+        at = datetime.fromtimestamp(inc.t3 / 1000).strftime("%H:%M:%S")
+        assert editor.live_banner.isVisible() and editor.live_banner.text().startswith("LIVE · ")
+        assert f"not the replayed {at}" in editor.live_banner.text()
+        replay.seek(inc.t2)
+        assert datetime.fromtimestamp(inc.t2 / 1000).strftime("%H:%M:%S") in editor.live_banner.text()
+        # a card made while replaying (the canvas re-laid out) says so too
+        before = cards()
+        editor.canvas.relayout()
+        assert all(a is not b for a, b in zip(before, cards(), strict=True)) and all(c.live_badge for c in cards())
+        replay.go_live()
+        assert not editor.live_banner.isVisible()
+        assert not any(card.live_badge for card in cards())
+        assert all(green_pixels_right(card) == 0 for card in cards())
+    finally:
+        dispose(editor)
 
 
 def test_replay_clock_advances_speed_times_frame_per_frame(scene: Scene, views: Views, qtbot: QtBot) -> None:

@@ -234,6 +234,7 @@ class PipelineCanvas(CanvasDragDrop, CanvasLiveOverlay, QGraphicsView):
         self._live_seen: tuple[int, int, int] = (-1, 0, 0)   # (samples, cards, links) at the last live refresh
         self._live_moved = 0.0
         self.live_refreshes = 0
+        self.live_badges = False   # the cards say LIVE (while the other views replay history)
         self.refusal = ""
         self.refusal_banner = QLabel(self)
         self.refusal_banner.setProperty("banner", "error")
@@ -462,6 +463,7 @@ class PipelineCanvas(CanvasDragDrop, CanvasLiveOverlay, QGraphicsView):
                 row, col = divmod(i, card_cols)
                 card = NodeCardItem(self, node.key, QPointF(self._cards_left + col * (self.card_w + GAP),
                                                             y + PAD + row * (self.card_h + GAP)))
+                card.live_badge = self.live_badges
                 self.scene_.addItem(card)
                 self.cards[node.key] = card
             for i, stage_id in enumerate(per_lane[tier]):

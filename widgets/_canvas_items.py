@@ -79,6 +79,21 @@ def _elide(font: QFont, text: str, width: float) -> str:
     return QFontMetricsF(font).elidedText(text, Qt.TextElideMode.ElideRight, max(0.0, width))
 
 
+def _paint_live_badge(painter: QPainter, right: float, top: float, height: float, font: QFont) -> float:
+    """A green-outlined 'LIVE' ending at `right` on the card's line at `top`; returns its width."""
+    font = QFont(font)
+    font.setBold(True)
+    font.setPointSizeF(max(6.0, font.pointSizeF() * 0.8))
+    width = QFontMetricsF(font).horizontalAdvance("LIVE") + 10
+    box = QRectF(right - width, top + 1, width, height - 2)
+    painter.setPen(QPen(QColor(theme.OK), 1.2))
+    painter.setBrush(QColor(theme.BG))
+    painter.drawRoundedRect(box, 4, 4)
+    painter.setFont(font)
+    painter.drawText(box, Qt.AlignmentFlag.AlignCenter, "LIVE")
+    return width
+
+
 def _paint_mark(painter: QPainter, rect: QRectF, mark: FitMark, font: QFont, hovered: bool) -> None:
     """A fit/no-fit overlay: tinted fill, border, icon and words."""
     colour = QColor(theme.OK if mark.fits else theme.BAD)
@@ -192,6 +207,7 @@ class NodeCardItem(QGraphicsItem):
         self.hovered = False
         self.spark: list[float] = []
         self.live = ""
+        self.live_badge = False    # a "LIVE" badge: the other views replay history, this card shows the node now
         self.setPos(pos)
         self.setZValue(2)
         self.setAcceptHoverEvents(True)
@@ -249,8 +265,11 @@ class NodeCardItem(QGraphicsItem):
             state_colour = {"degraded": theme.WARN, "offline": theme.BAD}.get(str(node.state), theme.MUTED)
             painter.setPen(QColor(state_colour))
             text = str(node.state) if str(node.state) != "online" else (self.live or "online")
-            painter.drawText(QRectF(8, 24, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,
-                             _elide(font, text, r.width() - 16))
+            width = r.width() - 16 - (_paint_live_badge(painter, r.width() - 8, 24, line, font) + 4
+                                      if self.live_badge else 0)
+            painter.setFont(font)
+            painter.setPen(QColor(state_colour))
+            painter.drawText(QRectF(8, 24, width, line), Qt.AlignmentFlag.AlignVCenter, _elide(font, text, width))
             if self.mark is not None:
                 _paint_mark(painter, r, self.mark, font, self.hovered)
             return
@@ -258,8 +277,12 @@ class NodeCardItem(QGraphicsItem):
         painter.setPen(QColor(state_colour))
         accel = fmt.accelerators(node)
         state = str(node.state) + (f" · {accel}" if accel else "") + (" · INSECURE" if security == "insecure" else "")
-        painter.drawText(QRectF(8, 26, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,
-                         _elide(font, state, r.width() - 16))
+        # the badge ends the state line (elided anyway on a narrow card), not the name's or the figures'
+        width = r.width() - 16 - (_paint_live_badge(painter, r.width() - 8, 26, line, font) + 4
+                                  if self.live_badge else 0)
+        painter.setFont(font)
+        painter.setPen(QColor(state_colour))
+        painter.drawText(QRectF(8, 26, width, line), Qt.AlignmentFlag.AlignVCenter, _elide(font, state, width))
         painter.setPen(QColor(theme.MUTED))
         text = self.live or fmt.stage_placements(node)
         painter.drawText(QRectF(8, 26 + line, r.width() - 16, line), Qt.AlignmentFlag.AlignVCenter,

@@ -22,6 +22,14 @@ class CanvasLiveOverlay:
     def _frame(self) -> None:
         self._refresh_live()
 
+    def set_live_badges(self, on: bool) -> None:
+        """Mark every node card LIVE (on while the other views replay history: the cards never do)."""
+        self.live_badges = on
+        for card in self.cards.values():
+            if card.live_badge != on:
+                card.live_badge = on
+                card.update()
+
     def _refresh_live(self, force: bool = False) -> None:
         """Sparklines and live rates from the ring buffers, at most twice a second and only when shown."""
         import time

@@ -72,7 +72,7 @@ class MainWindow(QMainWindow):
         self.replay = ReplayModel(console)
         self.fleet_panel = FleetPanel(console.fleet, console.telemetry, self.clock, self, replay=self.replay)
         self.editor = PipelineEditor(console.pipeline, console.fleet, console.telemetry, self.clock, policy_pusher,
-                                     self)
+                                     self, replay=self.replay)
         self.canvas = self.editor.canvas
         self.dashboard = Dashboard(console.fleet, console.telemetry, self.clock, console.pipeline, console.files, self,
                                    replay=self.replay)

@@ -1,15 +1,23 @@
-"""The pipeline tab: the stage palette strip, the canvas with its problem banner, and the what-if plot beside it."""
+"""The pipeline tab: the stage palette strip, the canvas with its problem banner, and the what-if plot beside it.
+
+While the other views replay history (app._replay_qt.ReplayModel), this tab stays live: a green banner says
+so and names the replayed instant, and every node card carries a LIVE badge — so live figures are never
+read as the replayed ones next to them.
+"""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Slot
 from PySide6.QtWidgets import QHBoxLayout, QLabel, QPushButton, QSplitter, QVBoxLayout, QWidget
 
 from app._problem_words import explain_all
+from app._replay_qt import ReplayModel
 from app.core import ModelCard
 from app.qt import FleetModel, PipelineModel, TelemetryModel
+from widgets import _theme as theme
 from widgets._canvas import PipelineCanvas
 from widgets._clock import FrameClock
 from widgets._palette import StagePalette
@@ -22,9 +30,10 @@ class PipelineEditor(QWidget):
 
     def __init__(self, pipeline: PipelineModel, fleet: FleetModel, telemetry: TelemetryModel,
                  clock: FrameClock | None = None, pusher: PolicyPusher | None = None,
-                 parent: QWidget | None = None) -> None:
+                 parent: QWidget | None = None, replay: ReplayModel | None = None) -> None:
         super().__init__(parent)
         self.pipeline = pipeline
+        self.replay = replay
         self.stage_palette = StagePalette(self)
         self.stage_palette.setObjectName("palettePane")
         self.import_button = QPushButton("Import ONNX &model…", self)
@@ -34,6 +43,13 @@ class PipelineEditor(QWidget):
         self.canvas = PipelineCanvas(pipeline, fleet, self.stage_palette, telemetry, clock, self)
         self.whatif = WhatIfPanel(pipeline, telemetry, clock, pusher, self, fleet=fleet)
         self.problems = ProblemList(self)
+        self.live_banner = QLabel("", self)
+        self.live_banner.setObjectName("liveBanner")
+        self.live_banner.setStyleSheet(f"QLabel#liveBanner {{ background: {theme.OK}; color: #111; font-weight: bold;"
+                                       " padding: 3px 8px; border-radius: 3px; }")
+        self.live_banner.setWordWrap(True)
+        self.live_banner.setAccessibleName("Live banner")
+        self.live_banner.setVisible(False)
         self.splitter = QSplitter(Qt.Orientation.Horizontal, self)
         self.splitter.addWidget(self.canvas)
         self.splitter.addWidget(self.whatif)
@@ -52,6 +68,7 @@ class PipelineEditor(QWidget):
         layout.setSpacing(4)
         layout.addLayout(strip)
         layout.addWidget(self.problems)
+        layout.addWidget(self.live_banner)
         layout.addWidget(self.splitter, 1)
         self.stage_palette.setFixedHeight(self.stage_palette.fontMetrics().height() * 2 + 34)
 
@@ -63,6 +80,22 @@ class PipelineEditor(QWidget):
         self.problems.stage_clicked.connect(self._select)
         pipeline.model_imported.connect(self._imported)
         pipeline.pipeline_reset.connect(self._reset)
+        if replay is not None:
+            replay.mode_changed.connect(self._replay_moved)
+            replay.position_changed.connect(self._replay_moved)
+
+    @Slot()
+    def _replay_moved(self) -> None:
+        """Replaying: the banner names the replayed instant and the cards say LIVE; live: neither."""
+        view = self.replay.view if self.replay is not None else None
+        self.canvas.set_live_badges(view is not None)
+        self.live_banner.setVisible(view is not None)
+        if view is not None:
+            at = datetime.fromtimestamp(view.position_ms / 1000)
+            text = (f"LIVE · node cards, escalation arrows and the what-if show the fleet now, not the replayed "
+                    f"{at:%H:%M:%S} (the dashboard, fleet panel and event log replay it)")
+            if self.live_banner.text() != text:
+                self.live_banner.setText(text)
 
     @Slot(object)
     def _imported(self, card: ModelCard) -> None:

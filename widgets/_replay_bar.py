@@ -257,8 +257,17 @@ class ReplayBar(QFrame):
         self.slider.blockSignals(False)
         day = datetime.fromtimestamp(history.since_ms / 1000).date() != \
             datetime.fromtimestamp(history.until_ms / 1000).date()
-        fmt = "%a %d %b %H:%M" if day else "%H:%M"
-        self.start_label.setText(datetime.fromtimestamp(history.since_ms / 1000).strftime(fmt))
+        # a short record (a young fleet) reads to the second at both ends of the slider
+        fmt = "%a %d %b %H:%M" if day else "%H:%M" if span > 3600 else "%H:%M:%S"
+        start = datetime.fromtimestamp(history.since_ms / 1000).strftime(fmt)
+        if history.clipped:
+            asked = datetime.fromtimestamp(history.asked_since_ms / 1000).strftime(fmt)
+            self.start_label.setText(f"{start} (first record)")
+            self.start_label.setToolTip(f"Nothing was recorded from {asked} until {start}: the slider starts at "
+                                        "the first recorded sample.")
+        else:
+            self.start_label.setText(start)
+            self.start_label.setToolTip("")
         self.end_label.setText(datetime.fromtimestamp(history.until_ms / 1000).strftime(fmt))
 
     @Slot(object)
@@ -309,4 +318,5 @@ class ReplayBar(QFrame):
     def _load_failed(self, reason: str) -> None:
         self._mode_changed(self.replay.replaying)
         self.banner.setVisible(True)
-        self.banner.setText(reason)
+        # replaying: the window shown stays, and so does the banner's NOT LIVE (until the replay moves on)
+        self.banner.setText(f"{reason} Still showing: {self.banner_text()}" if self.replay.replaying else reason)

@@ -194,8 +194,8 @@ class ShadowSampler:
             self.stats.add("shadow_shed_total", len(picks))
             picks = []
         scores = np.asarray(output)
-        for row in picks:
-            self._buffer.append(_Row({n: a[row:row + 1] for n, a in feeds.items()},
+        for row in picks:  # each row copied: a view would keep the whole request (often its 512 KiB message) alive
+            self._buffer.append(_Row({n: a[row:row + 1].copy() for n, a in feeds.items()},
                                      decisions.labels[decisions.label[row]], float(decisions.confidence[row]),
                                      float(outcome.score[row]), scores[row].copy() if scores.ndim else scores.copy(),
                                      version, labels))

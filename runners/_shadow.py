@@ -55,6 +55,7 @@ SHADOW = "tierdeck.shadow"
 DEFAULT_RATE = 0.01
 BINS = 100           # histogram bins over the rule's score in [0, 1]
 MAX_BUFFERED = 256   # sampled rows waiting for the link's one shadow call; more are shed
+MAX_BUFFERED_BYTES = 16 << 20  # and at most this many bytes of their inputs (large images: fewer rows wait)
 MAX_CALL_ROWS = 64   # rows per shadow call
 WAIT_FOR_REAL_S = 0.002  # while real escalations wait in the forwarder, look again after this
 LINGER_S = 0.5       # a shadow call waits this long for MAX_CALL_ROWS rows: fewer calls, the cost stays small
@@ -185,6 +186,10 @@ class ShadowSampler:
             position += 1 + self._gap()
         self._skip = position - len(settled_rows)
         room = MAX_BUFFERED - len(self._buffer)
+        row_bytes = sum(a[0].nbytes for a in feeds.values()) if picks else 0
+        if row_bytes:  # a sample of large inputs is bounded by its bytes too
+            held = sum(a.nbytes for row in self._buffer for a in row.inputs.values())
+            room = min(room, (MAX_BUFFERED_BYTES - held) // row_bytes)
         if not forwarder.up or forwarder.backlog:  # shed first: a down or backed-up link gets no shadow rows
             room = 0
         if room < len(picks):

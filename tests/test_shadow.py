@@ -392,3 +392,38 @@ def test_a_buffered_shadow_row_keeps_only_its_own_bytes_not_the_request_it_came_
         assert not np.shares_memory(row, feeds["image"])
         held = row if row.base is None else row.base
         assert held.nbytes == image[0].nbytes  # what the buffer keeps alive is this row, not the 384 KiB message
+
+
+def test_a_sample_of_large_inputs_waits_within_its_byte_bound_and_the_rest_is_counted_as_shed() -> None:
+    """An operator's 224×224×3 float images are 588 KiB a row: 256 waiting rows would be 147 MiB on a device.
+    The buffer also stops at MAX_BUFFERED_BYTES; the rows it has no room for are shed and counted."""
+    from runners._rules import SETTLED
+    from runners._shadow import MAX_BUFFERED_BYTES
+
+    class _Link:
+        up, backlog, stage_id, _pending = True, 0, "s", []
+
+    rows = 8
+    image = np.random.default_rng(9).random((rows, 3, 224, 224)).astype(np.float32)
+    stats = StageStats("s")
+    sampler = ShadowSampler(stats, seed=3)
+    sampler.set_rate(1.0)
+    action = np.full(rows, SETTLED, np.int8)
+    outcome = RuleOutcome(action, np.zeros(rows, np.int64), np.ones(rows, np.float32), np.ones(rows))
+    decisions = Decisions(["water"], np.zeros(rows, np.int32), np.ones(rows, np.float32), ["s"],
+                          np.zeros(rows, np.int32), np.ones(rows, bool))
+    requests = 10
+
+    async def go() -> None:
+        for _ in range(requests):  # the link never gets to send: every sampled row waits
+            sampler.sample(_Link(), None, {"image": image}, outcome, decisions, np.zeros((rows, 2)),  # type: ignore[arg-type]
+                           "1")
+        assert sampler._task is not None
+        sampler._task.cancel()
+
+    asyncio.run(go())
+    fits = MAX_BUFFERED_BYTES // image[0].nbytes
+    assert len(sampler._buffer) == fits < requests * rows
+    assert sum(a.nbytes for row in sampler._buffer for a in row.inputs.values()) <= MAX_BUFFERED_BYTES
+    assert stats.counters["shadow_shed_total"] == requests * rows - fits  # nothing vanishes uncounted
+    assert np.array_equal(sampler._buffer[-1].inputs["image"], image[(fits - 1) % rows:(fits - 1) % rows + 1])

@@ -7,9 +7,9 @@ and the id it arrived under when it came from below, so the console can join one
 and version, and the kind (`escalated` or `shadow_disagreed`).
 
 Recording never runs on the request path: `record_*` only appends the batch to a bounded in-memory hand-off (rows
-over the recording rate, `max_rows_per_s`, or that do not fit are dropped and counted: at a full escalation rate
-of large inputs, writing every row would cost the node more than the rows are worth) and one background writer
-thread turns what gathered in WRITE_EVERY_S into rows, writes them in one transaction (SQLite, WAL), and keeps the
+and bytes: HANDOFF_ROWS, HANDOFF_BYTES; rows over the recording rate, `max_rows_per_s`, or that do not fit are dropped
+and counted: at a full escalation rate of large inputs, writing every row would cost the node more than the rows are
+worth) and one background writer thread turns what gathered in WRITE_EVERY_S into rows, writes them in one transaction (SQLite, WAL), and keeps the
 bounds: rows older than the age limit and, past the size limit (on the pages in use: the disk), the oldest rows
 are deleted (counted as `expired` and `evicted`). Counters live in the same database, so they survive
 restarts; WAL keeps the ledger intact when the agent is killed (a kill -9 loses at most the hand-off in memory).
@@ -39,6 +39,7 @@ KINDS = ("escalated", "shadow_disagreed")
 DEFAULT_MAX_MB = 256.0
 DEFAULT_MAX_AGE_H = 168.0  # a week
 HANDOFF_ROWS = 4096        # rows waiting for the writer; more are dropped (counted), never block a request
+HANDOFF_BYTES = 32 << 20   # and at most this many bytes of their inputs (an operator's large images: fewer rows)
 # Rows a second that reach the disk; the rest are dropped and counted. Field rates (tens of inputs a second) stay
 # under it and every escalated row is kept. Under the cascade bench's thousands of inputs a second on a busy 2-core
 # box, 200 rows/s per node cost a third more of the cascade's CPU than 50 (within the noise on a quiet box), and at
@@ -194,14 +195,16 @@ class Ledger:
 
     def __init__(self, path: Path, max_mb: float = DEFAULT_MAX_MB, max_age_h: float = DEFAULT_MAX_AGE_H,
                  handoff_rows: int = HANDOFF_ROWS, clock: Callable[[], float] = time.time,
-                 max_rows_per_s: float = DEFAULT_MAX_ROWS_PER_S) -> None:
+                 max_rows_per_s: float = DEFAULT_MAX_ROWS_PER_S, handoff_bytes: int = HANDOFF_BYTES) -> None:
         self.path = path
         self._clock = clock  # seconds since the epoch (tests age rows without waiting)
         self.max_bytes = int(max_mb * 2**20)
         self.max_age_s = max_age_h * 3600.0
         self.handoff_rows = handoff_rows
+        self.handoff_bytes = handoff_bytes
         self._pending: deque[_Batch | _Late] = deque()
         self._pending_rows = 0
+        self._pending_bytes = 0
         self._cond = threading.Condition()
         self._closed = False
         self._dropped = 0   # since the last write (persisted by the writer)
@@ -277,9 +280,14 @@ class Ledger:
         rows = len(row_ids)
         if not rows or not self.max_bytes:  # --ledger-max-mb 0: the node keeps no ledger
             return 0
+        row_bytes = sum(a.nbytes for a in inputs.values()) // rows
         with self._cond:
-            granted = self._budget.take(rows, self._clock()) if self._budget is not None else rows
-            if granted < rows:  # over the recording rate: the first rows of the batch are kept, the rest counted
+            # The first rows of the batch that fit the hand-off's bytes (one row at least when nothing waits) and
+            # the recording rate are kept; the rest are counted as dropped.
+            fit = (self.handoff_bytes - self._pending_bytes) // row_bytes if row_bytes else rows
+            wanted = min(rows, max(fit, 0 if self._pending_bytes else 1))
+            granted = self._budget.take(wanted, self._clock()) if self._budget is not None else wanted
+            if granted < rows:
                 self._dropped += rows - granted
         if not granted:
             return 0
@@ -301,11 +309,12 @@ class Ledger:
             room = 0 if self._closed else self.handoff_rows - self._pending_rows
             self._submitted += 1
             self._wake_idle_writer()
-            if room < rows:
+            if room < rows or (self._pending_bytes and self._pending_bytes + rows * row_bytes > self.handoff_bytes):
                 self._dropped += rows
                 return 0
             self._pending.append(batch)
             self._pending_rows += rows
+            self._pending_bytes += rows * row_bytes
         return rows
 
     def record_late_answers(self, stage_id: str, row_ids: Sequence[str], answers: Decisions) -> None:
@@ -342,6 +351,7 @@ class Ledger:
                 batches = list(self._pending)
                 self._pending.clear()
                 self._pending_rows = 0
+                self._pending_bytes = 0
                 dropped, self._dropped = self._dropped, 0
                 target, closed = self._submitted, self._closed
             try:
@@ -520,9 +530,11 @@ def _rows(batch: _Batch) -> list[tuple[Any, ...]]:
     labels_json = json.dumps(batch.score_labels)
     meta = json.dumps([{"name": n, "dtype": a.dtype.str, "shape": list(a.shape[1:])} for n, a in zip(names, arrays,
                                                                                                        strict=True)])
-    # One contiguous buffer per batch: each row's inputs, one after the other, then sliced per row.
-    joined = np.concatenate([np.ascontiguousarray(a).reshape(batch.rows, -1).view(np.uint8) for a in arrays],
-                            axis=1) if arrays else np.zeros((batch.rows, 0), np.uint8)
+    # One contiguous buffer per batch: each row's inputs, one after the other, bound per row as a view of it
+    # (SQLite copies a row into its pages): no second copy of the batch's tensors while they are written.
+    parts = [np.ascontiguousarray(a).reshape(batch.rows, -1).view(np.uint8) for a in arrays]
+    joined = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1) if parts else np.zeros((batch.rows, 0),
+                                                                                                  np.uint8)
     previews = make_previews(arrays[0]) if arrays else np.zeros((batch.rows, 0), np.uint8)
     preview_shape = json.dumps(list(previews.shape[1:]) if previews.size else [])
     previews = previews.reshape(batch.rows, -1)
@@ -536,7 +548,7 @@ def _rows(batch: _Batch) -> list[tuple[Any, ...]]:
         h_label, h_conf, h_stage, _ = hops[i] if hops is not None else ("", 0.0, "", False)
         out.append((batch.created_ms, batch.kind, batch.stage_id, batch.stage_version, batch.row_ids[i],
                     batch.origin_row_ids[i], labels_json, scores[i].tobytes(), s_label, s_conf, h_label, h_stage,
-                    h_conf, f_label, f_stage, f_conf, int(f_final), meta, joined[i].tobytes(),
+                    h_conf, f_label, f_stage, f_conf, int(f_final), meta, memoryview(joined[i]),
                     previews[i].tobytes(), preview_shape, size))
     return out
 

@@ -136,6 +136,42 @@ def test_a_full_handoff_drops_and_counts_never_blocks(tmp_path: Path) -> None:
         ledger.close()
 
 
+def test_the_handoff_holds_at_most_its_bytes_of_large_inputs_and_counts_the_rest(tmp_path: Path) -> None:
+    """An operator's 224×224×3 float images are 588 KiB a row: 4,096 waiting rows would be 2.3 GiB on a device.
+    While the writer is busy the hand-off takes the first rows that fit its bytes (one row at least when nothing
+    waits), counts the others as dropped, and the rows it took are written whole."""
+    big = np.random.default_rng(4).random((8, 3, 224, 224), dtype=np.float32)
+    row_bytes = big[0].nbytes
+    ledger = Ledger(tmp_path / "ledger.sqlite", handoff_bytes=5 * row_bytes, max_rows_per_s=0)
+    try:
+        def rec(rows: np.ndarray, first: int) -> int:
+            n = len(rows)
+            return ledger.record_escalated("own", "v1", [f"r.{first + k}" for k in range(n)], {"image": rows},
+                                           np.zeros((n, 2)), LABELS, answers(["water"] * n, "own", 0.5), None)
+
+        with ledger._cond:  # the writer cannot take anything while we hold its lock: the hand-off fills
+            accepted = [rec(big[:3], 0), rec(big[3:6], 3), rec(big[6:8], 6)]
+        assert accepted == [3, 2, 0]  # 3 + 2 rows = the 5 rows' bytes the hand-off holds; the rest dropped
+        assert ledger.flush()
+        stats = ledger.stats()
+        assert (stats.rows, stats.dropped_total) == (5, 3)
+        kept = sorted(ledger.list(limit=10)[0], key=lambda e: e.row_id)
+        assert [e.row_id for e in kept] == ["r.0", "r.1", "r.2", "r.3", "r.4"]
+        for entry, row in zip(kept, big[:5], strict=True):
+            got = ledger.get(entry.seq)
+            assert got is not None and np.array_equal(got.tensors["image"], row)  # written whole
+
+        alone = Ledger(tmp_path / "alone.sqlite", handoff_bytes=row_bytes // 2, max_rows_per_s=0)
+        try:  # a row larger than the whole bound is still kept when nothing else waits
+            assert alone.record_escalated("own", "v1", ["a.0", "a.1"], {"image": big[:2]}, np.zeros((2, 2)),
+                                          LABELS, answers(["water"] * 2, "own", 0.5), None) == 1
+            assert alone.flush() and (alone.stats().rows, alone.stats().dropped_total) == (1, 1)
+        finally:
+            alone.close()
+    finally:
+        ledger.close()
+
+
 def test_counters_and_rows_survive_a_restart(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite"
     ledger = Ledger(path, max_mb=0.1)

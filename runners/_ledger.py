@@ -9,10 +9,11 @@ and version, and the kind (`escalated` or `shadow_disagreed`).
 Recording never runs on the request path: `record_*` only appends the batch to a bounded in-memory hand-off (rows
 and bytes: HANDOFF_ROWS, HANDOFF_BYTES; rows over the recording rate, `max_rows_per_s`, or that do not fit are dropped
 and counted: at a full escalation rate of large inputs, writing every row would cost the node more than the rows are
-worth) and one background writer thread turns what gathered in WRITE_EVERY_S into rows, writes them in one transaction (SQLite, WAL), and keeps the
-bounds: rows older than the age limit and, past the size limit (on the pages in use: the disk), the oldest rows
-are deleted (counted as `expired` and `evicted`). Counters live in the same database, so they survive
-restarts; WAL keeps the ledger intact when the agent is killed (a kill -9 loses at most the hand-off in memory).
+worth) and one background writer thread turns what gathered in WRITE_EVERY_S into rows, writes them in one
+transaction (SQLite, WAL), and keeps the bounds: rows older than the age limit and, past the size limit (on the pages
+in use: the disk), the oldest rows are deleted (counted as `expired` and `evicted`). Counters live in the same
+database, so they survive restarts; WAL keeps the ledger intact when the agent is killed (a kill -9 loses at most the
+hand-off in memory).
 """
 
 from __future__ import annotations

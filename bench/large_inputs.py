@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT)]
 
 import numpy as np  # noqa: E402
-import psutil  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from bench._common import Agent, print_table, write_json  # noqa: E402
+from bench.cascade import Node, RssSampler  # noqa: E402
 from runners._proto import tierdeck_control_pb2 as ctl  # noqa: E402
 from runners.client import NodeClient, manifest_for  # noqa: E402
 
@@ -83,19 +82,9 @@ async def one_case(ledger: bool, side: int, batch: int, requests: int, concurren
             rng = np.random.default_rng(0)
             x = rng.random((batch, 3, side, side), dtype=np.float32)
             x[:, 0] = np.where(np.arange(batch) % 2 == 0, 0.0, 0.6)[:, None, None]  # half escalate, half settle
-            proc = psutil.Process(device.pid)
-            before = proc.memory_info().rss
-            peak = before
-            done = threading.Event()
-
-            def sample() -> None:
-                nonlocal peak
-                while not done.is_set():
-                    peak = max(peak, proc.memory_info().rss)
-                    done.wait(0.02)
-
-            sampler = threading.Thread(target=sample, daemon=True)
-            sampler.start()
+            node = Node("device", device, "own-small")
+            before = node.proc.memory_info().rss
+            node.rss_peak = before
             async with NodeClient(device.address) as client:
                 todo = iter(range(requests))
 
@@ -108,10 +97,10 @@ async def one_case(ledger: bool, side: int, batch: int, requests: int, concurren
                         await link.close()
 
                 start = time.perf_counter()
-                await asyncio.gather(*(worker() for _ in range(concurrency)))
+                with RssSampler([node]):  # the device's RSS every 20 ms, its peak kept (as bench/cascade.py)
+                    await asyncio.gather(*(worker() for _ in range(concurrency)))
                 wall = time.perf_counter() - start
-            done.set()
-            sampler.join()
+            peak = node.rss_peak
             recorded, dropped = await ledger_counts(device.address)
         finally:
             device.stop()
